@@ -1,0 +1,49 @@
+"""The analytic producer: the ANN fixed point of f, found by a registry solver."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from solvers import FixedPointSolver, get_solver
+from solvers._driver import check_settings
+
+from ._base import Equilibrium, ImplicitNetwork, Producer
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyticProducer(Producer):
+    """The fixed point of f itself, a = f(a, x), found by a forward solver (an implicit ANN).
+
+    Args:
+        f_solver: a registered solver name or a solver object.
+        f_max_iter: cap on forward solver steps.
+        f_tol: forward tolerance, in ``f_stop_mode``.
+        f_stop_mode: ``"rel"`` or ``"abs"``.
+        f_options: options of the forward solver, e.g. ``{"memory": 10}``.
+    """
+
+    f_solver: Any = "broyden"
+    f_max_iter: int = 50
+    f_tol: float = 1e-5
+    f_stop_mode: str = "rel"
+    f_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_settings(self.f_max_iter, self.f_tol, self.f_stop_mode)
+        solver = get_solver(self.f_solver)
+        if isinstance(solver, FixedPointSolver):
+            solver.with_options(**self.f_options)  # unknown or bad options fail here, not mid-training
+
+    def __call__(self, network: ImplicitNetwork, x: torch.Tensor) -> Equilibrium:
+        with torch.no_grad():
+            f_args = network.map_inputs(x)
+            result = get_solver(self.f_solver)(
+                lambda a: network.fixed_point_map(a, *f_args),
+                network.initial_state(x),
+                max_iter=self.f_max_iter, tol=self.f_tol, stop_mode=self.f_stop_mode, **self.f_options,
+            )
+        stats = {f"forward_{key}": value for key, value in result.summary().items()}
+        return Equilibrium(a=result.z, f_args=f_args, stats=stats, extras={"solver_result": result})

@@ -1,0 +1,35 @@
+"""Fixed-point solvers for batched problems z = g(z), behind one registry.
+
+Every solver is called as ``solver(g, z0, *, max_iter, tol, stop_mode="rel", **options)`` and
+returns a ``SolverResult`` with per-sample residuals and convergence flags. Knows nothing of
+spiking networks.
+"""
+
+from ._anderson import Anderson
+from ._broyden import Broyden
+from ._driver import BatchedMap, FixedPointSolver, IterState
+from ._exact import Exact
+from ._fixed_point import FixedPoint
+from ._neumann import Neumann
+from ._registry import available_solvers, describe_solvers, get_solver, register_solver
+from ._result import ConvergenceError, SolverResult, SolverStatus
+from ._torchdeq import TorchDEQSolver
+
+for _name, _solver in [
+    ("broyden", Broyden()),
+    ("anderson", Anderson()),
+    ("fixed_point", FixedPoint()),
+    ("neumann", Neumann()),
+    ("exact", Exact()),
+    ("torchdeq_broyden", TorchDEQSolver("broyden")),
+    ("torchdeq_anderson", TorchDEQSolver("anderson")),
+    ("torchdeq_fixed_point_iter", TorchDEQSolver("fixed_point_iter")),
+]:
+    register_solver(_name)(_solver)
+del _name, _solver
+
+__all__ = [
+    "Anderson", "BatchedMap", "Broyden", "ConvergenceError", "Exact", "FixedPoint",
+    "FixedPointSolver", "IterState", "Neumann", "SolverResult", "SolverStatus", "TorchDEQSolver",
+    "available_solvers", "describe_solvers", "get_solver", "register_solver",
+]

@@ -1,0 +1,33 @@
+"""Shared fixtures: hypothesis profiles, devices to run on, float64 for gradient checks."""
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+from tests.helpers import default_dtype
+
+# Derandomized in CI so that a red run is reproducible; no deadline because the first torch
+# call of a process is slow and would fail a timing deadline at random.
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, print_blob=True, max_examples=25,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None, max_examples=10, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Every device test runs on the CPU, and on CUDA when one is present."""
+    return torch.device(request.param)
+
+
+@pytest.fixture
+def float64():
+    """Make float64 the default dtype for one test and restore the previous default afterwards."""
+    with default_dtype(torch.float64):
+        yield
