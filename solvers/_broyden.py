@@ -12,20 +12,26 @@ from ._driver import BatchedMap, FixedPointSolver, IterState
 
 @dataclasses.dataclass
 class BroydenState(IterState):
-    us: torch.Tensor  # [B, D, m] rank-one factors u of the inverse-Jacobian estimate
+    us: torch.Tensor  # [B, m, D] rank-one factors u of the inverse-Jacobian estimate
     vts: torch.Tensor  # [B, m, D] their partners vᵀ
     updates: int  # rank-one updates made so far
     direction: torch.Tensor  # [B, D] the next step, −H (g(z) − z)
 
 
+def _low_rank(left: torch.Tensor, right: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Σᵢ leftᵢ (rightᵢ · x) for [B, k, D] factors, as two strided batched GEMVs (no copies)."""
+    coefficients = torch.bmm(right, x[:, :, None])  # [B, k, 1]
+    return torch.bmm(coefficients.transpose(1, 2), left)[:, 0]
+
+
 def _matvec(us: torch.Tensor, vts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """H x with H = −I + Σᵢ uᵢ vᵢᵀ."""
-    return -x + torch.einsum("bdm,bm->bd", us, torch.einsum("bmd,bd->bm", vts, x))
+    return _low_rank(us, vts, x) - x
 
 
 def _rmatvec(us: torch.Tensor, vts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """xᵀ H with H = −I + Σᵢ uᵢ vᵢᵀ."""
-    return -x + torch.einsum("bm,bmd->bd", torch.einsum("bd,bdm->bm", x, us), vts)
+    return _low_rank(vts, us, x) - x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +57,7 @@ class Broyden(FixedPointSolver):
         batch, dim = z0.shape
         return BroydenState(
             z=z0, gz=gz0,
-            us=z0.new_zeros(batch, dim, self.memory),
+            us=z0.new_zeros(batch, self.memory, dim),
             vts=z0.new_zeros(batch, self.memory, dim),
             updates=0,
             direction=gz0 - z0,
@@ -62,21 +68,24 @@ class Broyden(FixedPointSolver):
         z = state.z + dz
         gz = g(z)
         fz = gz - z
-        df = fz - (state.gz - state.z)
 
         # A full memory restarts from H = −I: dropping only the oldest update leaves an estimate
         # that violates the other secant conditions, and the iteration then stalls or diverges.
         used = state.updates % self.memory
-        us, vts = state.us[:, :, :used], state.vts[:, :used]
+        us, vts = state.us[:, :used], state.vts[:, :used]
+        h_fz = _matvec(us, vts, fz)
         vt = _rmatvec(us, vts, dz)
-        denom = torch.einsum("bd,bd->b", vt, df)
-        tiny = torch.finfo(z.dtype).tiny ** 0.5
-        usable = (denom.abs() > tiny) & torch.isfinite(denom)
-        u = (dz - _matvec(us, vts, df)) / torch.where(usable, denom, torch.ones_like(denom))[:, None]
-        u = torch.where(usable[:, None] & torch.isfinite(u), u, torch.zeros_like(u))
-        vt = torch.where(usable[:, None] & torch.isfinite(vt), vt, torch.zeros_like(vt))
+        # H Δf = H f(z) − H f(z_prev) = h_fz + dz, because dz = −H f(z_prev) was formed with this
+        # same H (unless the memory just restarted); this saves one low-rank product per step.
+        h_df = h_fz + dz if used > 0 else (state.gz - state.z) - fz
+        denom = (dz * h_df).sum(dim=1)  # vᵀ Δf = dzᵀ H Δf
+        # A vanishing or non-finite denominator (a sample at its solution, a breakdown, a NaN
+        # iterate) skips that sample's update, so nothing non-finite enters the factors.
+        usable = ((denom.abs() > torch.finfo(z.dtype).tiny ** 0.5) & torch.isfinite(denom))[:, None]
+        u = torch.where(usable, (dz - h_df) / torch.where(usable, denom[:, None], 1.0), 0.0)
+        vt = torch.where(usable, vt, 0.0)
 
-        state.us[:, :, used], state.vts[:, used] = u, vt
-        used += 1
-        direction = -_matvec(state.us[:, :, :used], state.vts[:, :used], fz)
+        state.us[:, used], state.vts[:, used] = u, vt
+        # H_new f(z) = H f(z) + u (vᵀ f(z)): the new direction without another low-rank product.
+        direction = -(h_fz + u * (vt * fz).sum(dim=1, keepdim=True))
         return dataclasses.replace(state, z=z, gz=gz, updates=state.updates + 1, direction=direction)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import torch
 
@@ -111,10 +111,6 @@ class FixedPointSolver(abc.ABC):
     ``solver(g, z0, *, max_iter, tol, stop_mode="rel", **options) -> SolverResult``, where
     ``options`` override the fields for that call (unknown names raise ``TypeError``).
     """
-
-    #: False where ``step`` derives ``gz`` instead of evaluating ``g`` at ``z``; the driver then
-    #: re-evaluates ``g`` once at the returned iterate so that reported residuals are true ones.
-    exact_residuals: ClassVar[bool] = True
 
     @abc.abstractmethod
     def init(self, g: BatchedMap, z0: torch.Tensor, gz0: torch.Tensor) -> IterState:
@@ -232,10 +228,6 @@ def _iterate(
         record(state)
         trace.append(best.max())
 
-    if not solver.exact_residuals:
-        best_abs, best_rel = residuals(best_z, g(best_z))
-        best = (best_abs, best_rel)[pick]
-        nonfinite |= ~torch.isfinite(best)
     converged = best <= tol
     return SolverResult(
         z=best_z.reshape(shape).to(z0.dtype),

@@ -1,0 +1,7 @@
+"""``python -m implicit_snn``: the same as the ``implicit-snn`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
