@@ -1,0 +1,34 @@
+"""The command line lists what is registered and runs the demo; bad flags get one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from implicit_snn.cli import main
+
+
+def test_solvers_lists_every_solver_and_producer(capsys):
+    assert main(["solvers"]) == 0
+    out = capsys.readouterr().out
+    for name in ("broyden", "anderson", "fixed_point", "neumann", "exact", "torchdeq_anderson", "analytic"):
+        assert name in out
+
+
+def test_demo_reports_converged_backward_solves(capsys):
+    assert main(["demo", "--dim", "40", "--batch-size", "4", "--b_solver", "broyden", "fixed_point",
+                 "--b-max-iter", "100"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("SUCCESS") == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--b_solver", "broydn"], "invalid choice: 'broydn'"),
+    (["demo", "--b_tol", "-1"], "must be a number > 0"),
+    (["demo", "--norm", "1.5"], "--norm must be below 1"),
+])
+def test_bad_flags_are_clear_errors(argv, message):
+    proc = subprocess.run([sys.executable, "-m", "implicit_snn", *argv], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
