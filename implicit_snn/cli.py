@@ -117,7 +117,8 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``implicit-snn`` console script."""
     args = build_parser().parse_args(argv)
-    console = Console()
+    # Piped output gets a fixed, wide layout instead of rich's 80-column default.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     if args.command == "solvers":
         _list_solvers(console)
     elif args.command == "models":
