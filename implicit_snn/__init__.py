@@ -6,7 +6,14 @@ how the equilibrium was found) and the ``producers`` registry (how it is found).
 
 from . import producers
 from ._adjoint import ImplicitAdjoint, implicit_grad
+from .classifier import ImplicitClassifier
+from .layers import BNMode, SynapticLayer, unit_norm_init_
+from .network import FeedbackSNN, PassState
+from .spectral import SpectralNorm
 
 __version__ = "0.1.0"
 
-__all__ = ["ImplicitAdjoint", "implicit_grad", "producers", "__version__"]
+__all__ = [
+    "BNMode", "FeedbackSNN", "ImplicitAdjoint", "ImplicitClassifier", "PassState", "SpectralNorm", "SynapticLayer",
+    "implicit_grad", "producers", "unit_norm_init_", "__version__",
+]

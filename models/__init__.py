@@ -1,9 +1,15 @@
-"""The model zoo: networks built on implicit_snn, by preset name.
+"""The model zoo: the paper's feedback SNNs by preset name, or any network from its spec string.
 
-Presets register themselves with ``register_model``; the feedback SNN presets of the paper
-(f400, f64c5, f64c5_nmnist, alexnet_f, cifarnet_f) are added with the spiking producers.
+Presets: ``f400`` (Fashion-MNIST), ``f64c5`` (MNIST), ``f64c5_nmnist`` (N-MNIST spikes),
+``alexnet_f`` and ``cifarnet_f`` (CIFAR). Every model is an ``implicit_snn.ImplicitClassifier``.
 """
 
-from ._registry import available_models, build_model, register_model
+from ._registry import available_models, build_model, describe_models, register_model
+from ._spec import NetworkSpec, build_network, from_spec, parse_spec
+from . import _presets  # noqa: F401  (registers the presets)
+from ._presets import PRESETS
 
-__all__ = ["available_models", "build_model", "register_model"]
+__all__ = [
+    "NetworkSpec", "PRESETS", "available_models", "build_model", "build_network", "describe_models", "from_spec",
+    "parse_spec", "register_model",
+]

@@ -42,3 +42,8 @@ def build_model(name: str, num_classes: int = 10, **options: Any) -> torch.nn.Mo
         known = ", ".join(available_models()) or "(none registered yet)"
         raise KeyError(f"unknown model {name!r}{hint} known models: {known}")
     return _MODELS[name](num_classes=num_classes, **options)
+
+
+def describe_models() -> dict[str, str]:
+    """One line per preset: the first line of its builder's docstring."""
+    return {name: (_MODELS[name].__doc__ or "").strip().splitlines()[0] for name in available_models()}

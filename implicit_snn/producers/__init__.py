@@ -3,10 +3,13 @@
 from ._analytic import AnalyticProducer
 from ._base import Equilibrium, ImplicitNetwork, Producer
 from ._registry import available_producers, describe_producers, get_producer, register_producer
+from ._spiking import IFProducer, LIFProducer, SpikingNetwork
 
 register_producer("analytic")(AnalyticProducer)
+register_producer("if")(IFProducer)
+register_producer("lif")(LIFProducer)
 
 __all__ = [
-    "AnalyticProducer", "Equilibrium", "ImplicitNetwork", "Producer",
+    "AnalyticProducer", "Equilibrium", "IFProducer", "ImplicitNetwork", "LIFProducer", "Producer", "SpikingNetwork",
     "available_producers", "describe_producers", "get_producer", "register_producer",
 ]

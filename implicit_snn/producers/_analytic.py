@@ -39,6 +39,9 @@ class AnalyticProducer(Producer):
 
     def __call__(self, network: ImplicitNetwork, x: torch.Tensor) -> Equilibrium:
         with torch.no_grad():
+            is_spike_train = getattr(network, "is_spike_train", None)
+            if is_spike_train is not None and is_spike_train(x):
+                x = x.mean(dim=1)  # the analytic network sees the plain time average of a spike train
             f_args = network.map_inputs(x)
             result = get_solver(self.f_solver)(
                 lambda a: network.fixed_point_map(a, *f_args),

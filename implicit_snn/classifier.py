@@ -1,0 +1,89 @@
+"""An implicit classifier: equilibrium producer → implicit gradient → linear read-out."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ._adjoint import ImplicitAdjoint
+from .producers import Producer, get_producer
+
+
+class ImplicitClassifier(nn.Module):
+    """``model(x) -> logits``: a linear classifier on the flattened equilibrium of ``network``.
+
+    The producer finds the equilibrium a* without grad; ``ImplicitAdjoint`` attaches the implicit
+    gradient through one differentiable evaluation of the network's fixed-point map; the
+    classifier reads a* (the producer's value). Producer and backward can be swapped at any
+    time with ``set_producer`` / ``set_backward``.
+
+    Args:
+        network: an ``ImplicitNetwork`` (e.g. ``FeedbackSNN``) with ``layer_shapes``.
+        num_classes: outputs of the classifier.
+        producer: a registered producer name or a ``Producer``; ``producer_options`` build it.
+        backward: a registered solver name or solver object for the adjoint solve.
+        b_max_iter, b_tol, b_stop_mode, backward_options: settings of the adjoint solve.
+
+    Attributes:
+        last_forward: the producer's statistics of the most recent forward (e.g. firing rates).
+        last_backward: the ``SolverResult`` of the most recent backward solve, or None.
+    """
+
+    def __init__(self, network: nn.Module, num_classes: int, *, producer: Any = "lif",
+                 producer_options: Optional[dict[str, Any]] = None, backward: Any = "broyden",
+                 b_max_iter: int = 30, b_tol: float = 1e-6, b_stop_mode: str = "rel",
+                 backward_options: Optional[dict[str, Any]] = None):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        self.network = network
+        self.classifier = nn.Linear(math.prod(network.layer_shapes[-1]), num_classes)
+        self.set_producer(producer, **(producer_options or {}))
+        self.set_backward(backward, max_iter=b_max_iter, tol=b_tol, stop_mode=b_stop_mode, **(backward_options or {}))
+        self.last_forward: dict[str, Any] = {}
+
+    def set_producer(self, producer: Any, **options: Any) -> None:
+        """Use another equilibrium producer, by name with options or as an object."""
+        if isinstance(producer, Producer):
+            if options:
+                raise TypeError("options apply to a producer given by name, not to a Producer object")
+            self.producer = producer
+        else:
+            self.producer = get_producer(producer, **options)
+
+    def set_backward(self, solver: Any = "broyden", *, max_iter: int = 30, tol: float = 1e-6,
+                     stop_mode: str = "rel", **options: Any) -> None:
+        """Use another backward solver or settings (checked now, not at the first backward)."""
+        self.adjoint = ImplicitAdjoint(solver, max_iter=max_iter, tol=tol, stop_mode=stop_mode, **options)
+
+    @property
+    def fixed_point_map(self):
+        """The network's fixed-point map f(a, *f_args)."""
+        return self.network.fixed_point_map
+
+    @property
+    def last_backward(self):
+        return self.adjoint.last_result
+
+    def equilibrium(self, x: torch.Tensor) -> torch.Tensor:
+        """The equilibrium ``[B, *layer_shapes[-1]]`` for ``x``, carrying the implicit gradient."""
+        eq = self.producer(self.network, x)
+        self.last_forward = eq.stats
+        if not torch.is_grad_enabled():
+            return eq.a
+        f_args = eq.f_args
+        differentiable = getattr(self.network, "differentiable_args", None)
+        if differentiable is not None:
+            f_args = differentiable(*f_args)
+        return self.adjoint(self.network.fixed_point_map, eq.a, *f_args)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` for inputs ``x`` (static ``[B, *in]`` or spikes ``[B, T, *in]``)."""
+        return self.classifier(self.equilibrium(x).flatten(1))
+
+    def num_parameters(self) -> int:
+        """Trainable parameters (weights, biases, batch-norm affine parameters, α)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,39 @@
+"""Datasets held in memory as tensors, batched by slicing.
+
+``load_dataset(name, split)`` returns an ``ArrayDataset`` (``inputs``, ``labels``, ``info``);
+``BatchLoader`` iterates over it with an explicit ``torch.Generator``; ``split_validation``
+carves a fixed validation set from a training split; ``cifar_augment`` is the CIFAR training
+augmentation, applied per batch by the loader.
+
+Where each dataset is looked for (``root`` is ``--data-root`` on the command line):
+
+==============  =====================================================================
+fashion-mnist   ``root``, ``root/FashionMNIST/raw`` (torchvision), then
+                ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``);
+                IDX files, gzipped or not
+mnist           ``root``, ``root/MNIST/raw``; IDX files, gzipped or not
+cifar10         ``root/cifar-10-batches-py`` or ``root`` (``data_batch_1..5``, ``test_batch``)
+cifar100        ``root/cifar-100-python`` or ``root`` (``train``, ``test``; fine labels)
+nmnist          ``root`` or ``root/NMNIST``, holding ``Train/<digit>/*.bin`` and ``Test/<digit>/*.bin``
+synthetic       generated from ``seed``
+==============  =====================================================================
+
+Shapes: static images ``[N, C, H, W]`` float32, normalised (MNIST constants for both MNIST and
+Fashion-MNIST, the reference's CIFAR constants for both CIFARs); spike trains
+``[N, T, 2, 34, 34]``, batch first then time, stored as uint8 and batched as float32.
+"""
+
+from ._augment import cifar_augment, random_crop_flip
+from ._base import ArrayDataset, DatasetInfo, DatasetNotFoundError
+from ._cifar import CIFAR_MEAN, CIFAR_STD
+from ._idx import MNIST_MEAN, MNIST_STD, read_idx
+from ._loader import BatchLoader, split_validation
+from ._nmnist import decode_events, events_to_frames
+from ._registry import available_datasets, dataset_info, dataset_options, describe_datasets, load_dataset
+
+__all__ = [
+    "ArrayDataset", "BatchLoader", "CIFAR_MEAN", "CIFAR_STD", "DatasetInfo", "DatasetNotFoundError",
+    "MNIST_MEAN", "MNIST_STD", "available_datasets", "cifar_augment", "dataset_info", "dataset_options",
+    "decode_events", "describe_datasets", "events_to_frames", "load_dataset", "random_crop_flip",
+    "read_idx", "split_validation",
+]

@@ -1,0 +1,170 @@
+"""What every dataset shares: its description, the in-memory split, and the not-found error."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import numpy as np
+import torch
+
+SPLITS = ("train", "test")
+InputKind = Literal["constant", "spikes"]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset before it sees a sample.
+
+    Attributes:
+        name: the registry name, e.g. ``"fashion-mnist"``.
+        in_shape: shape of one static image, or of one time step of a spike train,
+            e.g. ``(1, 28, 28)``, ``(3, 32, 32)``, ``(2, 34, 34)``.
+        num_classes: number of labels; labels lie in ``[0, num_classes)``.
+        input_kind: ``"constant"`` (a static image, presented at every time step) or
+            ``"spikes"`` (a binary spike train ``[T, *in_shape]`` per sample).
+        time_steps: ``None`` for constant inputs; the number of frames T for spike trains.
+    """
+
+    name: str
+    in_shape: tuple[int, ...]
+    num_classes: int
+    input_kind: InputKind
+    time_steps: Optional[int] = None
+
+    def __post_init__(self):
+        if self.input_kind not in ("constant", "spikes"):
+            raise ValueError(f"`input_kind` must be 'constant' or 'spikes', got {self.input_kind!r}")
+        if self.input_kind == "constant" and self.time_steps is not None:
+            raise ValueError(f"constant inputs have `time_steps=None`, got {self.time_steps!r}")
+        if self.input_kind == "spikes" and not _is_positive_int(self.time_steps):
+            raise ValueError(f"spike inputs need a positive integer `time_steps`, got {self.time_steps!r}")
+        if not _is_positive_int(self.num_classes):
+            raise ValueError(f"`num_classes` must be a positive integer, got {self.num_classes!r}")
+        object.__setattr__(self, "in_shape", tuple(int(d) for d in self.in_shape))
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: ``in_shape`` for constant inputs, ``(T, *in_shape)`` for spikes."""
+        return self.in_shape if self.time_steps is None else (self.time_steps, *self.in_shape)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's files are not where the loader looked.
+
+    ``str(error)`` is one paragraph naming every folder searched and how to get the data;
+    the folders are also in ``error.searched``.
+    """
+
+    def __init__(self, dataset: str, split: str, wanted: str, searched: Sequence[Path], hint: str):
+        self.dataset, self.split, self.searched = dataset, split, [str(p) for p in searched]
+        where = ", ".join(self.searched) if self.searched else "nowhere (no `root` was given)"
+        super().__init__(f"{dataset} {split} split not found: looked for {wanted} in {where}. {hint}")
+
+
+class ArrayDataset:
+    """A whole dataset split held in memory as two tensors.
+
+    Shapes: ``inputs`` is ``[N, *in_shape]`` for constant inputs (float32, normalised) and
+    ``[N, T, *in_shape]``, batch first then time, for spike trains. Spike trains are stored as
+    ``uint8`` (0/1, or event counts with ``accumulate="count"``) because the N-MNIST training
+    split would take 16.6 GB as float32 (4.2 GB as uint8); ``dataset[i]`` and ``BatchLoader``
+    hand out float32. ``labels`` is int64 ``[N]``.
+
+    Args:
+        inputs: ``[N, *info.sample_shape]``, float32 or (spikes only) uint8.
+        labels: int64 ``[N]`` in ``[0, info.num_classes)``.
+        info: the dataset's description.
+
+    Raises:
+        ValueError: shapes, dtypes or label range disagree with ``info``.
+    """
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, info: DatasetInfo):
+        allowed = (torch.float32, torch.uint8) if info.input_kind == "spikes" else (torch.float32,)
+        if inputs.dtype not in allowed:
+            names = " or ".join(str(d) for d in allowed)
+            raise ValueError(f"{info.name} inputs must be {names}, got {inputs.dtype}")
+        if tuple(inputs.shape[1:]) != info.sample_shape:
+            raise ValueError(f"{info.name} inputs must be [N, {', '.join(map(str, info.sample_shape))}], "
+                             f"got {list(inputs.shape)}")
+        if labels.dtype != torch.int64 or labels.dim() != 1 or len(labels) != len(inputs):
+            raise ValueError(f"labels must be int64 [N] with N = {len(inputs)} inputs, "
+                             f"got {labels.dtype} {list(labels.shape)}")
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= info.num_classes):
+            raise ValueError(f"{info.name} labels must lie in [0, {info.num_classes}), "
+                             f"got [{int(labels.min())}, {int(labels.max())}]")
+        self.inputs, self.labels, self.info = inputs, labels, info
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input, label)``: a float32 ``info.sample_shape`` tensor and an int64 scalar."""
+        return self.inputs[index].float(), self.labels[index]
+
+    def __repr__(self) -> str:
+        return (f"ArrayDataset({self.info.name!r}, n={len(self)}, inputs={list(self.inputs.shape)} "
+                f"{self.inputs.dtype}, num_classes={self.info.num_classes})")
+
+    def subset(self, indices) -> "ArrayDataset":
+        """A new dataset with the samples at ``indices`` (ints, a range or a 1-D integer tensor), copied.
+
+        Raises:
+            ValueError: an index outside ``[0, len(self))`` or not a 1-D integer sequence.
+        """
+        index = as_index_tensor(indices, len(self))
+        return ArrayDataset(self.inputs[index.to(self.inputs.device)],
+                            self.labels[index.to(self.labels.device)], self.info)
+
+    def to(self, device: Union[str, torch.device]) -> "ArrayDataset":
+        """The same dataset with both tensors on ``device`` (e.g. to slice batches on the GPU)."""
+        return ArrayDataset(self.inputs.to(device), self.labels.to(device), self.info)
+
+
+def as_index_tensor(indices, n: int) -> torch.Tensor:
+    """``indices`` as an int64 CPU tensor, each checked to lie in ``[0, n)``."""
+    if isinstance(indices, torch.Tensor):
+        index = indices.detach().cpu()
+    else:
+        index = torch.as_tensor(np.asarray(list(indices) if isinstance(indices, range) else indices))
+    if index.dim() != 1 or not (index.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8) or index.numel() == 0):
+        raise ValueError(f"indices must be a 1-D sequence of integers, got {index.dtype} of shape {list(index.shape)}")
+    index = index.long()
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+        raise ValueError(f"indices must lie in [0, {n}), got [{int(index.min())}, {int(index.max())}]")
+    return index
+
+
+def check_split(split: str) -> str:
+    """``split`` if it is one of ``SPLITS``."""
+    if split not in SPLITS:
+        raise ValueError(f"`split` must be 'train' or 'test', got {split!r}; "
+                         "carve a validation set from 'train' with `split_validation`")
+    return split
+
+
+def candidate_dirs(root: Optional[PathLike], subdirs: Sequence[str], system: Sequence[Path] = ()) -> list[Path]:
+    """Folders to search, in order: ``root``, then ``root/<sub>`` for each sub, then ``system``."""
+    dirs = []
+    if root is not None:
+        base = Path(root).expanduser()
+        dirs += [base] + [base / sub for sub in subdirs]
+    return dirs + [Path(p) for p in system]
+
+
+def normalize_images(raw: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` pixels to float32 ``(x / 255 - mean[c]) / std[c]``."""
+    raw = np.ascontiguousarray(raw)
+    x = torch.from_numpy(raw if raw.flags.writeable else raw.copy()).float().div_(255)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return x.sub_(mean_t).div_(std_t)
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

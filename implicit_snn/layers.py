@@ -1,0 +1,125 @@
+"""Synaptic layers: a linear, conv or transposed-conv operation, optional batch norm, dropout.
+
+A layer maps presynaptic activity (spikes, rates or input) to the synaptic current of the
+next neuron layer. How batch norm normalises is chosen per call (see ``BNMode``), because the
+simulation and the differentiable fixed-point map need different statistics (supplement F.2).
+Dropout is variational: the caller draws one mask per forward pass (``sample_mask``) and
+passes the same mask to every time step and to the fixed-point map.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._ops import OpModule, apply_op
+from .spectral import SpectralNorm
+
+
+class BNMode(enum.Enum):
+    """How a layer's batch norm normalises in one call."""
+
+    BATCH = "batch"  # batch statistics, running statistics updated (nn.BatchNorm in train mode)
+    RUNNING = "running"  # the running statistics, nothing updated
+    GIVEN = "given"  # statistics handed in by the caller, nothing updated
+
+
+def unit_norm_init_(op: OpModule) -> None:
+    """The reference's initialisation: U(−1, 1), then each output unit's fan-in scaled to unit L2 norm; zero bias."""
+    with torch.no_grad():
+        op.weight.uniform_(-1.0, 1.0)
+        # Output units are dim 0 of Linear/Conv2d weights and dim 1 of ConvTranspose2d weights.
+        out_dim = 1 if isinstance(op, nn.ConvTranspose2d) else 0
+        reduce = [d for d in range(op.weight.dim()) if d != out_dim]
+        op.weight.div_(torch.linalg.vector_norm(op.weight, dim=reduce, keepdim=True))
+        if op.bias is not None:
+            op.bias.zero_()
+
+
+class SynapticLayer(nn.Module):
+    """op → [batch norm] → [variational dropout mask], optionally with a spectral-norm constraint.
+
+    Args:
+        op: ``nn.Linear``, ``nn.Conv2d`` or ``nn.ConvTranspose2d``; initialised as the reference
+            does (``unit_norm_init_``) unless ``init=False``.
+        batch_norm: add BatchNorm1d/2d over the op's output channels.
+        dropout: variational dropout probability p in [0, 1).
+        spectral: a ``SpectralNorm`` constraining the op's weight (feedback layers).
+        init: apply ``unit_norm_init_`` to ``op``.
+    """
+
+    def __init__(self, op: OpModule, *, batch_norm: bool = False, dropout: float = 0.0,
+                 spectral: Optional[SpectralNorm] = None, init: bool = True):
+        super().__init__()
+        if not isinstance(op, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            raise TypeError(f"op must be nn.Linear, nn.Conv2d or nn.ConvTranspose2d, got {type(op).__name__}")
+        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if init:
+            unit_norm_init_(op)
+        self.op = op
+        channels = op.out_features if isinstance(op, nn.Linear) else op.out_channels
+        self.bn: Optional[nn.Module] = None
+        if batch_norm:
+            self.bn = nn.BatchNorm1d(channels) if isinstance(op, nn.Linear) else nn.BatchNorm2d(channels)
+        self.dropout = float(dropout)
+        self.spectral = spectral
+        if spectral is not None:
+            spectral.initialise_(op)
+
+    def effective_weight(self, *, update: bool) -> torch.Tensor:
+        """The weight in use: the op's own, or its spectrally normalised version (one power step if ``update``)."""
+        if self.spectral is None:
+            return self.op.weight
+        return self.spectral.effective_weight(self.op, update=update)
+
+    def linear(self, x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The op alone (with its bias): no batch norm, no dropout."""
+        return apply_op(self.op, x, weight)
+
+    def batch_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and biased variance of ``op(x)``, the statistics batch norm would use."""
+        z = self.linear(x)
+        dims = [0] + list(range(2, z.dim()))
+        return z.mean(dim=dims), z.var(dim=dims, unbiased=False)
+
+    def forward(self, x: torch.Tensor, *, weight: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
+                bn_mode: BNMode = BNMode.RUNNING, stats: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """The synaptic current for presynaptic activity ``x``.
+
+        Args:
+            x: ``[B, ...]`` presynaptic activity.
+            weight: the effective weight to use (defaults to the op's).
+            mask: dropout mask shaped like the output, or None.
+            bn_mode: how batch norm normalises (ignored without batch norm).
+            stats: ``(mean, var)`` for ``BNMode.GIVEN``.
+        """
+        z = self.linear(x, weight)
+        if self.bn is not None:
+            z = self._normalise(z, bn_mode, stats)
+        return z if mask is None else z * mask
+
+    def _normalise(self, z: torch.Tensor, mode: BNMode, stats: Optional[Sequence[torch.Tensor]]) -> torch.Tensor:
+        bn = self.bn
+        if mode is BNMode.BATCH:
+            if not bn.training:
+                raise RuntimeError("BNMode.BATCH needs the layer in training mode (call model.train())")
+            return bn(z)
+        if mode is BNMode.GIVEN:
+            if stats is None:
+                raise ValueError("BNMode.GIVEN needs `stats=(mean, var)`")
+            mean, var = stats
+        else:
+            mean, var = bn.running_mean, bn.running_var
+        return F.batch_norm(z, mean, var, bn.weight, bn.bias, training=False, momentum=0.0, eps=bn.eps)
+
+    def sample_mask(self, shape: Sequence[int], *, like: torch.Tensor) -> Optional[torch.Tensor]:
+        """A variational dropout mask ``[B, ...]`` (Bernoulli(1−p)/(1−p)), or None when p = 0 or in eval mode."""
+        if not self.training or self.dropout == 0.0:
+            return None
+        keep = 1.0 - self.dropout
+        return torch.empty(tuple(shape), dtype=like.dtype, device=like.device).bernoulli_(keep).div_(keep)

@@ -1,0 +1,197 @@
+"""The feedback spiking network and its equivalent fixed-point map (supplement Theorems 2–3).
+
+Layers 1..N: layer 1 receives the input current F¹x + b¹ and the feedback W¹ s_N (one-step
+delay); layer l+1 receives F^{l+1} s_l + b^{l+1} of the same step. N = 1 is the single-layer
+network (W maps layer 1 to itself). The equivalent map, taken on the last layer, is
+
+    f(a_N, x̄) = f_N ∘ … ∘ f_2 (σ((W¹ a_N + F¹ x̄ + b¹)/Vth)),   f_{l+1}(a) = σ((F^{l+1} a + b^{l+1})/Vth)
+
+with σ = clamp(0, 1); intermediate layers are recomputed from a_N. Everything that must be the
+same in the simulation and in f within one forward pass (dropout masks, the normalised feedback
+weight, the input's batch-norm statistics) lives in a ``PassState`` made once per pass by
+``map_inputs``; no module attribute carries state between calls except the power-iteration
+vectors and batch-norm running statistics.
+
+Batch norm (supplement F.2): during the simulation the input layer normalises with the batch
+statistics of F¹x̄, computed once before the simulation (its input does not change over time,
+so this is the same normalisation f uses), and the other layers with their running statistics.
+The one differentiable evaluation of f (``differentiable_args``) uses batch statistics and
+updates the running statistics, so they move exactly once per training step. In eval mode all
+layers use running statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .layers import BNMode, SynapticLayer
+
+
+@dataclasses.dataclass(frozen=True)
+class PassState:
+    """What one forward pass shares between the simulation and the fixed-point map.
+
+    Attributes:
+        feedback_weight: the effective (spectrally normalised) feedback weight W¹, with graph.
+        input_mask: dropout mask of the input current, or None.
+        forward_masks: dropout masks of the currents into layers 2..N.
+        feedback_mask: dropout mask of the feedback current, or None.
+        input_stats: batch statistics (mean, var) of F¹x̄ for the input batch norm, or None.
+        batch_statistics: True for the differentiable evaluation of f (batch statistics,
+            running statistics updated); False for the simulation and forward solvers.
+    """
+
+    feedback_weight: torch.Tensor
+    input_mask: Optional[torch.Tensor]
+    forward_masks: tuple[Optional[torch.Tensor], ...]
+    feedback_mask: Optional[torch.Tensor]
+    input_stats: Optional[tuple[torch.Tensor, torch.Tensor]]
+    batch_statistics: bool = False
+
+
+class FeedbackSNN(nn.Module):
+    """A feedback spiking network: input layer, feed-forward layers, one feedback connection.
+
+    Implements the producers' ``ImplicitNetwork`` protocol and the simulation hooks of the
+    spiking producers (``input_current``, ``forward_current``, ``feedback_current``).
+
+    Args:
+        in_shape: per-sample, per-step input shape, e.g. ``(1, 28, 28)`` or ``(784,)``.
+        input_layer: F¹ (+ b¹, batch norm, dropout), input → layer 1.
+        forward_layers: F², …, F^N, layer l → layer l+1.
+        feedback: W¹, layer N → layer 1, usually with a ``SpectralNorm``.
+        vth: firing threshold Vth (2.0 in the paper).
+        flatten_input: flatten each input to a vector before the input layer (fully connected
+            networks on images).
+    """
+
+    def __init__(self, in_shape: Sequence[int], input_layer: SynapticLayer, forward_layers: Sequence[SynapticLayer],
+                 feedback: SynapticLayer, *, vth: float = 2.0, flatten_input: bool = False):
+        super().__init__()
+        if not vth > 0:
+            raise ValueError(f"vth must be > 0, got {vth!r}")
+        self.in_shape = tuple(int(s) for s in in_shape)
+        self.input_layer = input_layer
+        self.forward_layers = nn.ModuleList(forward_layers)
+        self.feedback = feedback
+        self.flatten_input = flatten_input
+        self.register_buffer("vth", torch.tensor(float(vth)))
+        self.layer_shapes = self._infer_shapes()
+
+    def _infer_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Per-sample shapes of layers 1..N, checking that the feedback closes the loop."""
+        with torch.no_grad():
+            x = torch.zeros((1, *self.in_shape))
+            z = self.input_layer.linear(self._prepare_input(x))
+            shapes = [tuple(z.shape[1:])]
+            for layer in self.forward_layers:
+                z = layer.linear(z)
+                shapes.append(tuple(z.shape[1:]))
+            back = self.feedback.linear(z)
+        if tuple(back.shape[1:]) != shapes[0]:
+            raise ValueError(
+                f"the feedback maps layer {len(shapes)} {shapes[-1]} to {tuple(back.shape[1:])}, but layer 1 is "
+                f"{shapes[0]}; choose a feedback whose output matches layer 1 (e.g. an upsampling transposed conv)"
+            )
+        return tuple(shapes)
+
+    @property
+    def num_layers(self) -> int:
+        """N, the number of spiking layers."""
+        return len(self.layer_shapes)
+
+    @property
+    def num_neurons(self) -> int:
+        """Spiking neurons in all layers (input units excluded)."""
+        total = 0
+        for shape in self.layer_shapes:
+            count = 1
+            for size in shape:
+                count *= size
+            total += count
+        return total
+
+    def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) if self.flatten_input else x
+
+    def is_spike_train(self, x: torch.Tensor) -> bool:
+        """True for ``[B, T, *in_shape]`` inputs, False for ``[B, *in_shape]``; anything else is an error."""
+        if tuple(x.shape[1:]) == self.in_shape:
+            return False
+        if x.dim() == len(self.in_shape) + 2 and tuple(x.shape[2:]) == self.in_shape:
+            return True
+        raise ValueError(
+            f"input shape {tuple(x.shape)} fits neither [B, {', '.join(map(str, self.in_shape))}] (static) "
+            f"nor [B, T, {', '.join(map(str, self.in_shape))}] (spike train)"
+        )
+
+    # -- the producers' protocol -------------------------------------------------------------
+    def map_inputs(self, x_bar: torch.Tensor) -> tuple[torch.Tensor, PassState]:
+        """Start a forward pass for the (averaged) input ``x̄ [B, *in_shape]``: f's extra arguments.
+
+        Draws the dropout masks, computes the effective feedback weight (one power-iteration
+        step in training) and, in training, the input batch-norm statistics of F¹x̄.
+        """
+        batch = x_bar.shape[0]
+        x_in = self._prepare_input(x_bar)
+        like = x_bar
+        input_stats = None
+        if self.training and self.input_layer.bn is not None:
+            with torch.no_grad():
+                input_stats = self.input_layer.batch_statistics(x_in)
+        state = PassState(
+            feedback_weight=self.feedback.effective_weight(update=self.training),
+            input_mask=self.input_layer.sample_mask((batch, *self.layer_shapes[0]), like=like),
+            forward_masks=tuple(layer.sample_mask((batch, *shape), like=like)
+                                for layer, shape in zip(self.forward_layers, self.layer_shapes[1:])),
+            feedback_mask=self.feedback.sample_mask((batch, *self.layer_shapes[0]), like=like),
+            input_stats=input_stats,
+        )
+        return x_bar, state
+
+    def differentiable_args(self, x_bar: torch.Tensor, state: PassState) -> tuple[torch.Tensor, PassState]:
+        """f's arguments for the one differentiable evaluation: batch statistics in batch norm, and
+        the feedback weight recomputed with its graph to α and W (same value: no power step)."""
+        weight = self.feedback.effective_weight(update=False)
+        return x_bar, dataclasses.replace(state, batch_statistics=True, feedback_weight=weight)
+
+    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero rates of the last layer, ``[B, *layer_shapes[-1]]``."""
+        return x.new_zeros((x.shape[0], *self.layer_shapes[-1]))
+
+    def fixed_point_map(self, a: torch.Tensor, x_bar: torch.Tensor, state: PassState) -> torch.Tensor:
+        """f(a_N, x̄): the last layer's rates implied by last-layer rates ``a`` and input ``x̄``."""
+        vth = self.vth
+        current = self.input_current(x_bar, state) + self.feedback_current(a, state)
+        rates = torch.clamp(current / vth, 0.0, 1.0)
+        for index in range(len(self.forward_layers)):
+            rates = torch.clamp(self.forward_current(index, rates, state) / vth, 0.0, 1.0)
+        return rates
+
+    forward = fixed_point_map
+
+    # -- simulation hooks -------------------------------------------------------------------
+    def _bn_mode(self, state: PassState, *, given: bool) -> BNMode:
+        if state.batch_statistics and self.training:
+            return BNMode.BATCH
+        return BNMode.GIVEN if given else BNMode.RUNNING
+
+    def input_current(self, x_t: torch.Tensor, state: PassState) -> torch.Tensor:
+        """F¹x_t + b¹ (batch norm, dropout) for one step's input ``[B, *in_shape]``."""
+        mode = self._bn_mode(state, given=state.input_stats is not None)
+        return self.input_layer(self._prepare_input(x_t), mask=state.input_mask, bn_mode=mode, stats=state.input_stats)
+
+    def forward_current(self, index: int, spikes: torch.Tensor, state: PassState) -> torch.Tensor:
+        """F^{index+2} s + b into layer ``index + 2`` from layer ``index + 1``'s activity."""
+        return self.forward_layers[index](spikes, mask=state.forward_masks[index], bn_mode=self._bn_mode(state, given=False))
+
+    def feedback_current(self, spikes: torch.Tensor, state: PassState) -> torch.Tensor:
+        """W¹ s_N into layer 1 (no bias, no batch norm, its dropout mask)."""
+        return self.feedback(spikes, weight=state.feedback_weight, mask=state.feedback_mask)
+
+    def extra_repr(self) -> str:
+        return f"in_shape={self.in_shape}, layer_shapes={self.layer_shapes}, vth={float(self.vth)}"

@@ -1,0 +1,49 @@
+"""Discrete-time integrate-and-fire neurons (supplement Eq. 20), updated in place.
+
+Dynamics of one layer at step t, with ``current`` the synaptic input of that step:
+
+    u ← u + current;  s = [u ≥ Vth];  u ← u − Vth·s (reset by subtraction);  u ← λ·u (LIF only)
+
+The leak is applied after the reset, as in the reference code, so the current of a step is not
+leaked before its threshold test. Everything here is branch-free on tensor values (no ``.item()``,
+no data-dependent Python control flow), so that a whole simulation can be captured by CUDA
+graphs or ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def fire_(potential: torch.Tensor, current: torch.Tensor, spikes: torch.Tensor, *, vth: float, leak: float) -> torch.Tensor:
+    """Advance one layer by one step in place: integrate, fire into ``spikes``, reset, leak.
+
+    Args:
+        potential: membrane potentials u ``[B, ...]``, updated in place.
+        current: this step's input current, same shape.
+        spikes: output buffer, same shape and dtype; receives 1.0 where u ≥ Vth, else 0.0.
+        vth: firing threshold.
+        leak: λ in (0, 1]; 1 is the IF neuron.
+
+    Returns:
+        ``spikes``.
+    """
+    potential.add_(current)
+    spikes.copy_(potential >= vth)
+    potential.sub_(spikes, alpha=vth)
+    if leak != 1.0:
+        potential.mul_(leak)
+    return spikes
+
+
+def rate_weights(time_steps: int, leak: float, *, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """Weights ``[T]`` of the (λ-weighted) average over time: λ^(T−1−t) / Σₖ λᵏ (1/T for IF)."""
+    exponents = torch.arange(time_steps - 1, -1, -1, dtype=torch.float64)
+    weights = torch.as_tensor(leak, dtype=torch.float64) ** exponents
+    return (weights / weights.sum()).to(dtype=dtype, device=device)
+
+
+def time_average(spike_train: torch.Tensor, leak: float) -> torch.Tensor:
+    """The (λ-weighted) average over dim 1 of ``[B, T, ...]``, without modifying the input."""
+    weights = rate_weights(spike_train.shape[1], leak, dtype=spike_train.dtype, device=spike_train.device)
+    return torch.einsum("bt...,t->b...", spike_train, weights)

@@ -1,0 +1,149 @@
+"""The spiking producers: simulate the feedback SNN for T steps and return its average rates."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import torch
+
+from ..neurons import fire_, rate_weights, time_average
+from ._base import Equilibrium, Producer
+
+RECORD = ("none", "rates", "spikes")
+
+
+class SpikingNetwork(Protocol):
+    """What a network offers the spiking producers (``implicit_snn.FeedbackSNN`` does)."""
+
+    vth: torch.Tensor
+    num_layers: int
+
+    def is_spike_train(self, x: torch.Tensor) -> bool: ...
+
+    def map_inputs(self, x_bar: torch.Tensor) -> tuple[torch.Tensor, Any]: ...
+
+    def input_current(self, x_t: torch.Tensor, state: Any) -> torch.Tensor: ...
+
+    def forward_current(self, index: int, spikes: torch.Tensor, state: Any) -> torch.Tensor: ...
+
+    def feedback_current(self, spikes: torch.Tensor, state: Any) -> torch.Tensor: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Simulation(Producer):
+    """Shared by ``if`` and ``lif``: the discrete-time simulation of supplement Eq. (20)/(23)."""
+
+    time_steps: int = 30
+    vth: float | None = None
+    record: str = "none"
+
+    # ``leak`` (λ) comes from the subclass: a constant 1.0 for IF, an option for LIF.
+
+    def __post_init__(self) -> None:
+        if isinstance(self.time_steps, bool) or not isinstance(self.time_steps, int) or self.time_steps < 1:
+            raise ValueError(f"`time_steps` must be an int >= 1, got {self.time_steps!r}")
+        if self.vth is not None and not self.vth > 0:
+            raise ValueError(f"`vth` must be > 0 (or None for the network's), got {self.vth!r}")
+        if self.record not in RECORD:
+            raise ValueError(f"`record` must be one of {RECORD}, got {self.record!r}")
+
+    def __call__(self, network: SpikingNetwork, x: torch.Tensor) -> Equilibrium:
+        """Simulate ``network`` on ``x`` ([B, *in] constant current, or [B, T', *in] spikes, T' ≥ T)."""
+        vth = float(network.vth)  # one host sync per pass, outside the time loop
+        if self.vth is not None and abs(self.vth - vth) > 1e-12:
+            raise ValueError(
+                f"the producer's vth={self.vth} differs from the network's vth={vth}; the fixed-point map must "
+                "describe the simulated network, so set vth on the model instead"
+            )
+        steps, leak = self.time_steps, self.leak
+        with torch.no_grad():
+            spikes_in = network.is_spike_train(x)
+            if spikes_in and x.shape[1] < steps:
+                raise ValueError(f"the spike train has {x.shape[1]} steps, fewer than time_steps={steps}")
+            x_bar = time_average(x[:, :steps], leak) if spikes_in else x
+            f_args = network.map_inputs(x_bar)
+            state = f_args[-1]
+            rates, counts, trains = self._simulate(network, x, spikes_in, state, steps, vth, leak)
+        normaliser = rate_weights(steps, leak, dtype=torch.float64)[-1].item()  # = 1 / Σ λᵏ
+        rates = [r.mul_(normaliser) for r in rates]
+        firing = [c / steps for c in counts] if counts is not None else rates
+        stats = {
+            "time_steps": steps,
+            "firing_rate": torch.stack([f.mean() for f in firing]).mean(),
+            "firing_rate_per_layer": [f.mean() for f in firing],
+        }
+        extras: dict[str, Any] = {}
+        if self.record != "none":
+            extras["rates"] = rates
+            extras["firing_rates"] = firing
+        if trains is not None:
+            extras["spikes"] = trains
+        return Equilibrium(a=rates[-1], f_args=f_args, stats=stats, extras=extras)
+
+    def _simulate(self, network: SpikingNetwork, x: torch.Tensor, spikes_in: bool, state: Any, steps: int,
+                  vth: float, leak: float):
+        constant = None if spikes_in else network.input_current(x, state)
+        first = constant if constant is not None else network.input_current(x[:, 0], state)
+        potentials, spikes, rates = [torch.zeros_like(first)], [torch.zeros_like(first)], [torch.zeros_like(first)]
+        counts = [torch.zeros_like(first)] if leak != 1.0 else None
+        trains = None
+        if self.record == "spikes":
+            trains = [first.new_zeros((first.shape[0], steps, *first.shape[1:]))]
+        for t in range(steps):
+            current = first if t == 0 else (constant if constant is not None else network.input_current(x[:, t], state))
+            if t > 0:  # the feedback carries the last layer's spikes of the previous step
+                current = current + network.feedback_current(spikes[-1], state)
+            fire_(potentials[0], current, spikes[0], vth=vth, leak=leak)
+            for index in range(1, network.num_layers):
+                current = network.forward_current(index - 1, spikes[index - 1], state)
+                if t == 0:
+                    potentials.append(torch.zeros_like(current))
+                    spikes.append(torch.zeros_like(current))
+                    rates.append(torch.zeros_like(current))
+                    if counts is not None:
+                        counts.append(torch.zeros_like(current))
+                    if trains is not None:
+                        trains.append(current.new_zeros((current.shape[0], steps, *current.shape[1:])))
+                fire_(potentials[index], current, spikes[index], vth=vth, leak=leak)
+            for index, s in enumerate(spikes):
+                if leak != 1.0:
+                    rates[index].mul_(leak)
+                    counts[index].add_(s)
+                rates[index].add_(s)
+                if trains is not None:
+                    trains[index][:, t] = s
+        return rates, counts, trains
+
+
+@dataclasses.dataclass(frozen=True)
+class IFProducer(_Simulation):
+    """Integrate-and-fire simulation for T steps; the equilibrium is the average firing rate a[T].
+
+    Args:
+        time_steps: T.
+        vth: must equal the network's threshold if given (the network owns Vth).
+        record: ``"rates"`` adds every layer's rates to ``extras``, ``"spikes"`` also the spike
+            trains ``[B, T, ...]`` per layer.
+    """
+
+    leak = 1.0  # a class constant, not an option: IF has no leak
+
+
+@dataclasses.dataclass(frozen=True)
+class LIFProducer(_Simulation):
+    """Leaky integrate-and-fire simulation for T steps; the equilibrium is the λ-weighted average rate.
+
+    Args:
+        time_steps: T.
+        leak: λ in (0, 1) (0.95 for MNIST-like data, 0.99 for CIFAR in the paper).
+        vth: must equal the network's threshold if given (the network owns Vth).
+        record: as for ``if``.
+    """
+
+    leak: float = 0.95  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.leak, (int, float)) and 0.0 < self.leak < 1.0):
+            raise ValueError(f"`leak` must be in (0, 1) for LIF (use the `if` producer for λ = 1), got {self.leak!r}")
