@@ -13,7 +13,7 @@ import torch
 
 SPLITS = ("train", "test")
 InputKind = Literal["constant", "spikes"]
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, os.PathLike]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +132,8 @@ def as_index_tensor(indices, n: int) -> torch.Tensor:
         index = indices.detach().cpu()
     else:
         index = torch.as_tensor(np.asarray(list(indices) if isinstance(indices, range) else indices))
-    if index.dim() != 1 or not (index.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8) or index.numel() == 0):
+    integer = index.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8) or index.numel() == 0
+    if index.dim() != 1 or not integer:
         raise ValueError(f"indices must be a 1-D sequence of integers, got {index.dtype} of shape {list(index.shape)}")
     index = index.long()
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):

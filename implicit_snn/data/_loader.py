@@ -65,13 +65,15 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         inputs, labels = self.dataset.inputs, self.dataset.labels
         order = torch.randperm(len(self.dataset), generator=self.generator) if self.shuffle else None
+        if order is not None:
+            order = order.to(inputs.device)
         for b in range(len(self)):
             start, stop = b * self.batch_size, min((b + 1) * self.batch_size, len(self.dataset))
             if order is None:
                 x, y = inputs[start:stop], labels[start:stop]
             else:
                 index = order[start:stop]
-                x, y = inputs[index.to(inputs.device)], labels[index.to(labels.device)]
+                x, y = inputs[index], labels[index.to(labels.device)]
             x = x.float()
             if self.augment is not None:
                 x = self.augment(x, self.generator)

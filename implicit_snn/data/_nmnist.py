@@ -70,8 +70,8 @@ def load_nmnist_dataset(split: str, root: Optional[PathLike], download: bool, ti
     """N-MNIST ``split`` as uint8 spike trains ``[N, T, 2, 34, 34]`` (``[n, t, polarity, y, x]``).
 
     Events are binned into frames of ``bin_ms`` milliseconds (frame = ts // (bin_ms * 1000)) and
-    the first ``time_steps`` frames are kept: 30 frames of 3 ms cover the first 90 ms, i.e. the
-    first of the three saccades. Differences from the reference (IDE-FSNN): events at ts = 0 are
+    the first ``time_steps`` frames are kept: 30 frames of 3 ms cover the first 90 ms, most of
+    the first of the three ~100 ms saccades. Differences from the reference (IDE-FSNN): events at ts = 0 are
     kept (the reference drops them), and the last frame is filled like any other (not forced
     empty). Samples are ordered by digit, then by file name; the label is the digit folder.
 
