@@ -81,8 +81,9 @@ class SynapticLayer(nn.Module):
         """The op alone (with its bias): no batch norm, no dropout."""
         return apply_op(self.op, x, weight)
 
+    @torch.no_grad()
     def batch_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and biased variance of ``op(x)``, the statistics batch norm would use."""
+        """Per-channel mean and biased variance of ``op(x)``, the statistics batch norm would use (as constants)."""
         z = self.linear(x)
         dims = [0] + list(range(2, z.dim()))
         return z.mean(dim=dims), z.var(dim=dims, unbiased=False)

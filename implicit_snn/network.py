@@ -141,8 +141,7 @@ class FeedbackSNN(nn.Module):
         like = x_bar
         input_stats = None
         if self.training and self.input_layer.bn is not None:
-            with torch.no_grad():
-                input_stats = self.input_layer.batch_statistics(x_in)
+            input_stats = self.input_layer.batch_statistics(x_in)
         state = PassState(
             feedback_weight=self.feedback.effective_weight(update=self.training),
             input_mask=self.input_layer.sample_mask((batch, *self.layer_shapes[0]), like=like),

@@ -29,9 +29,10 @@ class SpectralNorm(nn.Module):
         input_shape: per-sample input shape ``(C, H, W)``; needed with ``operator_norm``.
         n_power_iterations: power-iteration steps per training forward.
 
-    α starts at min(‖W_init‖₂, c). The reference starts it at ‖W_init‖₂ (1.96 for F400), so the
-    clamp holds it at c with zero gradient until weight decay brings it below c; starting at c
-    gives the same initial W_eff and a live gradient from the first step.
+    α starts at min(‖W_init‖₂, c). The reference starts it at ‖W_init‖₂ (1.96 for F400), where
+    the clip gives it zero gradient until weight decay has pulled it below c (about 2,700 steps
+    for F400); starting at c gives the same initial W_eff, and the clip, written as min/max,
+    passes half the gradient at the bound, so α trains from the first step.
     """
 
     def __init__(self, bound: float = 1.0, *, operator_norm: bool = False,
@@ -97,7 +98,11 @@ class SpectralNorm(nn.Module):
         """clamp(α, −c, c) · W / σ(W); ``update`` first advances the power iteration."""
         if update:
             self._power_iteration(op, op.weight, self.n_power_iterations)
-        scale = self.alpha.clamp(-self.bound, self.bound) / self._sigma(op, op.weight)
+        # min/max rather than clamp: at α = ±c it passes half the gradient where clamp passes none,
+        # so α starting at the bound is trainable from the first step.
+        bound = self.alpha.new_tensor(self.bound)
+        alpha = torch.minimum(torch.maximum(self.alpha, -bound), bound)
+        scale = alpha / self._sigma(op, op.weight)
         return op.weight * scale
 
     def extra_repr(self) -> str:

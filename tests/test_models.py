@@ -1,0 +1,191 @@
+"""The model zoo: the paper's parameter and neuron counts, training steps, spec parsing, gradients."""
+
+import pytest
+import torch
+
+import models
+from implicit_snn import ImplicitClassifier
+from implicit_snn.producers import AnalyticProducer
+
+# Trainable parameters of the reference implementation, counted by instantiating it.
+REFERENCE_PARAMETERS = {
+    ("f400", 10): 478_811, ("f64c5", 10): 229_643, ("f64c5_nmnist", 10): 290_763,
+    ("alexnet_f", 10): 3_709_515, ("alexnet_f", 100): 5_184_165,
+    ("cifarnet_f", 10): 11_840_011, ("cifarnet_f", 100): 14_789_221,
+}
+# Spiking neurons plus input units, as the paper counts them.
+REFERENCE_NEURONS = {"f400": 1_184, "f64c5": 13_328, "f64c5_nmnist": 20_808, "alexnet_f": 158_720, "cifarnet_f": 232_448}
+INPUTS = {"f400": (1, 28, 28), "f64c5": (1, 28, 28), "f64c5_nmnist": (2, 34, 34), "alexnet_f": (3, 32, 32),
+          "cifarnet_f": (3, 32, 32)}
+
+
+def test_every_preset_is_registered():
+    assert set(models.available_models()) >= set(REFERENCE_NEURONS)
+    assert all(models.describe_models().values())
+
+
+@pytest.mark.parametrize("name, classes", sorted(REFERENCE_PARAMETERS))
+def test_parameter_counts_match_the_reference(name, classes):
+    model = models.build_model(name, num_classes=classes)
+    expected = REFERENCE_PARAMETERS[(name, classes)]
+    assert abs(model.num_parameters() - expected) <= 0.005 * expected
+    assert model.num_parameters() == expected  # in fact exactly
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_NEURONS))
+def test_neuron_counts_match_the_paper(name):
+    model = models.build_model(name)
+    inputs = 1
+    for size in INPUTS[name]:
+        inputs *= size
+    assert model.network.num_neurons + inputs == REFERENCE_NEURONS[name]
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_NEURONS))
+def test_a_few_training_steps_on_a_fixed_batch_decrease_the_loss(name, device):
+    torch.manual_seed(0)
+    model = models.build_model(name, producer_options=dict(time_steps=4)).to(device).train()
+    shape = (2, *INPUTS[name])
+    if name == "f64c5_nmnist":
+        x = (torch.rand(2, 4, *INPUTS[name], device=device) < 0.2).float()
+    else:
+        x = torch.randn(shape, device=device)
+    y = torch.tensor([0, 1], device=device)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(4):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+    assert model.last_backward is not None and model.last_backward.n_evals >= 1
+    assert 0.0 <= float(model.last_forward["firing_rate"]) <= 1.0
+
+
+def test_implicit_gradient_through_the_spiking_model_equals_the_dense_one(float64):
+    torch.manual_seed(0)
+    model = models.from_spec("6-5 (F6)", (4,), 3, dropout=0.0, producer="if", producer_options=dict(time_steps=50),
+                             b_tol=1e-11, b_max_iter=200).train()
+    x = torch.randn(3, 4)
+    y = torch.tensor([0, 1, 2])
+    net = model.network
+    eq = model.producer(net, x)
+    f_args = net.differentiable_args(*eq.f_args)
+    a = model.adjoint(net.fixed_point_map, eq.a, *f_args)
+    loss = torch.nn.functional.cross_entropy(model.classifier(a), y)
+    params = [p for p in net.parameters()]
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+
+    # Dense: v = (I − Jᵀ)⁻¹ ∂L/∂a with the full batch Jacobian of f at a* (batch norm couples samples).
+    f_args = net.differentiable_args(*eq.f_args)  # same values; a fresh graph for the feedback weight
+    a_leaf = eq.a.clone().requires_grad_()
+    (grad_a,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model.classifier(a_leaf), y), a_leaf)
+    jac = torch.autograd.functional.jacobian(lambda z: net.fixed_point_map(z, *f_args), eq.a)
+    n = eq.a.numel()
+    jac = jac.reshape(n, n)
+    v = torch.linalg.solve(torch.eye(n) - jac.T, grad_a.reshape(n)).reshape(eq.a.shape)
+    expected = torch.autograd.grad(net.fixed_point_map(eq.a, *f_args), params, v, allow_unused=True)
+    for g, e in zip(got, expected):
+        if e is None:
+            assert g is None or float(g.abs().max()) == 0.0
+            continue
+        torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-10)
+    assert model.last_backward.success
+
+
+@pytest.mark.parametrize("producer", ["if", "lif", "analytic"])
+def test_producer_and_backward_can_be_swapped_after_construction(producer):
+    model = models.build_model("f400", producer_options=dict(time_steps=3))
+    options = dict(time_steps=3) if producer != "analytic" else dict(f_max_iter=60)
+    model.set_producer(producer, **options)
+    model.set_backward("anderson", max_iter=20, tol=1e-5, memory=4)
+    model.train()
+    model(torch.randn(4, 1, 28, 28)).sum().backward()
+    assert model.last_backward.n_evals <= 21
+    if producer == "analytic":
+        assert isinstance(model.producer, AnalyticProducer)
+        assert model.last_forward["forward_status"] in ("SUCCESS", "MAX_ITER")
+
+
+def test_eval_mode_is_deterministic_and_builds_no_graph():
+    model = models.build_model("f64c5", producer_options=dict(time_steps=3)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    assert torch.equal(first, second)
+    assert not first.requires_grad
+
+
+def test_spectral_constraint_holds_after_optimiser_steps():
+    torch.manual_seed(0)
+    for name, options in [("f400", {}), ("f64c5", {}), ("f64c5", {"operator_norm": True})]:
+        model = models.build_model(name, producer_options=dict(time_steps=2), **options).train()
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        x = torch.randn(4, 1, 28, 28)
+        y = torch.randint(0, 10, (4,))
+        for _ in range(10):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        feedback = model.network.feedback
+        weight = feedback.effective_weight(update=False).detach()
+        if options.get("operator_norm"):
+            norm = operator_norm(feedback.op, weight, model.network.layer_shapes[-1])
+        else:
+            norm = float(torch.linalg.matrix_norm(weight.reshape(weight.shape[0], -1), 2))
+        assert norm <= 1.0 * 1.02, (name, options, norm)
+
+
+def operator_norm(op, weight, input_shape, iterations=300):
+    """‖conv‖₂ by power iteration on the operator (the oracle for the operator-norm option)."""
+    v = torch.randn(1, *input_shape)
+    for _ in range(iterations):
+        v = (v / v.norm()).requires_grad_()
+        out = torch.nn.functional.conv2d(v, weight, None, op.stride, op.padding)
+        (v,) = torch.autograd.grad(out, v, out)
+    v = v / v.norm()
+    return float(torch.nn.functional.conv2d(v, weight, None, op.stride, op.padding).norm())
+
+
+def test_reshaped_kernel_norm_can_exceed_the_bound_as_an_operator():
+    """Why the operator-norm option exists (reference defect B10): the default can violate ‖W‖₂ ≤ c."""
+    model = models.build_model("f64c5")
+    feedback = model.network.feedback
+    weight = feedback.effective_weight(update=False).detach()
+    assert operator_norm(feedback.op, weight, model.network.layer_shapes[-1], iterations=100) > 1.1
+    exact = models.build_model("f64c5", operator_norm=True).network.feedback
+    weight = exact.effective_weight(update=False).detach()
+    assert operator_norm(exact.op, weight, model.network.layer_shapes[-1], iterations=100) <= 1.01
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("400", "must look like"), ("400 (F300)", "feedback must feed the first layer"), ("40x (F40)", "neither"),
+    ("64C5s-100 (F64C5)", "mixes"), ("64C5 (F64)", "same kind"), ("64C5 (G64C5)", "must be 'FN'"),
+])
+def test_malformed_specs_are_clear_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        models.parse_spec(spec)
+
+
+def test_spec_parser_reads_the_paper_notation():
+    parsed = models.parse_spec("96C3s-256C3-384C3s-384C3-256C3 (F96C3u)")
+    assert [(layer.channels, layer.kernel, layer.stride) for layer in parsed.layers] == [
+        (96, 3, 2), (256, 3, 1), (384, 3, 2), (384, 3, 1), (256, 3, 1)]
+    assert parsed.feedback.channels == 96 and parsed.upsample
+    assert not models.parse_spec("400 (F400)").layers[0].is_conv
+
+
+def test_feedback_that_does_not_close_the_loop_is_an_error():
+    with pytest.raises(ValueError, match="feedback maps layer"):
+        models.from_spec("32C3s-32C3s (F32C3)", (1, 16, 16), 10)
+
+
+def test_unknown_preset_and_bad_options():
+    with pytest.raises(KeyError, match="did you mean 'f400'"):
+        models.build_model("f40")
+    with pytest.raises(TypeError, match="unknown option"):
+        models.build_model("f400", producer_options=dict(tme_steps=3))
+    assert isinstance(models.build_model("f400"), ImplicitClassifier)
