@@ -1,10 +1,14 @@
-"""The ``implicit-snn`` command line: list solvers, producers and models; run the solver demo."""
+"""The ``implicit-snn`` command line: train, eval, list models/solvers, run the solver demo."""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import json
+import shutil
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from rich.console import Console
@@ -14,7 +18,8 @@ import models
 import solvers
 
 from . import producers
-from .demo import compare_backward_solvers
+from .config import PAPER_DEFAULTS, RunConfig, read_config_file, resolve
+from .data import DatasetNotFoundError, available_datasets
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -26,6 +31,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -33,75 +45,254 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but no CUDA device is available; use --device cpu")
-    return name
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _leak(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1) (use --producer if for no leak), got {text}")
+    return value
+
+
+def _dropout(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return key.strip(), value.strip()
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """Add ``--name`` with its other spelling (underscores and dashes) as an alias."""
+    spellings = [f"--{name}"]
+    other = name.replace("_", "-") if "_" in name else name.replace("-", "_")
+    if other != name:
+        spellings.append(f"--{other}")
+    parser.add_argument(*spellings, dest=name.replace("-", "_"), **kwargs)
+
+
+def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False) -> None:
+    names = solvers.available_solvers()
+    _flag(parser, "producer", choices=producers.available_producers(), help="equilibrium producer")
+    _flag(parser, "time_steps", type=_positive_int, help="simulation steps T")
+    _flag(parser, "leak", type=_leak, help="LIF leak λ")
+    _flag(parser, "f_solver", choices=names, help="forward solver of the analytic producer")
+    _flag(parser, "f_max_iter", type=_positive_int)
+    _flag(parser, "f_tol", type=_positive_float)
+    _flag(parser, "b_solver", choices=names, help="backward (adjoint) solver")
+    _flag(parser, "b_max_iter", type=_non_negative_int)
+    _flag(parser, "b_tol", type=_positive_float)
+    _flag(parser, "b_stop_mode", choices=["rel", "abs"])
+    _flag(parser, "b_option", type=_option, action="append", metavar="KEY=VALUE",
+          help="backward solver option, e.g. memory=10 (repeatable)")
+    _flag(parser, "data_root", help="folder with the dataset's files")
+    _flag(parser, "device", help="cpu, cuda or auto")
+    _flag(parser, "threads", type=_positive_int, help="CPU threads for torch")
+    if not for_eval:
+        _flag(parser, "vth", type=_positive_float, help="firing threshold (2.0 in the paper)")
+        _flag(parser, "dropout", type=_dropout)
+        _flag(parser, "operator_norm", action="store_const", const=True,
+              help="constrain the conv feedback's true operator norm")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``implicit-snn``; solver choices come from the registry at run time."""
+    """The argument parser of ``implicit-snn``; solver and producer choices come from the registries."""
     parser = argparse.ArgumentParser(
         prog="implicit-snn",
         description="Feedback spiking networks trained by implicit differentiation on the equilibrium state.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("solvers", help="list fixed-point solvers and equilibrium producers")
-    sub.add_parser("models", help="list model presets")
 
-    demo = sub.add_parser(
-        "demo", help="compare backward solvers on a contractive implicit network against the dense gradient")
+    train = sub.add_parser("train", help="train a model (default: F400 on Fashion-MNIST with the paper's settings)")
+    _flag(train, "model", help=f"a preset ({', '.join(models.available_models())}) or a spec like '400 (F400)'")
+    _flag(train, "dataset", choices=available_datasets())
+    _add_model_flags(train)
+    _flag(train, "epochs", type=_positive_int)
+    _flag(train, "batch_size", type=_positive_int)
+    _flag(train, "test_batch_size", type=_positive_int)
+    _flag(train, "lr", type=_positive_float)
+    _flag(train, "momentum", type=_non_negative_float)
+    _flag(train, "weight_decay", type=_non_negative_float)
+    _flag(train, "milestones", type=_non_negative_int, nargs="*", help="epochs (0-based) where lr is multiplied by gamma")
+    _flag(train, "gamma", type=_positive_float)
+    _flag(train, "warmup_iters", type=_non_negative_int)
+    _flag(train, "val_size", type=_non_negative_int, help="validation samples carved from the training set (0: none)")
+    _flag(train, "seed", type=int)
+    _flag(train, "out", help="run directory (default runs/MODEL-DATASET-PRODUCER-seedN)")
+    train.add_argument("--config", help="settings file (TOML, YAML or JSON); flags override it")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="start afresh in an existing run directory")
+
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint, optionally with another producer, T or solver")
+    evaluate.add_argument("checkpoint", help="a checkpoint file or a run directory (uses its best, else last)")
+    evaluate.add_argument("--split", choices=["test", "val", "train"], default="test")
+    evaluate.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int, default=200)
+    _add_model_flags(evaluate, for_eval=True)
+
+    sub.add_parser("solvers", help="list fixed-point solvers and equilibrium producers")
+    sub.add_parser("models", help="list model presets with neuron and parameter counts")
+
+    demo = sub.add_parser("demo", help="compare backward solvers on a contractive implicit layer")
     names = solvers.available_solvers()
-    demo.add_argument("--b_solver", "--b-solver", nargs="+", choices=names, default=[n for n in names if n != "exact"],
-                      metavar="NAME", help=f"backward solvers to compare (from: {', '.join(names)})")
-    demo.add_argument("--b_max_iter", "--b-max-iter", type=_positive_int, default=30)
-    demo.add_argument("--b_tol", "--b-tol", type=_positive_float, default=1e-6)
+    _flag(demo, "b_solver", nargs="+", choices=names, default=[n for n in names if n != "exact"], metavar="NAME",
+          help=f"backward solvers to compare (from: {', '.join(names)})")
+    _flag(demo, "b_max_iter", type=_positive_int, default=30)
+    _flag(demo, "b_tol", type=_positive_float, default=1e-6)
     demo.add_argument("--dim", type=_positive_int, default=400, help="equilibrium units (default 400, as F400)")
-    demo.add_argument("--batch-size", type=_positive_int, default=128)
+    _flag(demo, "batch_size", type=_positive_int, default=128)
     demo.add_argument("--norm", type=_positive_float, default=0.9, help="spectral norm of the feedback (< 1)")
     demo.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    demo.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    demo.add_argument("--device", default="cpu")
     demo.add_argument("--seed", type=int, default=0)
     return parser
 
 
+def _cli_settings(args: argparse.Namespace) -> dict[str, Any]:
+    values = {name: getattr(args, name, None) for name in RunConfig.field_names()}
+    options = getattr(args, "b_option", None)
+    values["b_options"] = dict(options) if options else None
+    return values
+
+
+def _default_run_dir(config: RunConfig) -> Path:
+    return Path("runs") / f"{config.model}-{config.dataset}-{config.producer or 'lif'}-seed{config.seed}".replace(" ", "")
+
+
+def _train(args: argparse.Namespace, console: Console) -> int:
+    from .app import make_trainer
+    from .trainer import Interrupted
+
+    file_values = read_config_file(args.config) if args.config else {}
+    config = resolve(file_values, _cli_settings(args))
+    run_dir = Path(config.out) if config.out else _default_run_dir(config)
+    config.out = str(run_dir)
+    existing = run_dir / "checkpoint-last.pt"
+    if args.resume and args.overwrite:
+        raise SystemExit("error: --resume and --overwrite exclude each other")
+    if args.resume:
+        saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
+        if saved is None:
+            raise SystemExit(f"error: --resume: {run_dir} has no config.json; nothing to resume")
+        changed = {k: (saved.get(k), v) for k, v in config.to_dict().items()
+                   if k not in ("epochs", "device", "threads", "data_root") and saved.get(k) != v}
+        if changed:
+            raise SystemExit(f"error: --resume with settings that differ from the run's: {changed}; "
+                             "only --epochs, --device, --threads and --data-root may change")
+    elif existing.exists() or (run_dir / "metrics.jsonl").exists():
+        if not args.overwrite:
+            raise SystemExit(f"error: {run_dir} already holds a run; pass --resume to continue it, --overwrite to "
+                             "start afresh, or --out for another directory")
+        for name in ("checkpoint-last.pt", "checkpoint-best.pt", "metrics.jsonl", "summary.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from ._io import atomic_write_text
+    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    console.print(f"training {config.model} on {config.dataset} ({config.producer or 'lif'}, "
+                  f"T={config.time_steps}, backward {config.b_solver}/{config.b_max_iter}) → {run_dir}")
+    try:
+        trainer = make_trainer(config, run_dir, console)
+        summary = trainer.fit(resume=args.resume)
+    except DatasetNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
+    except Interrupted as stop:
+        console.print(f"interrupted: {stop}")
+        return 130
+    console.print(f"final test accuracy {summary['final_test_acc']:.2%}"
+                  + (f"; checkpoint chosen on validation (epoch {summary['val_chosen_epoch']}): "
+                     f"{summary['val_chosen_test_acc']:.2%}" if "val_chosen_epoch" in summary else "")
+                  + f"; best epoch {summary['best_epoch']}: {summary['best_epoch_test_acc']:.2%}")
+    return 0
+
+
+def _eval(args: argparse.Namespace, console: Console) -> int:
+    from .app import build_model, load_splits, resolve_device
+    from .trainer import evaluate
+
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        best, last = path / "checkpoint-best.pt", path / "checkpoint-last.pt"
+        path = best if best.exists() else last
+    if not path.is_file():
+        raise SystemExit(f"error: no checkpoint at {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    overrides = {k: v for k, v in _cli_settings(args).items() if v is not None and k in (
+        "producer", "time_steps", "leak", "f_solver", "f_max_iter", "f_tol", "b_solver", "b_max_iter", "b_tol",
+        "b_stop_mode", "b_options", "data_root", "device", "threads")}
+    config = RunConfig(**{**ckpt["config"], **overrides})
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    try:
+        train, val, test = load_splits(config)
+    except DatasetNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
+    data = {"train": train, "val": val, "test": test}[args.split]
+    if data is None:
+        raise SystemExit("error: this run has no validation split (val_size 0)")
+    model = build_model(config, train.info.num_classes, train.info.in_shape)
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    result = evaluate(model, data, batch_size=args.batch_size, device=device)
+    console.print(f"{path} on {config.dataset} {args.split} ({len(data)} samples), producer {config.producer}, "
+                  f"T={config.time_steps}: accuracy {result['acc']:.2%}, loss {result['loss']:.4f}, "
+                  f"firing rate {result['firing_rate']:.4f}")
+    return 0
+
+
 def _list_solvers(console: Console) -> None:
-    table = Table(title="fixed-point solvers (forward of `analytic`, and the backward)")
-    table.add_column("name")
-    table.add_column("description")
-    for name, line in solvers.describe_solvers().items():
-        table.add_row(name, line)
-    console.print(table)
-    table = Table(title="equilibrium producers")
-    table.add_column("name")
-    table.add_column("description")
-    for name, line in producers.describe_producers().items():
-        table.add_row(name, line)
-    console.print(table)
+    for title, lines in (("fixed-point solvers (forward of `analytic`, and the backward)", solvers.describe_solvers()),
+                         ("equilibrium producers", producers.describe_producers())):
+        table = Table(title=title)
+        table.add_column("name", no_wrap=True)
+        table.add_column("description")
+        for name, line in lines.items():
+            table.add_row(name, line)
+        console.print(table)
 
 
 def _list_models(console: Console) -> None:
-    names = models.available_models()
-    if not names:
-        console.print("no model presets are registered yet")
-    for name in names:
-        console.print(name)
+    from .app import count_model
+
+    table = Table(title="model presets (10 classes)")
+    for column in ("name", "network", "default data", "neurons", "+ inputs", "parameters"):
+        table.add_column(column, no_wrap=column != "network")
+    for name in models.available_models():
+        spec, in_shape, _ = models.PRESETS[name]
+        neurons, inputs, params = count_model(name)
+        table.add_row(name, spec, PAPER_DEFAULTS.get(name, {}).get("dataset", ""), f"{neurons:,}",
+                      f"{neurons + inputs:,}", f"{params:,}")
+    console.print(table)
 
 
 def _demo(args: argparse.Namespace, console: Console) -> int:
+    from .app import resolve_device
+    from .demo import compare_backward_solvers
+
     if args.norm >= 1:
         raise SystemExit(f"error: --norm must be below 1 for a contraction, got {args.norm}")
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     console.print(
-        f"implicit network f(a, x) = tanh(W a + U x + b), D={args.dim}, batch {args.batch_size}, "
-        f"‖W‖₂={args.norm}, {args.dtype} on {device}; backward: at most {args.b_max_iter} steps to "
-        f"relative residual {args.b_tol:g}; gradient error against the dense implicit-function-theorem gradient"
+        f"implicit layer f(a, x) = tanh(W a + U x + b), D={args.dim}, batch {args.batch_size}, ‖W‖₂={args.norm}, "
+        f"{args.dtype} on {device}; backward: at most {args.b_max_iter} steps to relative residual {args.b_tol:g}; "
+        "dW error against the dense implicit-function-theorem gradient"
     )
     rows = compare_backward_solvers(
         args.b_solver, dim=args.dim, batch=args.batch_size, norm=args.norm, max_iter=args.b_max_iter,
-        tol=args.b_tol, dtype=DTYPES[args.dtype], device=device, seed=args.seed,
+        tol=args.b_tol, dtype=DTYPES[args.dtype], device=str(device), seed=args.seed,
     )
     table = Table(title="backward solvers")
     table.add_column("solver", no_wrap=True)
@@ -119,12 +310,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Piped output gets a fixed, wide layout instead of rich's 80-column default.
     console = Console() if sys.stdout.isatty() else Console(width=120)
-    if args.command == "solvers":
-        _list_solvers(console)
-    elif args.command == "models":
-        _list_models(console)
-    elif args.command == "demo":
-        return _demo(args, console)
+    try:
+        if args.command == "train":
+            return _train(args, console)
+        if args.command == "eval":
+            return _eval(args, console)
+        if args.command == "solvers":
+            _list_solvers(console)
+        elif args.command == "models":
+            _list_models(console)
+        elif args.command == "demo":
+            return _demo(args, console)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
+        # Bad settings reach here from the config file and the registries: one line, no traceback.
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise SystemExit(f"error: {message}") from None
     return 0
 
 

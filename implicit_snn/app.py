@@ -1,0 +1,102 @@
+"""Building a run from a ``RunConfig``: the model (presets from ``models``), data, optimiser, trainer.
+
+This is application code (with the CLI): the only part of ``implicit_snn`` that imports
+``models``; the library modules never do.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from rich.console import Console
+
+import models
+
+from .config import RunConfig
+from .data import ArrayDataset, cifar_augment, dataset_info, load_dataset, split_validation
+from .trainer import Trainer
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda requested but no CUDA device is available; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise SystemExit(f"error: --device must be cpu, cuda or auto, got {name!r}")
+    return torch.device(name)
+
+
+def producer_options(config: RunConfig) -> dict[str, Any]:
+    """The producer's options from the run settings (only those it takes)."""
+    if config.producer == "analytic":
+        return dict(f_solver=config.f_solver, f_max_iter=config.f_max_iter, f_tol=config.f_tol)
+    options: dict[str, Any] = {}
+    if config.time_steps is not None:
+        options["time_steps"] = config.time_steps
+    if config.producer == "lif" and config.leak is not None:
+        options["leak"] = config.leak
+    return options
+
+
+def build_model(config: RunConfig, num_classes: int, in_shape: Optional[tuple[int, ...]] = None) -> torch.nn.Module:
+    """The model named by ``config.model`` (a preset, or a spec string in the paper's notation)."""
+    options = dict(
+        dropout=config.dropout, vth=config.vth, operator_norm=config.operator_norm,
+        producer=config.producer or "lif", producer_options=producer_options(config),
+        backward=config.b_solver, b_max_iter=config.b_max_iter, b_tol=config.b_tol, b_stop_mode=config.b_stop_mode,
+        backward_options=dict(config.b_options),
+    )
+    if config.model in models.available_models():
+        return models.build_model(config.model, num_classes=num_classes, **options)
+    if "(" in config.model:
+        if in_shape is None:
+            raise ValueError("a spec-string model needs the dataset's input shape")
+        return models.from_spec(config.model, in_shape, num_classes, **options)
+    raise SystemExit(f"error: unknown model {config.model!r}; presets: {', '.join(models.available_models())}, "
+                     "or a spec such as '400 (F400)'")
+
+
+def load_splits(config: RunConfig) -> tuple[ArrayDataset, Optional[ArrayDataset], ArrayDataset]:
+    """Train (minus the validation split), validation (carved from train) and test data."""
+    kwargs: dict[str, Any] = dict(root=config.data_root)
+    info = dataset_info(config.dataset)
+    if info.input_kind == "spikes":
+        kwargs["time_steps"] = config.time_steps or info.time_steps
+    train = load_dataset(config.dataset, "train", **kwargs)
+    test = load_dataset(config.dataset, "test", **kwargs)
+    val = None
+    if config.val_size > 0:
+        train, val = split_validation(train, config.val_size, seed=config.seed)
+    return train, val, test
+
+
+def make_trainer(config: RunConfig, run_dir: Path, console: Console) -> Trainer:
+    """Everything a training run needs, seeded from ``config.seed``."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    train, val, test = load_splits(config)
+    info = train.info
+    model = build_model(config, info.num_classes, info.in_shape).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    augment = cifar_augment if config.dataset in ("cifar10", "cifar100") else None
+    return Trainer(
+        model, optimizer, train_data=train, val_data=val, test_data=test, epochs=config.epochs,
+        batch_size=config.batch_size, test_batch_size=config.test_batch_size, milestones=list(config.milestones),
+        gamma=config.gamma, warmup_iters=config.warmup_iters, run_dir=run_dir, device=device, seed=config.seed,
+        config=config.to_dict(), augment=augment, console=console,
+    )
+
+
+def count_model(name: str) -> tuple[int, int, int]:
+    """(spiking neurons, input units, trainable parameters) of a preset for its default dataset's classes."""
+    model = models.build_model(name)
+    inputs = math.prod(model.network.in_shape)
+    return model.network.num_neurons, inputs, model.num_parameters()

@@ -1,0 +1,124 @@
+"""Run configuration: every setting of a training run, the paper's defaults, config files.
+
+Resolution order (later wins): the paper's defaults for the model (and dataset), a config
+file (TOML, YAML or JSON), then command-line flags. The resolved configuration is saved in the
+run directory, so a run can always be traced back to its exact settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+# The paper's settings (supplement F.3.2 and the reference scripts), per model preset.
+PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "f400": dict(dataset="fashion-mnist", producer="lif", time_steps=5, leak=0.95),
+    "f64c5": dict(dataset="mnist", producer="lif", time_steps=30, leak=0.95),
+    "f64c5_nmnist": dict(dataset="nmnist", producer="lif", time_steps=30, leak=0.95,
+                         b_solver="fixed_point", b_options={"damping": 0.5}),
+    "alexnet_f": dict(dataset="cifar10", producer="lif", time_steps=30, leak=0.99, milestones=[50, 75],
+                      warmup_iters=400),
+    "cifarnet_f": dict(dataset="cifar10", producer="lif", time_steps=30, leak=0.99, milestones=[50, 75],
+                       warmup_iters=400),
+}
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """All settings of a training run; ``None`` means "the preset's default"."""
+
+    model: str = "f400"
+    dataset: Optional[str] = None
+    data_root: Optional[str] = None
+    producer: Optional[str] = None
+    time_steps: Optional[int] = None
+    leak: Optional[float] = None
+    vth: float = 2.0
+    f_solver: str = "broyden"
+    f_max_iter: int = 50
+    f_tol: float = 1e-5
+    b_solver: str = "broyden"
+    b_max_iter: int = 30
+    b_tol: float = 1e-6
+    b_stop_mode: str = "rel"
+    b_options: dict = dataclasses.field(default_factory=dict)
+    operator_norm: bool = False
+    dropout: float = 0.2
+    epochs: int = 100
+    batch_size: int = 128
+    test_batch_size: int = 200
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: list = dataclasses.field(default_factory=lambda: [30, 60, 90])
+    gamma: float = 0.1
+    warmup_iters: int = 0
+    val_size: int = 5000
+    seed: int = 0
+    device: str = "auto"
+    out: Optional[str] = None
+    threads: Optional[int] = None
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_keys(values: dict[str, Any], source: str) -> None:
+    """Reject unknown setting names with the list of known ones."""
+    unknown = sorted(set(values) - set(RunConfig.field_names()))
+    if unknown:
+        raise ValueError(f"{source}: unknown setting(s) {unknown}; known settings: {', '.join(RunConfig.field_names())}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a TOML, YAML or JSON file (dashes in keys are read as underscores)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        data = tomllib.loads(text)
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ModuleNotFoundError:
+            raise RuntimeError(f"reading {path.name} needs PyYAML: pip install pyyaml (or use a .toml file)") from None
+        data = yaml.safe_load(text) or {}
+    elif suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ValueError(f"config file {path.name}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path.name} must hold a table of settings, got {type(data).__name__}")
+    data = {key.replace("-", "_"): value for key, value in data.items()}
+    check_keys(data, f"config file {path.name}")
+    return data
+
+
+def resolve(file_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfig:
+    """Defaults < the model's paper defaults < file < command line; ``None`` values are "unset"."""
+    chosen = {**{k: v for k, v in file_values.items() if v is not None},
+              **{k: v for k, v in cli_values.items() if v is not None}}
+    check_keys(chosen, "settings")
+    model = chosen.get("model", RunConfig.model)
+    paper = PAPER_DEFAULTS.get(model, {})
+    merged = {**paper, **chosen}
+    if "b_options" in chosen and "b_solver" not in chosen and "b_options" in paper:
+        merged["b_options"] = chosen["b_options"]
+    if "b_solver" in chosen and "b_options" not in chosen and chosen["b_solver"] != paper.get("b_solver"):
+        merged["b_options"] = {}  # the preset's solver options belong to the preset's solver
+    config = RunConfig(**merged)
+    if config.dataset is None:
+        config.dataset = "fashion-mnist"
+    return config

@@ -1,0 +1,364 @@
+"""The training loop: SGD with a step schedule and warm-up, metrics, atomic checkpoints, exact resume.
+
+The trainer takes any classifier ``model(x) -> logits``; when the model exposes
+``last_backward`` (a ``SolverResult``) and ``last_forward`` (producer statistics), their
+numbers are logged per epoch: backward evaluations, residuals, the fraction of converged
+samples, the status counts, and the mean firing rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import resource
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ._io import atomic_write_text
+from .data import ArrayDataset, BatchLoader
+
+CHECKPOINT_VERSION = 1
+
+
+def step_schedule(optimizer: torch.optim.Optimizer, *, iters_per_epoch: int, milestones: list[int], gamma: float,
+                  warmup_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """LR × γ^(milestones passed) per epoch, with a linear warm-up (k+1)/W over the first W iterations.
+
+    Stepped once per iteration; milestones are 0-based epoch indices (lr drops at the start of
+    those epochs), as in the paper's scripts.
+    """
+    def factor(step: int) -> float:
+        epoch = step // iters_per_epoch
+        decay = gamma ** sum(epoch >= m for m in milestones)
+        warm = (step + 1) / warmup_iters if step < warmup_iters else 1.0
+        return decay * warm
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak resident memory of this process (CPU) or peak allocated CUDA memory, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclasses.dataclass
+class EpochTotals:
+    """Sums over the batches of one epoch (kept in checkpoints so a resumed epoch adds up the same)."""
+
+    samples: int = 0
+    loss: float = 0.0
+    correct: int = 0
+    batches: int = 0
+    backward_evals: float = 0.0
+    backward_rel_residual: float = 0.0
+    backward_converged: float = 0.0
+    backward_status: dict = dataclasses.field(default_factory=dict)
+    firing_rate: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, loss: float, correct: int, samples: int, model: torch.nn.Module) -> None:
+        self.samples += samples
+        self.loss += loss * samples
+        self.correct += correct
+        self.batches += 1
+        result = getattr(model, "last_backward", None)
+        if result is not None:
+            summary = result.summary()
+            self.backward_evals += summary["n_evals"]
+            self.backward_rel_residual += summary["rel_residual_max"]
+            self.backward_converged += summary["converged_fraction"]
+            self.backward_status[summary["status"]] = self.backward_status.get(summary["status"], 0) + 1
+        rate = getattr(model, "last_forward", {}).get("firing_rate")
+        if rate is not None:
+            self.firing_rate += float(rate)
+
+    def metrics(self) -> dict[str, Any]:
+        n = max(self.batches, 1)
+        out = {
+            "train_loss": self.loss / max(self.samples, 1),
+            "train_acc": self.correct / max(self.samples, 1),
+            "train_seconds": self.seconds,
+            "train_images_per_s": self.samples / self.seconds if self.seconds > 0 else math.nan,
+        }
+        if self.backward_status:
+            out.update(backward_evals_mean=self.backward_evals / n, backward_rel_residual_mean=self.backward_rel_residual / n,
+                       backward_converged_fraction=self.backward_converged / n, backward_status=dict(self.backward_status))
+        out["firing_rate"] = self.firing_rate / n
+        return out
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Loss, accuracy and mean firing rate of ``model`` (in eval mode) on ``dataset``."""
+    was_training = model.training
+    model.eval()
+    loss = correct = rate = 0.0
+    batches = 0
+    for x, y in BatchLoader(dataset, batch_size, shuffle=False):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        rate += float(getattr(model, "last_forward", {}).get("firing_rate", 0.0))
+        batches += 1
+    model.train(was_training)
+    return {"loss": loss / len(dataset), "acc": correct / len(dataset), "firing_rate": rate / max(batches, 1)}
+
+
+class _StopRequest:
+    """First Ctrl-C asks the loop to stop after the current step; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StopRequest":
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C) after saving a checkpoint."""
+
+
+class Trainer:
+    """Trains a classifier for ``epochs`` epochs, writing everything into ``run_dir``.
+
+    Files: ``metrics.jsonl`` (one JSON object per epoch), ``checkpoint-last.pt`` (every epoch,
+    and on Ctrl-C), ``checkpoint-best.pt`` (best validation accuracy), ``summary.json``.
+    Checkpoints are written to a temporary file and renamed, so a crash never leaves a broken
+    one. ``fit(resume=True)`` continues from ``checkpoint-last.pt`` and produces the same
+    metrics as an uninterrupted run: it restores model, optimiser, schedule, the loader's
+    generator (replaying the interrupted epoch's order) and torch's RNG.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, train_data: ArrayDataset,
+                 val_data: Optional[ArrayDataset], test_data: Optional[ArrayDataset], epochs: int, batch_size: int,
+                 test_batch_size: int, milestones: list[int], gamma: float, warmup_iters: int, run_dir: str | Path,
+                 device: torch.device, seed: int, config: dict[str, Any], augment: Optional[Callable] = None,
+                 console: Optional[Console] = None):
+        self.model, self.optimizer = model, optimizer
+        self.train_data, self.val_data, self.test_data = train_data, val_data, test_data
+        self.epochs, self.test_batch_size, self.device = epochs, test_batch_size, device
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.console = console or Console()
+        self.loader = BatchLoader(train_data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                                  augment=augment)
+        self.scheduler = step_schedule(optimizer, iters_per_epoch=len(self.loader), milestones=list(milestones),
+                                       gamma=gamma, warmup_iters=warmup_iters)
+        self.epoch = 0  # completed epochs
+        self.batch = 0  # batches done in the current epoch
+        self.loader_state = self.loader.generator.get_state()
+        self.totals = EpochTotals()
+        self.best_val_acc = -1.0
+
+    # -- checkpoints -----------------------------------------------------------------------
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "checkpoint-last.pt"
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.config,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch, "batch": self.batch, "best_val_acc": self.best_val_acc,
+            "totals": dataclasses.asdict(self.totals),
+            "loader_state": self.loader_state,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint atomically (temporary file in the same folder, then rename)."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(self._checkpoint(), tmp)
+        tmp.replace(path)
+
+    def load(self, path: Path) -> None:
+        """Restore everything ``save`` wrote."""
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        if ckpt.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{path} is a checkpoint of version {ckpt.get('version')}, expected {CHECKPOINT_VERSION}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch, self.batch, self.best_val_acc = ckpt["epoch"], ckpt["batch"], ckpt["best_val_acc"]
+        self.totals = EpochTotals(**ckpt["totals"])
+        self.loader_state = ckpt["loader_state"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        if ckpt["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+
+    def _metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _read_metrics(self) -> list[dict[str, Any]]:
+        path = self._metrics_path()
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self._metrics_path(), "".join(json.dumps(row) + "\n" for row in rows))
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self, *, resume: bool = False) -> dict[str, Any]:
+        """Train to ``epochs`` (continuing from the last checkpoint with ``resume``); returns the summary.
+
+        Raises:
+            Interrupted: after Ctrl-C, once the checkpoint is saved.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            if not self.last_checkpoint.exists():
+                raise FileNotFoundError(f"--resume: no checkpoint at {self.last_checkpoint}")
+            self.load(self.last_checkpoint)
+            self.console.print(f"resumed from {self.last_checkpoint} at epoch {self.epoch + 1}, batch {self.batch}")
+        # Rows of epochs after the checkpoint (a crash between the two writes) are dropped.
+        rows = [row for row in self._read_metrics() if row["epoch"] <= self.epoch]
+        self._write_metrics(rows)
+        with _StopRequest() as stop:
+            while self.epoch < self.epochs:
+                if not self._train_epoch(stop):
+                    self.save(self.last_checkpoint)
+                    raise Interrupted(f"stopped at epoch {self.epoch + 1}, batch {self.batch}; checkpoint saved to "
+                                      f"{self.last_checkpoint}; continue with --resume")
+                row = self._end_epoch()
+                rows.append(row)
+                self._write_metrics(rows)
+                self.save(self.last_checkpoint)
+                if row.get("is_best"):
+                    shutil.copyfile(self.last_checkpoint, self.run_dir / ".checkpoint-best.pt.tmp")
+                    (self.run_dir / ".checkpoint-best.pt.tmp").replace(self.run_dir / "checkpoint-best.pt")
+        summary = summarise(rows)
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _train_epoch(self, stop: _StopRequest) -> bool:
+        """Run the rest of the current epoch; False if a stop was requested (state saved by the caller)."""
+        self.loader.generator.set_state(self.loader_state)
+        self.model.train()
+        total = len(self.loader)
+        with self._progress() as progress:
+            task = progress.add_task(f"epoch {self.epoch + 1}/{self.epochs}", total=total, completed=self.batch,
+                                     loss=math.nan, acc=math.nan, speed=math.nan) if progress else None
+            tick = time.perf_counter()
+            for index, (x, y) in enumerate(self.loader):
+                if index < self.batch:
+                    tick = time.perf_counter()
+                    continue  # already trained before the interruption; the loader replays its RNG draws
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.totals.add(loss.item(), int((logits.argmax(1) == y).sum()), y.shape[0], self.model)
+                now = time.perf_counter()
+                self.totals.seconds += now - tick  # wall time including fetching the batch
+                tick = now
+                self.batch = index + 1
+                if progress:
+                    progress.update(task, advance=1, loss=self.totals.loss / self.totals.samples,
+                                    acc=self.totals.correct / self.totals.samples,
+                                    speed=self.totals.samples / max(self.totals.seconds, 1e-9))
+                if stop.requested:
+                    return False
+        return True
+
+    def _progress(self):
+        if self.console.is_terminal:
+            return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.2%} "
+                                       "{task.fields[speed]:.0f} img/s"), TimeRemainingColumn(),
+                            console=self.console, transient=True)
+        return _NoProgress()
+
+    def _end_epoch(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update(self.totals.metrics())
+        eval_start = time.perf_counter()
+        for name, data in (("val", self.val_data), ("test", self.test_data)):
+            if data is not None:
+                result = evaluate(self.model, data, batch_size=self.test_batch_size, device=self.device)
+                row.update({f"{name}_loss": result["loss"], f"{name}_acc": result["acc"]})
+        row["eval_seconds"] = time.perf_counter() - eval_start
+        row["peak_memory_mib"] = peak_memory_mib(self.device)
+        if "val_acc" in row and row["val_acc"] > self.best_val_acc:
+            self.best_val_acc = row["val_acc"]
+            row["is_best"] = True
+        self.epoch += 1
+        self.batch = 0
+        self.totals = EpochTotals()
+        self.loader_state = self.loader.generator.get_state()
+        self.console.print(format_row(row))
+        return row
+
+
+class _NoProgress:
+    """Stands in for a progress bar when output is not a terminal: per-epoch lines only."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One line per epoch for the console."""
+    parts = [f"epoch {row['epoch']}", f"lr {row['lr']:.4g}", f"train loss {row['train_loss']:.4f}",
+             f"acc {row['train_acc']:.2%}"]
+    if "val_acc" in row:
+        parts.append(f"val {row['val_acc']:.2%}" + (" *" if row.get("is_best") else ""))
+    if "test_acc" in row:
+        parts.append(f"test {row['test_acc']:.2%}")
+    if "backward_evals_mean" in row:
+        parts.append(f"backward {row['backward_evals_mean']:.1f} VJPs, {row['backward_converged_fraction']:.0%} converged")
+    parts.append(f"rate {row['firing_rate']:.3f}")
+    parts.append(f"{row['train_seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)")
+    return " | ".join(parts)
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final-epoch test accuracy, that of the epoch chosen on validation, and the best epoch's (the paper's protocol)."""
+    if not rows:
+        return {}
+    summary: dict[str, Any] = {"epochs": len(rows), "final_test_acc": rows[-1].get("test_acc")}
+    with_val = [r for r in rows if "val_acc" in r]
+    if with_val:
+        chosen = max(with_val, key=lambda r: (r["val_acc"], -r["epoch"]))
+        summary.update(val_chosen_epoch=chosen["epoch"], val_chosen_test_acc=chosen.get("test_acc"))
+    with_test = [r for r in rows if "test_acc" in r]
+    if with_test:
+        best = max(with_test, key=lambda r: (r["test_acc"], -r["epoch"]))
+        summary.update(best_epoch=best["epoch"], best_epoch_test_acc=best["test_acc"])
+        last10 = with_test[-10:]
+        summary["last10_mean_test_acc"] = sum(r["test_acc"] for r in last10) / len(last10)
+    summary["train_seconds_per_epoch_median"] = sorted(r["train_seconds"] for r in rows)[len(rows) // 2]
+    summary["peak_memory_mib"] = max(r["peak_memory_mib"] for r in rows)
+    return summary

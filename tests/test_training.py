@@ -1,0 +1,152 @@
+"""The trainer and the train/eval commands: exact resume, checkpoints, metrics, clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from implicit_snn.cli import main
+from implicit_snn.config import RunConfig, read_config_file, resolve
+from implicit_snn.trainer import step_schedule
+
+SMALL = ["--dataset", "synthetic", "--val-size", "64", "--batch-size", "32", "--time-steps", "3", "--threads", "1"]
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def comparable(rows):
+    timing = ("train_seconds", "train_images_per_s", "eval_seconds", "peak_memory_mib")
+    return [{k: v for k, v in row.items() if k not in timing} for row in rows]
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    assert main(["train", *SMALL, "--epochs", "3", "--out", str(tmp_path / "full")]) == 0
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(tmp_path / "split")]) == 0
+    assert main(["train", *SMALL, "--epochs", "3", "--out", str(tmp_path / "split"), "--resume"]) == 0
+    full, split = metrics(tmp_path / "full"), metrics(tmp_path / "split")
+    assert len(full) == len(split) == 3
+    assert comparable(full) == comparable(split)
+    a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "split" / "checkpoint-last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_in_the_middle_of_an_epoch_after_ctrl_c(tmp_path, monkeypatch, capsys):
+    """A real SIGINT stops after the current step with a checkpoint; --resume then matches an uninterrupted run."""
+    original_step = torch.optim.SGD.step
+    calls = []
+
+    def step_then_interrupt(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step_then_interrupt)
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(tmp_path / "cut")]) == 130
+    assert "continue with --resume" in capsys.readouterr().out
+    monkeypatch.setattr(torch.optim.SGD, "step", original_step)
+    ckpt = torch.load(tmp_path / "cut" / "checkpoint-last.pt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["batch"]) == (0, 5)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(tmp_path / "whole")]) == 0
+    assert comparable(metrics(tmp_path / "cut")) == comparable(metrics(tmp_path / "whole"))
+
+
+def test_run_directory_contents_and_summary(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(out)]) == 0
+    for name in ("config.json", "metrics.jsonl", "checkpoint-last.pt", "checkpoint-best.pt", "summary.json"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "f400" and config["time_steps"] == 3 and config["leak"] == 0.95
+    rows = metrics(out)
+    for key in ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "backward_evals_mean",
+                "backward_converged_fraction", "backward_status", "firing_rate", "train_images_per_s", "peak_memory_mib"):
+        assert key in rows[0], key
+    assert 0 < rows[0]["firing_rate"] < 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_test_acc"] == rows[-1]["test_acc"]
+    assert summary["best_epoch_test_acc"] == max(r["test_acc"] for r in rows)
+
+
+def test_existing_run_is_not_overwritten_without_asking(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(SystemExit, match="already holds a run"):
+        main(["train", *SMALL, "--epochs", "1", "--out", str(out)])
+    assert (out / "metrics.jsonl").read_text() == before
+    with pytest.raises(SystemExit, match="differ from the run's"):
+        main(["train", *SMALL, "--epochs", "2", "--lr", "0.1", "--out", str(out), "--resume"])
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0
+
+
+def test_eval_with_another_producer_and_time_steps(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--time-steps", "8", "--producer", "if"]) == 0
+    text = capsys.readouterr().out
+    assert "producer if" in text and "T=8" in text and "accuracy" in text
+    assert main(["eval", str(out / "checkpoint-last.pt"), "--producer", "analytic", "--b-solver", "anderson"]) == 0
+
+
+def test_config_file_with_flag_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('model = "f400"\nlr = 0.01\ntime-steps = 7\nmilestones = [5]\n')
+    values = read_config_file(path)
+    config = resolve(values, {"lr": 0.2})
+    assert config.lr == 0.2 and config.time_steps == 7 and config.milestones == [5] and config.leak == 0.95
+    path.write_text('lrr = 0.01\n')
+    with pytest.raises(ValueError, match="unknown setting"):
+        read_config_file(path)
+    json_path = tmp_path / "run.json"
+    json_path.write_text('{"model": "alexnet_f"}')
+    config = resolve(read_config_file(json_path), {})
+    assert config.dataset == "cifar10" and config.milestones == [50, 75] and config.warmup_iters == 400
+
+
+def test_paper_defaults_per_model():
+    assert resolve({}, {}).to_dict() | {} == RunConfig(dataset="fashion-mnist", producer="lif", time_steps=5,
+                                                         leak=0.95).to_dict()
+    nmnist = resolve({}, {"model": "f64c5_nmnist"})
+    assert nmnist.b_solver == "fixed_point" and nmnist.b_options == {"damping": 0.5}
+    assert resolve({}, {"model": "f64c5_nmnist", "b_solver": "broyden"}).b_options == {}
+
+
+def test_schedule_warmup_and_milestones():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    schedule = step_schedule(optimizer, iters_per_epoch=10, milestones=[2, 3], gamma=0.1, warmup_iters=4)
+    lrs = []
+    for _ in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[:5] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    assert lrs[19] == pytest.approx(1.0) and lrs[20] == pytest.approx(0.1) and lrs[30] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--dataset", "mnist", "--data-root", "/nonexistent", "--epochs", "1"], "looked"),
+    (["train", "--b-solver", "broydn"], "invalid choice"),
+    (["train", "--leak", "1.5"], "must be in (0, 1)"),
+    (["train", "--model", "f4000"], "unknown model"),
+    (["eval", "/nonexistent/run"], "no checkpoint"),
+])
+def test_bad_input_is_one_clear_line(argv, message, tmp_path):
+    env = {**os.environ}
+    proc = subprocess.run([sys.executable, "-m", "implicit_snn", *argv, *(["--out", str(tmp_path / "x")] if argv[0] == "train" else [])],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
