@@ -28,8 +28,10 @@ class FixedPoint(FixedPointSolver):
         return IterState(z0, gz0)
 
     def step(self, g: BatchedMap, state: IterState) -> IterState:
-        if self.damping == 1.0:
-            z = state.gz
-        else:
-            z = torch.lerp(state.z, state.gz, self.damping)
-        return IterState(z, g(z))
+        return damped_step(g, state, self.damping)
+
+
+def damped_step(g: BatchedMap, state: IterState, beta: float) -> IterState:
+    """z ← (1−β) z + β g(z), then its image."""
+    z = state.gz if beta == 1.0 else torch.lerp(state.z, state.gz, beta)
+    return IterState(z, g(z))

@@ -8,6 +8,7 @@ import torch
 
 from ._checks import check_range
 from ._driver import BatchedMap, FixedPointSolver, IterState
+from ._fixed_point import damped_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,5 +37,4 @@ class Neumann(FixedPointSolver):
         return IterState(z0, gz0)
 
     def step(self, g: BatchedMap, state: IterState) -> IterState:
-        partial_sum = state.z + self.step_size * (state.gz - state.z)
-        return IterState(partial_sum, g(partial_sum))
+        return damped_step(g, state, self.step_size)  # the next partial sum S + α (g(S) − S)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any, Callable, TypeVar, Union
 
 from ._driver import FixedPointSolver
+from ._names import Registry
 
 Solver = Callable[..., Any]
 SolverLike = Union[str, Solver]
 T = TypeVar("T")
 
-_SOLVERS: dict[str, Solver] = {}
+SOLVERS: Registry[Solver] = Registry("solver")
 
 
 def register_solver(name: str) -> Callable[[T], T]:
@@ -25,16 +25,11 @@ def register_solver(name: str) -> Callable[[T], T]:
     Raises:
         ValueError: ``name`` is already taken or not a non-empty string.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a solver name must be a non-empty string, got {name!r}")
-
     def decorate(obj: T) -> T:
-        if name in _SOLVERS:
-            raise ValueError(f"a solver named {name!r} is already registered; pick another name")
         solver = obj() if inspect.isclass(obj) and issubclass(obj, FixedPointSolver) else obj
         if not callable(solver):
             raise TypeError(f"register_solver({name!r}) needs a FixedPointSolver subclass or a callable, got {obj!r}")
-        _SOLVERS[name] = solver
+        SOLVERS.add(name, solver)
         return obj
 
     return decorate
@@ -42,7 +37,7 @@ def register_solver(name: str) -> Callable[[T], T]:
 
 def available_solvers() -> list[str]:
     """Names of all registered solvers, sorted."""
-    return sorted(_SOLVERS)
+    return SOLVERS.names()
 
 
 def get_solver(name: SolverLike) -> Solver:
@@ -55,19 +50,9 @@ def get_solver(name: SolverLike) -> Solver:
         if callable(name):
             return name
         raise TypeError(f"expected a solver name or a solver, got {type(name).__name__}")
-    try:
-        return _SOLVERS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _SOLVERS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown solver {name!r}{hint} known solvers: {', '.join(available_solvers())}") from None
+    return SOLVERS.get(name)
 
 
 def describe_solvers() -> dict[str, str]:
     """One line per registered solver: its ``description`` or the first line of its docstring."""
-    lines = {}
-    for name in available_solvers():
-        solver = _SOLVERS[name]
-        text = getattr(solver, "description", None) or inspect.getdoc(solver) or ""
-        lines[name] = text.strip().splitlines()[0] if text.strip() else ""
-    return lines
+    return SOLVERS.describe()

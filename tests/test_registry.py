@@ -8,7 +8,7 @@ import torch
 import solvers
 from implicit_snn import producers
 from solvers import FixedPointSolver, IterState
-from solvers._registry import _SOLVERS
+from solvers._registry import SOLVERS
 from tests.helpers import affine_problem
 
 
@@ -57,8 +57,8 @@ def test_user_solver_class_and_function_can_be_registered_and_used():
             torch.testing.assert_close(result.z, problem.solution, rtol=1e-10, atol=1e-10)
         assert solvers.describe_solvers()["test_half_step"].startswith("Fixed-point iteration with damping")
     finally:
-        _SOLVERS.pop("test_half_step", None)
-        _SOLVERS.pop("test_plain", None)
+        SOLVERS.remove("test_half_step")
+        SOLVERS.remove("test_plain")
 
 
 def test_solver_objects_pass_through_get_solver():
