@@ -63,7 +63,7 @@ def build_model(config: RunConfig, num_classes: int, in_shape: Optional[tuple[in
 
 def load_splits(config: RunConfig) -> tuple[ArrayDataset, Optional[ArrayDataset], ArrayDataset]:
     """Train (minus the validation split), validation (carved from train) and test data."""
-    kwargs: dict[str, Any] = dict(root=config.data_root)
+    kwargs: dict[str, Any] = dict(root=config.data_root, download=config.download)
     info = dataset_info(config.dataset)
     if info.input_kind == "spikes":
         kwargs["time_steps"] = config.time_steps or info.time_steps

@@ -100,6 +100,8 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
     _flag(parser, "b_option", type=_option, action="append", metavar="KEY=VALUE",
           help="backward solver option, e.g. memory=10 (repeatable)")
     _flag(parser, "data_root", help="folder with the dataset's files")
+    _flag(parser, "download", action="store_const", const=True,
+          help="download a missing dataset into --data-root where the network allows (torchvision's sources)")
     _flag(parser, "device", help="cpu, cuda or auto")
     _flag(parser, "threads", type=_positive_int, help="CPU threads for torch")
     if not for_eval:
@@ -188,7 +190,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         if saved is None:
             raise SystemExit(f"error: --resume: {run_dir} has no config.json; nothing to resume")
         changed = {k: (saved.get(k), v) for k, v in config.to_dict().items()
-                   if k not in ("epochs", "device", "threads", "data_root") and saved.get(k) != v}
+                   if k not in ("epochs", "device", "threads", "data_root", "download") and saved.get(k) != v}
         if changed:
             raise SystemExit(f"error: --resume with settings that differ from the run's: {changed}; "
                              "only --epochs, --device, --threads and --data-root may change")
@@ -231,7 +233,7 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     overrides = {k: v for k, v in _cli_settings(args).items() if v is not None and k in (
         "producer", "time_steps", "leak", "f_solver", "f_max_iter", "f_tol", "b_solver", "b_max_iter", "b_tol",
-        "b_stop_mode", "b_options", "data_root", "device", "threads")}
+        "b_stop_mode", "b_options", "data_root", "download", "device", "threads")}
     config = RunConfig(**{**ckpt["config"], **overrides})
     if config.threads:
         torch.set_num_threads(config.threads)

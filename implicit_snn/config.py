@@ -32,6 +32,7 @@ class RunConfig:
     model: str = "f400"
     dataset: Optional[str] = None
     data_root: Optional[str] = None
+    download: bool = False
     producer: Optional[str] = None
     time_steps: Optional[int] = None
     leak: Optional[float] = None

@@ -32,3 +32,10 @@ def test_bad_flags_are_clear_errors(argv, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_models_lists_presets_with_the_papers_counts(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for text in ("f400", "478,811", "1,184", "f64c5_nmnist", "20,808", "290,763", "cifarnet_f", "11,840,011"):
+        assert text in out

@@ -16,7 +16,7 @@ def test_initialisation_gives_each_output_unit_a_unit_norm_fan_in_and_zero_bias(
     reduce = [d for d in range(weight.dim()) if d != out_dim]
     torch.testing.assert_close(torch.linalg.vector_norm(weight, dim=reduce), torch.ones(weight.shape[out_dim]))
     assert weight.min().item() < 0 < weight.max().item()
-    assert layer.op.bias is None or float(layer.op.bias.abs().max()) == 0.0
+    assert layer.op.bias is None or layer.op.bias.abs().max().item() == 0.0
 
 
 def test_variational_dropout_mask_values_and_scaling():
