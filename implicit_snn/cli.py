@@ -250,8 +250,8 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     model.to(device)
     result = evaluate(model, data, batch_size=args.batch_size, device=device)
     console.print(f"{path} on {config.dataset} {args.split} ({len(data)} samples), producer {config.producer}, "
-                  f"T={config.time_steps}: accuracy {result['acc']:.2%}, loss {result['loss']:.4f}, "
-                  f"firing rate {result['firing_rate']:.4f}")
+                  f"T={config.time_steps}: accuracy {result['acc']:.2%}, loss {result['loss']:.4f}"
+                  + (f", firing rate {result['firing_rate']:.4f}" if "firing_rate" in result else ""))
     return 0
 
 

@@ -43,6 +43,8 @@ class PassState:
         input_stats: batch statistics (mean, var) of F¹x̄ for the input batch norm, or None.
         batch_statistics: True for the differentiable evaluation of f (batch statistics,
             running statistics updated); False for the simulation and forward solvers.
+        input_current: F¹x̄ + b¹ as the simulation and forward solvers see it (no graph), so
+            that a forward solver's many evaluations of f do not recompute it.
     """
 
     feedback_weight: torch.Tensor
@@ -51,6 +53,7 @@ class PassState:
     feedback_mask: Optional[torch.Tensor]
     input_stats: Optional[tuple[torch.Tensor, torch.Tensor]]
     batch_statistics: bool = False
+    input_current: Optional[torch.Tensor] = None
 
 
 class FeedbackSNN(nn.Module):
@@ -150,13 +153,15 @@ class FeedbackSNN(nn.Module):
             feedback_mask=self.feedback.sample_mask((batch, *self.layer_shapes[0]), like=like),
             input_stats=input_stats,
         )
+        with torch.no_grad():
+            state = dataclasses.replace(state, input_current=self.input_current(x_bar, state))
         return x_bar, state
 
     def differentiable_args(self, x_bar: torch.Tensor, state: PassState) -> tuple[torch.Tensor, PassState]:
         """f's arguments for the one differentiable evaluation: batch statistics in batch norm, and
         the feedback weight recomputed with its graph to α and W (same value: no power step)."""
         weight = self.feedback.effective_weight(update=False)
-        return x_bar, dataclasses.replace(state, batch_statistics=True, feedback_weight=weight)
+        return x_bar, dataclasses.replace(state, batch_statistics=True, feedback_weight=weight, input_current=None)
 
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         """Zero rates of the last layer, ``[B, *layer_shapes[-1]]``."""
@@ -165,7 +170,8 @@ class FeedbackSNN(nn.Module):
     def fixed_point_map(self, a: torch.Tensor, x_bar: torch.Tensor, state: PassState) -> torch.Tensor:
         """f(a_N, x̄): the last layer's rates implied by last-layer rates ``a`` and input ``x̄``."""
         vth = self.vth
-        current = self.input_current(x_bar, state) + self.feedback_current(a, state)
+        drive = state.input_current if state.input_current is not None else self.input_current(x_bar, state)
+        current = drive + self.feedback_current(a, state)
         rates = torch.clamp(current / vth, 0.0, 1.0)
         for index in range(len(self.forward_layers)):
             rates = torch.clamp(self.forward_current(index, rates, state) / vth, 0.0, 1.0)

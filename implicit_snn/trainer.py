@@ -64,7 +64,9 @@ class EpochTotals:
     backward_rel_residual: float = 0.0
     backward_converged: float = 0.0
     backward_status: dict = dataclasses.field(default_factory=dict)
+    forward_status: dict = dataclasses.field(default_factory=dict)
     firing_rate: float = 0.0
+    firing_batches: int = 0
     seconds: float = 0.0
 
     def add(self, loss: float, correct: int, samples: int, model: torch.nn.Module) -> None:
@@ -79,9 +81,12 @@ class EpochTotals:
             self.backward_rel_residual += summary["rel_residual_max"]
             self.backward_converged += summary["converged_fraction"]
             self.backward_status[summary["status"]] = self.backward_status.get(summary["status"], 0) + 1
-        rate = getattr(model, "last_forward", {}).get("firing_rate")
-        if rate is not None:
-            self.firing_rate += float(rate)
+        forward = getattr(model, "last_forward", {})
+        if forward.get("firing_rate") is not None:
+            self.firing_rate += float(forward["firing_rate"])
+            self.firing_batches += 1
+        if "forward_status" in forward:  # a forward solver (the analytic producer) reports its status too
+            self.forward_status[forward["forward_status"]] = self.forward_status.get(forward["forward_status"], 0) + 1
 
     def metrics(self) -> dict[str, Any]:
         n = max(self.batches, 1)
@@ -94,7 +99,10 @@ class EpochTotals:
         if self.backward_status:
             out.update(backward_evals_mean=self.backward_evals / n, backward_rel_residual_mean=self.backward_rel_residual / n,
                        backward_converged_fraction=self.backward_converged / n, backward_status=dict(self.backward_status))
-        out["firing_rate"] = self.firing_rate / n
+        if self.forward_status:
+            out["forward_status"] = dict(self.forward_status)
+        if self.firing_batches:
+            out["firing_rate"] = self.firing_rate / self.firing_batches
         return out
 
 
@@ -104,16 +112,21 @@ def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, 
     was_training = model.training
     model.eval()
     loss = correct = rate = 0.0
-    batches = 0
+    rated = 0
     for x, y in BatchLoader(dataset, batch_size, shuffle=False):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
-        rate += float(getattr(model, "last_forward", {}).get("firing_rate", 0.0))
-        batches += 1
+        forward_rate = getattr(model, "last_forward", {}).get("firing_rate")
+        if forward_rate is not None:
+            rate += float(forward_rate)
+            rated += 1
     model.train(was_training)
-    return {"loss": loss / len(dataset), "acc": correct / len(dataset), "firing_rate": rate / max(batches, 1)}
+    result = {"loss": loss / len(dataset), "acc": correct / len(dataset)}
+    if rated:
+        result["firing_rate"] = rate / rated
+    return result
 
 
 class _StopRequest:
@@ -339,7 +352,10 @@ def format_row(row: dict[str, Any]) -> str:
         parts.append(f"test {row['test_acc']:.2%}")
     if "backward_evals_mean" in row:
         parts.append(f"backward {row['backward_evals_mean']:.1f} VJPs, {row['backward_converged_fraction']:.0%} converged")
-    parts.append(f"rate {row['firing_rate']:.3f}")
+    if "forward_status" in row:
+        parts.append("forward " + ", ".join(f"{k} {v}" for k, v in sorted(row["forward_status"].items())))
+    if "firing_rate" in row:
+        parts.append(f"rate {row['firing_rate']:.3f}")
     parts.append(f"{row['train_seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)")
     return " | ".join(parts)
 
