@@ -170,8 +170,7 @@ class FeedbackSNN(nn.Module):
     def fixed_point_map(self, a: torch.Tensor, x_bar: torch.Tensor, state: PassState) -> torch.Tensor:
         """f(a_N, x̄): the last layer's rates implied by last-layer rates ``a`` and input ``x̄``."""
         vth = self.vth
-        drive = state.input_current if state.input_current is not None else self.input_current(x_bar, state)
-        current = drive + self.feedback_current(a, state)
+        current = self.input_drive(x_bar, state) + self.feedback_current(a, state)
         rates = torch.clamp(current / vth, 0.0, 1.0)
         for index in range(len(self.forward_layers)):
             rates = torch.clamp(self.forward_current(index, rates, state) / vth, 0.0, 1.0)
@@ -184,6 +183,10 @@ class FeedbackSNN(nn.Module):
         if state.batch_statistics and self.training:
             return BNMode.BATCH
         return BNMode.GIVEN if given else BNMode.RUNNING
+
+    def input_drive(self, x_bar: torch.Tensor, state: PassState) -> torch.Tensor:
+        """F¹x̄ + b¹ for the pass's averaged input: the cached value, or computed (with grad) for f."""
+        return state.input_current if state.input_current is not None else self.input_current(x_bar, state)
 
     def input_current(self, x_t: torch.Tensor, state: PassState) -> torch.Tensor:
         """F¹x_t + b¹ (batch norm, dropout) for one step's input ``[B, *in_shape]``."""

@@ -25,6 +25,8 @@ class SpikingNetwork(Protocol):
 
     def input_current(self, x_t: torch.Tensor, state: Any) -> torch.Tensor: ...
 
+    def input_drive(self, x_bar: torch.Tensor, state: Any) -> torch.Tensor: ...
+
     def forward_current(self, index: int, spikes: torch.Tensor, state: Any) -> torch.Tensor: ...
 
     def feedback_current(self, spikes: torch.Tensor, state: Any) -> torch.Tensor: ...
@@ -64,7 +66,8 @@ class _Simulation(Producer):
             x_bar = time_average(x[:, :steps], leak) if spikes_in else x
             f_args = network.map_inputs(x_bar)
             state = f_args[-1]
-            rates, counts, trains = self._simulate(network, x, spikes_in, state, steps, vth, leak)
+            constant = None if spikes_in else network.input_drive(x_bar, state)
+            rates, counts, trains = self._simulate(network, x, constant, state, steps, vth, leak)
         normaliser = rate_weights(steps, leak, dtype=torch.float64)[-1].item()  # = 1 / Σ λᵏ
         rates = [r.mul_(normaliser) for r in rates]
         firing = [c / steps for c in counts] if counts is not None else rates
@@ -81,9 +84,8 @@ class _Simulation(Producer):
             extras["spikes"] = trains
         return Equilibrium(a=rates[-1], f_args=f_args, stats=stats, extras=extras)
 
-    def _simulate(self, network: SpikingNetwork, x: torch.Tensor, spikes_in: bool, state: Any, steps: int,
+    def _simulate(self, network: SpikingNetwork, x: torch.Tensor, constant: Any, state: Any, steps: int,
                   vth: float, leak: float):
-        constant = None if spikes_in else network.input_current(x, state)
         first = constant if constant is not None else network.input_current(x[:, 0], state)
         potentials, spikes, rates = [torch.zeros_like(first)], [torch.zeros_like(first)], [torch.zeros_like(first)]
         counts = [torch.zeros_like(first)] if leak != 1.0 else None
