@@ -68,6 +68,7 @@ class EpochTotals:
     firing_rate: float = 0.0
     firing_batches: int = 0
     seconds: float = 0.0
+    lr: float = math.nan  # the learning rate of the epoch's latest step
 
     def add(self, loss: float, correct: int, samples: int, model: torch.nn.Module) -> None:
         self.samples += samples
@@ -113,7 +114,8 @@ def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, 
     model.eval()
     loss = correct = rate = 0.0
     rated = 0
-    for x, y in BatchLoader(dataset, batch_size, shuffle=False):
+    # Its own generator: evaluation must not draw from torch's global RNG, which training uses.
+    for x, y in BatchLoader(dataset, batch_size, shuffle=False, generator=torch.Generator()):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -288,6 +290,7 @@ class Trainer:
                 loss = F.cross_entropy(logits, y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self.totals.lr = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
                 self.scheduler.step()
                 self.totals.add(loss.item(), int((logits.argmax(1) == y).sum()), y.shape[0], self.model)
@@ -312,7 +315,7 @@ class Trainer:
         return _NoProgress()
 
     def _end_epoch(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.totals.lr}
         row.update(self.totals.metrics())
         eval_start = time.perf_counter()
         for name, data in (("val", self.val_data), ("test", self.test_data)):
