@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import solvers
 from implicit_snn import ImplicitAdjoint, implicit_grad
+from tests.conftest import DEVICES
 from tests.helpers import TanhNetwork, default_dtype, relative_error
 
 BACKWARDS = {  # solver: settings that are "enough iterations" for ‖J‖ ≤ 0.9 at tol 1e-12
@@ -63,19 +64,20 @@ def test_value_is_the_producers_not_f_of_it(float64):
     assert not torch.equal(out, net(a_rough, x))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(seed=st.integers(0, 2**31 - 1), dim=st.integers(1, 6), in_dim=st.integers(1, 4),
        norm=st.floats(0.1, 0.9))
-def test_gradient_matches_central_differences_of_the_fixed_point(seed, dim, in_dim, norm):
+def test_gradient_matches_central_differences_of_the_fixed_point(device, seed, dim, in_dim, norm):
     with default_dtype(torch.float64):
-        check_central_differences(seed, dim, in_dim, norm)
+        check_central_differences(seed, dim, in_dim, norm, device)
 
 
-def check_central_differences(seed, dim, in_dim, norm):
-    net = TanhNetwork(dim, in_dim, norm=norm, seed=seed, symmetric=bool(seed % 2))
+def check_central_differences(seed, dim, in_dim, norm, device):
+    net = TanhNetwork(dim, in_dim, norm=norm, seed=seed, symmetric=bool(seed % 2)).to(device)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(3, in_dim, generator=gen)
-    weights = torch.randn(3, dim, generator=gen)
-    direction = torch.randn(dim, in_dim, generator=gen)
+    x = torch.randn(3, in_dim, generator=gen).to(device)
+    weights = torch.randn(3, dim, generator=gen).to(device)
+    direction = torch.randn(dim, in_dim, generator=gen).to(device)
 
     def loss_at(input_weight):
         with torch.no_grad():
