@@ -17,7 +17,7 @@ class SpikingNetwork(Protocol):
     """What a network offers the spiking producers (``implicit_snn.FeedbackSNN`` does)."""
 
     vth: torch.Tensor
-    num_layers: int
+    layer_shapes: tuple[tuple[int, ...], ...]  # per-sample shapes of layers 1..N
 
     def is_spike_train(self, x: torch.Tensor) -> bool: ...
 
@@ -87,29 +87,22 @@ class _Simulation(Producer):
     def _simulate(self, network: SpikingNetwork, x: torch.Tensor, constant: Any, state: Any, steps: int,
                   vth: float, leak: float):
         first = constant if constant is not None else network.input_current(x[:, 0], state)
-        potentials, spikes, rates = [torch.zeros_like(first)], [torch.zeros_like(first)], [torch.zeros_like(first)]
-        counts = [torch.zeros_like(first)] if leak != 1.0 else None
-        trains = None
-        if self.record == "spikes":
-            trains = [first.new_zeros((first.shape[0], steps, *first.shape[1:]))]
+        shapes = [(first.shape[0], *shape) for shape in network.layer_shapes]
+        potentials, spikes, rates = ([first.new_zeros(shape) for shape in shapes] for _ in range(3))
+        counts = [first.new_zeros(shape) for shape in shapes] if leak != 1.0 else None
+        trains = [first.new_zeros((s[0], steps, *s[1:])) for s in shapes] if self.record == "spikes" else None
         for t in range(steps):
-            current = first if t == 0 else (constant if constant is not None else network.input_current(x[:, t], state))
-            if t > 0:  # the feedback carries the last layer's spikes of the previous step
-                current = current + network.feedback_current(spikes[-1], state)
+            if t == 0:
+                current = first
+            else:  # the feedback carries the last layer's spikes of the previous step
+                drive = constant if constant is not None else network.input_current(x[:, t], state)
+                current = drive + network.feedback_current(spikes[-1], state)
             fire_(potentials[0], current, spikes[0], vth=vth, leak=leak)
-            for index in range(1, network.num_layers):
+            for index in range(1, len(shapes)):
                 current = network.forward_current(index - 1, spikes[index - 1], state)
-                if t == 0:
-                    potentials.append(torch.zeros_like(current))
-                    spikes.append(torch.zeros_like(current))
-                    rates.append(torch.zeros_like(current))
-                    if counts is not None:
-                        counts.append(torch.zeros_like(current))
-                    if trains is not None:
-                        trains.append(current.new_zeros((current.shape[0], steps, *current.shape[1:])))
                 fire_(potentials[index], current, spikes[index], vth=vth, leak=leak)
             for index, s in enumerate(spikes):
-                if leak != 1.0:
+                if counts is not None:
                     rates[index].mul_(leak)
                     counts[index].add_(s)
                 rates[index].add_(s)
