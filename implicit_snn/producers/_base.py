@@ -17,6 +17,8 @@ class ImplicitNetwork(Protocol):
     ``map_inputs(x)`` turns a batch of inputs into the extra arguments of f (raw inputs such as
     the averaged input x̄, never a tensor with a graph: f applies its own parameters);
     ``initial_state(x)`` is the starting point ``[B, ...]`` of an iterative producer.
+    Optionally, ``differentiable_args(*f_args)`` returns the arguments for the one differentiable
+    evaluation of f (``FeedbackSNN`` switches batch norm to batch statistics there).
     Spiking networks add their own simulation hooks for the ``if``/``lif`` producers.
     """
 
