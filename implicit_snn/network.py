@@ -31,6 +31,19 @@ from torch import nn
 from .layers import BNMode, SynapticLayer
 
 
+def layer_shapes(in_shape: Sequence[int], input_layer: SynapticLayer, forward_layers: Sequence[SynapticLayer], *,
+                 flatten_input: bool) -> tuple[tuple[int, ...], ...]:
+    """Per-sample shapes of layers 1..N, by a dry run of the ops on one zero input."""
+    with torch.no_grad():
+        z = torch.zeros((1, *in_shape))
+        z = input_layer.linear(z.flatten(1) if flatten_input else z)
+        shapes = [tuple(z.shape[1:])]
+        for layer in forward_layers:
+            z = layer.linear(z)
+            shapes.append(tuple(z.shape[1:]))
+    return tuple(shapes)
+
+
 @dataclasses.dataclass(frozen=True)
 class PassState:
     """What one forward pass shares between the simulation and the fixed-point map.
@@ -87,14 +100,9 @@ class FeedbackSNN(nn.Module):
 
     def _infer_shapes(self) -> tuple[tuple[int, ...], ...]:
         """Per-sample shapes of layers 1..N, checking that the feedback closes the loop."""
+        shapes = layer_shapes(self.in_shape, self.input_layer, self.forward_layers, flatten_input=self.flatten_input)
         with torch.no_grad():
-            x = torch.zeros((1, *self.in_shape))
-            z = self.input_layer.linear(self._prepare_input(x))
-            shapes = [tuple(z.shape[1:])]
-            for layer in self.forward_layers:
-                z = layer.linear(z)
-                shapes.append(tuple(z.shape[1:]))
-            back = self.feedback.linear(z)
+            back = self.feedback.linear(torch.zeros((1, *shapes[-1])))
         if tuple(back.shape[1:]) != shapes[0]:
             raise ValueError(
                 f"the feedback maps layer {len(shapes)} {shapes[-1]} to {tuple(back.shape[1:])}, but layer 1 is "

@@ -16,10 +16,10 @@ import math
 import re
 from typing import Any, Optional, Sequence
 
-import torch
 from torch import nn
 
 from implicit_snn import FeedbackSNN, ImplicitClassifier, SpectralNorm, SynapticLayer
+from implicit_snn.network import layer_shapes
 
 _LAYER = re.compile(r"^(\d+)(?:C(\d+)(s?))?$")
 _FEEDBACK = re.compile(r"^F(\d+)(?:C(\d+)(u?))?$")
@@ -104,12 +104,9 @@ def build_network(spec: str | NetworkSpec, in_shape: Sequence[int], *, dropout: 
             op = nn.Linear(previous.channels, current.channels)
         forward_layers.append(layer(op))
 
-    with torch.no_grad():  # the last layer's per-sample shape, for the feedback's operator norm
-        z = torch.zeros((1, *in_shape))
-        z = input_layer.linear(z if conv else z.flatten(1))
-        for forward_layer in forward_layers:
-            z = forward_layer.linear(z)
-    spectral = SpectralNorm(spectral_bound, operator_norm=operator_norm, input_shape=tuple(z.shape[1:]) if conv else None)
+    # The feedback's input is the last layer; its per-sample shape is needed for the operator norm.
+    last_shape = layer_shapes(in_shape, input_layer, forward_layers, flatten_input=not conv)[-1]
+    spectral = SpectralNorm(spectral_bound, operator_norm=operator_norm, input_shape=last_shape if conv else None)
     feedback = SynapticLayer(_feedback_op(parsed), dropout=dropout, spectral=spectral)
     return FeedbackSNN(in_shape, input_layer, forward_layers, feedback, vth=vth, flatten_input=not conv)
 
