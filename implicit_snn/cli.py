@@ -18,7 +18,7 @@ import solvers
 
 from . import producers
 from .config import PAPER_DEFAULTS, RunConfig, read_config_file, resolve
-from .data import DatasetNotFoundError, available_datasets
+from .data import DatasetNotFoundError, available_datasets, dataset_info
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -87,7 +87,11 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
 def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False) -> None:
     names = solvers.available_solvers()
     _flag(parser, "producer", choices=producers.available_producers(), help="equilibrium producer")
-    _flag(parser, "time_steps", type=_positive_int, help="simulation steps T")
+    if for_eval:
+        _flag(parser, "time_steps", type=_positive_int, nargs="+", metavar="T",
+              help="simulation steps T; several values evaluate the checkpoint at each (the paper's Table 2)")
+    else:
+        _flag(parser, "time_steps", type=_positive_int, help="simulation steps T")
     _flag(parser, "leak", type=_leak, help="LIF leak λ")
     _flag(parser, "f_solver", choices=names, help="forward solver of the analytic producer")
     _flag(parser, "f_max_iter", type=_positive_int)
@@ -142,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", help="a checkpoint file or a run directory (uses its best, else last)")
     evaluate.add_argument("--split", choices=["test", "val", "train"], default="test")
     evaluate.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int, default=200)
+    evaluate.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
     _add_model_flags(evaluate, for_eval=True)
 
     sub.add_parser("solvers", help="list fixed-point solvers and equilibrium producers")
@@ -220,7 +225,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
 
 def _eval(args: argparse.Namespace, console: Console) -> int:
-    from .app import build_model, load_splits, resolve_device
+    from ._io import atomic_write_text
+    from .app import build_model, load_splits, producer_options, resolve_device
     from .trainer import evaluate
 
     path = Path(args.checkpoint)
@@ -230,27 +236,52 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     if not path.is_file():
         raise SystemExit(f"error: no checkpoint at {path}")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    overrides = {k: v for k, v in _cli_settings(args).items() if v is not None and k in (
-        "producer", "time_steps", "leak", "f_solver", "f_max_iter", "f_tol", "b_solver", "b_max_iter", "b_tol",
+    settings = _cli_settings(args)
+    sweep = settings.pop("time_steps") or [ckpt["config"].get("time_steps")]
+    overrides = {k: v for k, v in settings.items() if v is not None and k in (
+        "producer", "leak", "f_solver", "f_max_iter", "f_tol", "b_solver", "b_max_iter", "b_tol",
         "b_stop_mode", "b_options", "data_root", "download", "device", "threads")}
-    config = RunConfig(**{**ckpt["config"], **overrides})
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    try:
-        train, val, test = load_splits(config)
-    except DatasetNotFoundError as error:
-        raise SystemExit(f"error: {error}") from None
-    data = {"train": train, "val": val, "test": test}[args.split]
-    if data is None:
-        raise SystemExit("error: this run has no validation split (val_size 0)")
-    model = build_model(config, train.info.num_classes, train.info.in_shape)
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
-    result = evaluate(model, data, batch_size=args.batch_size, device=device)
-    console.print(f"{path} on {config.dataset} {args.split} ({len(data)} samples), producer {config.producer}, "
-                  f"T={config.time_steps}: accuracy {result['acc']:.2%}, loss {result['loss']:.4f}"
-                  + (f", firing rate {result['firing_rate']:.4f}" if "firing_rate" in result else ""))
+    base = RunConfig(**{**ckpt["config"], **overrides})
+    if base.producer == "analytic" and args.time_steps:
+        raise SystemExit("error: --time_steps applies to the spiking producers (if, lif), not to analytic")
+    if base.producer == "analytic":
+        sweep = [None]
+    if base.threads:
+        torch.set_num_threads(base.threads)
+    device = resolve_device(base.device)
+    model = None
+    rows: list[dict[str, Any]] = []
+    for time_steps in sweep:
+        config = RunConfig(**{**base.to_dict(), "time_steps": time_steps})
+        # Spike datasets are binned into T frames, so each T needs its own data; images load once.
+        if model is None or dataset_info(config.dataset).input_kind == "spikes":
+            try:
+                train, val, test = load_splits(config)
+            except DatasetNotFoundError as error:
+                raise SystemExit(f"error: {error}") from None
+            data = {"train": train, "val": val, "test": test}[args.split]
+            if data is None:
+                raise SystemExit("error: this run has no validation split (val_size 0)")
+        if model is None:
+            model = build_model(config, train.info.num_classes, train.info.in_shape)
+            model.load_state_dict(ckpt["model"])
+            model.to(device)
+        model.set_producer(config.producer or "lif", **producer_options(config))
+        rows.append({"time_steps": time_steps, **evaluate(model, data, batch_size=args.batch_size, device=device)})
+    console.print(f"{path} on {base.dataset} {args.split} ({len(data)} samples), producer {base.producer}")
+    table = Table()
+    for column in ("T", "accuracy", "loss", "firing rate", "forward solver"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        rate, statuses = row.get("firing_rate"), row.get("forward_status")
+        table.add_row("—" if row["time_steps"] is None else str(row["time_steps"]), f"{row['acc']:.2%}",
+                      f"{row['loss']:.4f}", "—" if rate is None else f"{rate:.4f}",
+                      "—" if statuses is None else ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+    console.print(table)
+    if args.json:
+        report = {"checkpoint": str(path), "dataset": base.dataset, "split": args.split, "samples": len(data),
+                  "producer": base.producer, "results": rows}
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -108,26 +108,35 @@ class EpochTotals:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Loss, accuracy and mean firing rate of ``model`` (in eval mode) on ``dataset``."""
+def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, device: torch.device) -> dict[str, Any]:
+    """Loss, accuracy, mean firing rate and forward-solver status counts of ``model`` (eval mode) on ``dataset``.
+
+    ``firing_rate`` is present for spiking producers, ``forward_status`` (batches per status) for
+    producers that solve for the equilibrium (``analytic``): a forward that did not converge shows.
+    """
     was_training = model.training
     model.eval()
     loss = correct = rate = 0.0
     rated = 0
+    statuses: dict[str, int] = {}
     # Its own generator: evaluation must not draw from torch's global RNG, which training uses.
     for x, y in BatchLoader(dataset, batch_size, shuffle=False, generator=torch.Generator()):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
-        forward_rate = getattr(model, "last_forward", {}).get("firing_rate")
-        if forward_rate is not None:
-            rate += float(forward_rate)
+        forward = getattr(model, "last_forward", {})
+        if forward.get("firing_rate") is not None:
+            rate += float(forward["firing_rate"])
             rated += 1
+        if "forward_status" in forward:
+            statuses[forward["forward_status"]] = statuses.get(forward["forward_status"], 0) + 1
     model.train(was_training)
-    result = {"loss": loss / len(dataset), "acc": correct / len(dataset)}
+    result: dict[str, Any] = {"loss": loss / len(dataset), "acc": correct / len(dataset)}
     if rated:
         result["firing_rate"] = rate / rated
+    if statuses:
+        result["forward_status"] = statuses
     return result
 
 

@@ -90,14 +90,27 @@ def test_existing_run_is_not_overwritten_without_asking(tmp_path, capsys):
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0
 
 
-def test_eval_with_another_producer_and_time_steps(tmp_path, capsys):
+def test_eval_with_another_producer_and_a_sweep_over_time_steps(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    trained = metrics(out)[-1]
     capsys.readouterr()
-    assert main(["eval", str(out), "--time-steps", "8", "--producer", "if"]) == 0
-    text = capsys.readouterr().out
-    assert "producer if" in text and "T=8" in text and "accuracy" in text
-    assert main(["eval", str(out / "checkpoint-last.pt"), "--producer", "analytic", "--b-solver", "anderson"]) == 0
+    report = tmp_path / "sweep.json"
+    assert main(["eval", str(out / "checkpoint-last.pt"), "--time-steps", "3", "1", "--json", str(report)]) == 0
+    assert "producer lif" in capsys.readouterr().out
+    rows = json.loads(report.read_text())["results"]
+    assert [r["time_steps"] for r in rows] == [3, 1]
+    # At the training T the checkpoint scores exactly what the trainer logged for that epoch.
+    assert rows[0]["acc"] == trained["test_acc"] and rows[0]["loss"] == pytest.approx(trained["test_loss"])
+    assert rows[1]["firing_rate"] != rows[0]["firing_rate"]
+    assert main(["eval", str(out), "--time-steps", "8", "--producer", "if", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["producer"] == "if"
+    assert main(["eval", str(out / "checkpoint-last.pt"), "--producer", "analytic", "--f-max-iter", "1",
+                 "--split", "val", "--batch-size", "16", "--json", str(report)]) == 0
+    (row,) = json.loads(report.read_text())["results"]
+    assert row["time_steps"] is None and row["forward_status"] == {"MAX_ITER": 4}  # 64 samples, 16 per batch
+    with pytest.raises(SystemExit, match="spiking producers"):
+        main(["eval", str(out), "--producer", "analytic", "--time-steps", "4"])
 
 
 def test_config_file_with_flag_overrides(tmp_path):
