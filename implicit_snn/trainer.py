@@ -186,8 +186,11 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.config = config
         self.console = console or Console()
+        if len(train_data) < 2:
+            raise ValueError(f"training needs at least 2 samples (batch statistics), got {len(train_data)}")
+        # A last batch of one sample has no batch statistics (batch norm fails on it): drop just that one.
         self.loader = BatchLoader(train_data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                                  augment=augment)
+                                  drop_last=len(train_data) % batch_size == 1, augment=augment)
         self.scheduler = step_schedule(optimizer, iters_per_epoch=len(self.loader), milestones=list(milestones),
                                        gamma=gamma, warmup_iters=warmup_iters)
         self.epoch = 0  # completed epochs

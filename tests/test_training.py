@@ -163,3 +163,17 @@ def test_bad_input_is_one_clear_line(argv, message, tmp_path):
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_sweep_over_time_steps_rebins_spike_datasets(tmp_path):
+    from .test_data import write_nmnist
+
+    write_nmnist(tmp_path / "NMNIST")
+    out, report = tmp_path / "run", tmp_path / "sweep.json"
+    assert main(["train", "--dataset", "nmnist", "--data-root", str(tmp_path), "--model", "8 (F8)", "--val-size", "0",
+                 "--epochs", "1", "--batch-size", "2", "--time-steps", "4", "--threads", "1", "--out", str(out)]) == 0
+    assert main(["eval", str(out), "--time-steps", "4", "6", "--json", str(report)]) == 0
+    rows = json.loads(report.read_text())["results"]
+    assert [r["time_steps"] for r in rows] == [4, 6]
+    assert rows[0]["acc"] == metrics(out)[-1]["test_acc"]
+    assert all(0 <= r["firing_rate"] <= 1 for r in rows)
