@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .layers import BNMode, SynapticLayer
+from .neurons import rate_function
 
 
 def layer_shapes(in_shape: Sequence[int], input_layer: SynapticLayer, forward_layers: Sequence[SynapticLayer], *,
@@ -179,9 +180,9 @@ class FeedbackSNN(nn.Module):
         """f(a_N, x̄): the last layer's rates implied by last-layer rates ``a`` and input ``x̄``."""
         vth = self.vth
         current = self.input_drive(x_bar, state) + self.feedback_current(a, state)
-        rates = torch.clamp(current / vth, 0.0, 1.0)
+        rates = rate_function(current, vth)
         for index in range(len(self.forward_layers)):
-            rates = torch.clamp(self.forward_current(index, rates, state) / vth, 0.0, 1.0)
+            rates = rate_function(self.forward_current(index, rates, state), vth)
         return rates
 
     forward = fixed_point_map

@@ -47,3 +47,38 @@ def time_average(spike_train: torch.Tensor, leak: float) -> torch.Tensor:
     """The (λ-weighted) average over dim 1 of ``[B, T, ...]``, without modifying the input."""
     weights = rate_weights(spike_train.shape[1], leak, dtype=spike_train.dtype, device=spike_train.device)
     return torch.einsum("bt...,t->b...", spike_train, weights)
+
+
+class _RateFunction(torch.autograd.Function):
+    """σ(x / scale) = clamp(x / scale, 0, 1) whose backward is one multiply by a saved slope.
+
+    The adjoint solve differentiates f once per iteration; autograd's clamp-then-divide backward
+    rebuilds the mask from the input every time (comparisons, a select, a zero fill, a divide),
+    while here the slope [0 < x/scale < 1] / scale is formed once, in the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, current: torch.Tensor, scale) -> torch.Tensor:  # type: ignore[override]
+        scaled = current / scale
+        # Open bounds, as torch.clamp's own backward: no gradient at exactly 0 or 1.
+        slope = ((scaled > 0) & (scaled < 1)).to(current.dtype).div_(scale)
+        ctx.save_for_backward(slope)
+        return scaled.clamp_(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (slope,) = ctx.saved_tensors
+        return grad * slope, None
+
+
+def rate_function(current: torch.Tensor, vth: float | torch.Tensor) -> torch.Tensor:
+    """The equilibrium rate σ(current / Vth) = clamp(current / Vth, 0, 1) (supplement Theorem 2).
+
+    Equal to ``torch.clamp(current / vth, 0, 1)`` in value and gradient (zero at the bounds,
+    as clamp's), with a backward of one multiply, which the many VJPs of the adjoint solve repeat.
+    ``vth`` may be a 0-dim tensor (a buffer): it is never read back to the host. Not
+    differentiable with respect to ``vth``.
+    """
+    if not torch.is_grad_enabled() or not current.requires_grad:
+        return torch.clamp(current / vth, 0.0, 1.0)
+    return _RateFunction.apply(current, vth)

@@ -45,8 +45,9 @@ class Anderson(FixedPointSolver):
 
     def init(self, g: BatchedMap, z0: torch.Tensor, gz0: torch.Tensor) -> AndersonState:
         batch, dim = z0.shape
-        xs = z0.new_zeros(batch, self.memory, dim)
-        gs = z0.new_zeros(batch, self.memory, dim)
+        # Uninitialised: only the first ``stored`` slots are ever read.
+        xs = z0.new_empty(batch, self.memory, dim)
+        gs = z0.new_empty(batch, self.memory, dim)
         xs[:, 0], gs[:, 0] = z0, gz0
         return AndersonState(z=z0, gz=gz0, xs=xs, gs=gs, stored=1)
 
@@ -56,7 +57,7 @@ class Anderson(FixedPointSolver):
         if n == 1:
             weights = xs.new_ones(xs.shape[0], 1)
         else:
-            weights = self._mixing_weights(gs - xs)
+            weights = self._mixing_weights(gs - xs, newest=(state.stored - 1) % self.memory)
         mixed_g = torch.einsum("bn,bnd->bd", weights, gs)
         z = mixed_g if self.damping == 1.0 else torch.lerp(torch.einsum("bn,bnd->bd", weights, xs), mixed_g, self.damping)
         gz = g(z)
@@ -64,8 +65,9 @@ class Anderson(FixedPointSolver):
         state.xs[:, slot], state.gs[:, slot] = z, gz
         return dataclasses.replace(state, z=z, gz=gz, stored=state.stored + 1)
 
-    def _mixing_weights(self, res: torch.Tensor) -> torch.Tensor:
-        """Per-sample affine weights [B, n] minimising the regularised combined residual."""
+    def _mixing_weights(self, res: torch.Tensor, *, newest: int) -> torch.Tensor:
+        """Per-sample affine weights [B, n] minimising the regularised combined residual;
+        ``newest`` is the ring-buffer slot of the latest iterate (the fallback)."""
         gram = torch.bmm(res, res.transpose(1, 2))
         n = gram.shape[-1]
         lam = self.regularization
@@ -79,6 +81,6 @@ class Anderson(FixedPointSolver):
         # A singular Gram system (e.g. a sample already at its fixed point) falls back to the
         # newest iterate, i.e. a plain fixed-point step, for that sample only.
         ok = torch.isfinite(weights).all(dim=1, keepdim=True)
-        newest = torch.zeros_like(weights)
-        newest[:, -1] = 1.0
-        return torch.where(ok, weights, newest)
+        fallback = torch.zeros_like(weights)
+        fallback[:, newest] = 1.0
+        return torch.where(ok, weights, fallback)

@@ -55,10 +55,12 @@ class Broyden(FixedPointSolver):
 
     def init(self, g: BatchedMap, z0: torch.Tensor, gz0: torch.Tensor) -> BroydenState:
         batch, dim = z0.shape
+        # Uninitialised: a slot is written before any product reads it, and zero-filling the
+        # whole memory cost more than the low-rank products of a typical 10-step solve.
         return BroydenState(
             z=z0, gz=gz0,
-            us=z0.new_zeros(batch, self.memory, dim),
-            vts=z0.new_zeros(batch, self.memory, dim),
+            us=z0.new_empty(batch, self.memory, dim),
+            vts=z0.new_empty(batch, self.memory, dim),
             updates=0,
             direction=gz0 - z0,
         )

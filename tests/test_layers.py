@@ -86,3 +86,21 @@ def test_batch_norm_modes():
     layer.eval()
     with pytest.raises(RuntimeError, match="needs the layer in training mode"):
         layer(x, bn_mode=BNMode.BATCH)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rate_function_equals_clamp_in_value_and_gradient_including_the_bounds(dtype):
+    from implicit_snn.neurons import rate_function
+
+    vth = torch.tensor(2.0, dtype=dtype)
+    x = torch.cat([torch.tensor([-1.0, 0.0, 2.0, 4.0, 1e-30], dtype=dtype), 3 * torch.randn(200, dtype=dtype)])
+    grad = torch.randn_like(x)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = rate_function(ours, vth)
+    y.backward(grad)
+    expected = torch.clamp(theirs / vth, 0.0, 1.0)
+    expected.backward(grad)
+    assert torch.equal(y, expected) and torch.equal(ours.grad, theirs.grad)
+    assert ours.grad[1] == 0 and ours.grad[2] == 0  # exactly at 0 and at Vth: no gradient, as clamp
+    with torch.no_grad():
+        assert torch.equal(rate_function(x, vth), expected.detach())

@@ -210,3 +210,14 @@ def test_anderson_relative_regularisation_keeps_acceleration_at_tight_tolerance(
     assert ours.success and plain.success and baseline.success
     assert ours.n_evals < plain.n_evals / 2  # measured: 152 against 389
     assert ours.n_evals < baseline.n_evals / 3  # measured: 152 against 1051
+
+
+def test_anderson_singular_fallback_takes_the_newest_iterate_of_the_ring():
+    # A sample whose history has no usable residuals (all zero) falls back to a plain step from
+    # the newest iterate; once the ring buffer has wrapped, that is not the last slot.
+    anderson = solvers.get_solver("anderson")
+    res = torch.zeros(2, 6, 5)
+    res[1] = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    weights = anderson._mixing_weights(res, newest=2)
+    assert torch.equal(weights[0], torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
+    assert weights[1].sum().item() == pytest.approx(1.0) and torch.isfinite(weights[1]).all()
