@@ -70,6 +70,9 @@ def load_splits(config: RunConfig) -> tuple[ArrayDataset, Optional[ArrayDataset]
     train = load_dataset(config.dataset, "train", **kwargs)
     test = load_dataset(config.dataset, "test", **kwargs)
     val = None
+    if config.val_size >= len(train):
+        raise ValueError(f"--val-size {config.val_size} leaves nothing to train on: the {config.dataset} training set "
+                         f"has {len(train)} samples (use at most {len(train) - 1}, or 0 for no validation split)")
     if config.val_size > 0:
         train, val = split_validation(train, config.val_size, seed=config.seed)
     return train, val, test

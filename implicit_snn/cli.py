@@ -198,10 +198,16 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         if changed:
             raise SystemExit(f"error: --resume with settings that differ from the run's: {changed}; "
                              "only --epochs, --device, --threads and --data-root may change")
-    elif existing.exists() or (run_dir / "metrics.jsonl").exists():
-        if not args.overwrite:
-            raise SystemExit(f"error: {run_dir} already holds a run; pass --resume to continue it, --overwrite to "
-                             "start afresh, or --out for another directory")
+    elif (existing.exists() or (run_dir / "metrics.jsonl").exists()) and not args.overwrite:
+        raise SystemExit(f"error: {run_dir} already holds a run; pass --resume to continue it, --overwrite to "
+                         "start afresh, or --out for another directory")
+    try:
+        # Model, data and solvers are built (and every setting checked) before anything is written,
+        # so a bad setting leaves no half-made run directory and --overwrite deletes nothing.
+        trainer = make_trainer(config, run_dir, console)
+    except DatasetNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
+    if not args.resume:
         for name in ("checkpoint-last.pt", "checkpoint-best.pt", "metrics.jsonl", "summary.json"):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -210,10 +216,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     console.print(f"training {config.model} on {config.dataset} ({config.producer or 'lif'}, "
                   f"T={config.time_steps}, backward {config.b_solver}/{config.b_max_iter}) → {run_dir}")
     try:
-        trainer = make_trainer(config, run_dir, console)
         summary = trainer.fit(resume=args.resume)
-    except DatasetNotFoundError as error:
-        raise SystemExit(f"error: {error}") from None
     except Interrupted as stop:
         console.print(f"interrupted: {stop}")
         return 130

@@ -177,3 +177,19 @@ def test_eval_sweep_over_time_steps_rebins_spike_datasets(tmp_path):
     assert [r["time_steps"] for r in rows] == [4, 6]
     assert rows[0]["acc"] == metrics(out)[-1]["test_acc"]
     assert all(0 <= r["firing_rate"] <= 1 for r in rows)
+
+
+def test_a_bad_setting_writes_nothing_and_deletes_nothing(tmp_path):
+    fresh = tmp_path / "fresh"
+    with pytest.raises(SystemExit, match="`memory` must be"):
+        main(["train", *SMALL, "--b-option", "memory=0", "--out", str(fresh)])
+    assert not fresh.exists()
+    with pytest.raises(SystemExit, match="leaves nothing to train on"):
+        main(["train", "--dataset", "synthetic", "--val-size", "512", "--out", str(fresh)])
+    assert not fresh.exists()
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(run)]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(SystemExit, match="`memory` must be"):
+        main(["train", *SMALL, "--b-option", "memory=0", "--out", str(run), "--overwrite"])
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
