@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,46 +24,40 @@ from .data import DatasetNotFoundError, available_datasets, dataset_info
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+def _number(kind: type, text: str, ok, allowed: str):
+    """Parse ``text`` as ``kind`` and check it; either failure names what is allowed."""
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    # Infinities parse as floats but are never a usable setting.
+    if value is None or not math.isfinite(value) or not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _number(int, text, lambda v: v >= 1, "an integer >= 1")
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
+    return _number(float, text, lambda v: v > 0, "a number > 0")
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
+    return _number(float, text, lambda v: v >= 0, "a number >= 0")
 
 
 def _leak(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1) (use --producer if for no leak), got {text}")
-    return value
+    return _number(float, text, lambda v: 0 < v < 1, "in (0, 1) (use --producer if for no leak)")
 
 
 def _dropout(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+    return _number(float, text, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def _option(text: str) -> tuple[str, Any]:

@@ -153,6 +153,8 @@ def test_schedule_warmup_and_milestones():
     (["train", "--dataset", "mnist", "--data-root", "/nonexistent", "--epochs", "1"], "looked"),
     (["train", "--b-solver", "broydn"], "invalid choice"),
     (["train", "--leak", "1.5"], "must be in (0, 1)"),
+    (["train", "--lr", "inf"], "--lr: must be a number > 0, got 'inf'"),
+    (["train", "--milestones", "5", "x"], "--milestones: must be an integer >= 0, got 'x'"),
     (["train", "--model", "f4000"], "unknown model"),
     (["eval", "/nonexistent/run"], "no checkpoint"),
 ])
