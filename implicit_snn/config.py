@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 # The paper's settings (supplement F.3.2 and the reference scripts), per model preset.
 PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -70,6 +71,61 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+_STR = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+_BOOL = (lambda v: isinstance(v, bool), "true or false")
+_POS_INT = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+_NONNEG_INT = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+_POS_NUMBER = (lambda v: _is_number(v) and v > 0, "a number > 0")
+_NONNEG_NUMBER = (lambda v: _is_number(v) and v >= 0, "a number >= 0")
+
+# What each setting may be: a check and the words that tell the user what is allowed.
+_ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": _STR,
+    "dataset": (_optional(_STR[0]), "a dataset name"),
+    "data_root": (_optional(_STR[0]), "a folder path"),
+    "download": _BOOL,
+    "producer": (_optional(_STR[0]), "a producer name"),
+    "time_steps": (_optional(_POS_INT[0]), _POS_INT[1]),
+    "leak": (_optional(lambda v: _is_number(v) and 0 < v < 1), "a number in (0, 1)"),
+    "vth": _POS_NUMBER,
+    "f_solver": _STR, "f_max_iter": _POS_INT, "f_tol": _POS_NUMBER,
+    "b_solver": _STR, "b_max_iter": _NONNEG_INT, "b_tol": _POS_NUMBER,
+    "b_stop_mode": (lambda v: v in ("rel", "abs"), "'rel' or 'abs'"),
+    "b_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table of option = value"),
+    "operator_norm": _BOOL,
+    "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "epochs": _POS_INT, "batch_size": _POS_INT, "test_batch_size": _POS_INT,
+    "lr": _POS_NUMBER, "momentum": _NONNEG_NUMBER, "weight_decay": _NONNEG_NUMBER, "gamma": _POS_NUMBER,
+    "milestones": (lambda v: isinstance(v, (list, tuple)) and all(_is_int(m) and m >= 0 for m in v),
+                   "a list of integers >= 0 (epochs)"),
+    "warmup_iters": _NONNEG_INT, "val_size": _NONNEG_INT,
+    "seed": (_is_int, "an integer"),
+    "device": _STR,
+    "out": (_optional(_STR[0]), "a folder path"),
+    "threads": (_optional(_POS_INT[0]), _POS_INT[1]),
+}
+
+
+def check_values(config: RunConfig) -> None:
+    """Reject a setting of the wrong type or out of range, naming it and what is allowed."""
+    for name, (ok, allowed) in _ALLOWED.items():
+        value = getattr(config, name)
+        if not ok(value):
+            raise ValueError(f"setting `{name}` must be {allowed}, got {value!r}")
+
+
 def check_keys(values: dict[str, Any], source: str) -> None:
     """Reject unknown setting names with the list of known ones."""
     unknown = sorted(set(values) - set(RunConfig.field_names()))
@@ -86,20 +142,28 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     if suffix == ".toml":
         try:
-            import tomllib
+            import tomllib as parser
         except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        data = tomllib.loads(text)
+            import tomli as parser  # type: ignore[no-redef]
+
+        fmt, errors = "TOML", (parser.TOMLDecodeError,)
+        parse = parser.loads
     elif suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ModuleNotFoundError:
-            raise RuntimeError(f"reading {path.name} needs PyYAML: pip install pyyaml (or use a .toml file)") from None
-        data = yaml.safe_load(text) or {}
+        import yaml
+
+        fmt, errors = "YAML", (yaml.YAMLError,)
+
+        def parse(text: str) -> Any:
+            return yaml.safe_load(text) or {}
     elif suffix == ".json":
-        data = json.loads(text)
+        fmt, errors, parse = "JSON", (json.JSONDecodeError,), json.loads
     else:
         raise ValueError(f"config file {path.name}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
+    try:
+        data = parse(text)
+    except errors as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"config file {path.name} is not valid {fmt}: {first_line}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path.name} must hold a table of settings, got {type(data).__name__}")
     data = {key.replace("-", "_"): value for key, value in data.items()}
@@ -122,4 +186,6 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfi
     config = RunConfig(**merged)
     if config.dataset is None:
         config.dataset = "fashion-mnist"
+    check_values(config)
+    config.milestones = list(config.milestones)
     return config

@@ -128,6 +128,34 @@ def test_config_file_with_flag_overrides(tmp_path):
     assert config.dataset == "cifar10" and config.milestones == [50, 75] and config.warmup_iters == 400
 
 
+@pytest.mark.parametrize("text, message", [
+    ("lr = -1", "setting `lr` must be a number > 0, got -1"),
+    ('lr = "abc"', "setting `lr` must be a number > 0"),
+    ("milestones = 5", "setting `milestones` must be a list of integers >= 0"),
+    ("val_size = -3", "setting `val_size` must be an integer >= 0"),
+    ("download = 1", "setting `download` must be true or false"),
+    ("leak = 1.0", "setting `leak` must be a number in (0, 1)"),
+    ("b_stop_mode = 'max'", "setting `b_stop_mode` must be 'rel' or 'abs'"),
+    ("lr = = 2", "config file run.toml is not valid TOML"),
+])
+def test_config_file_values_are_checked_with_the_setting_named(tmp_path, text, message):
+    path = tmp_path / "run.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ValueError) as error:
+        resolve(read_config_file(path), {})
+    assert message in str(error.value)
+
+
+def test_yaml_config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: f400\nlr: 0.01\ntime-steps: 7\nb_options: {memory: 10}\n")
+    config = resolve(read_config_file(path), {"epochs": 3})
+    assert (config.lr, config.time_steps, config.b_options, config.epochs) == (0.01, 7, {"memory": 10}, 3)
+    path.write_text("a: [1\n")
+    with pytest.raises(ValueError, match="run.yaml is not valid YAML"):
+        read_config_file(path)
+
+
 def test_paper_defaults_per_model():
     assert resolve({}, {}).to_dict() | {} == RunConfig(dataset="fashion-mnist", producer="lif", time_steps=5,
                                                          leak=0.95).to_dict()
