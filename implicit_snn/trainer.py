@@ -82,12 +82,25 @@ class EpochTotals:
             self.backward_rel_residual += summary["rel_residual_max"]
             self.backward_converged += summary["converged_fraction"]
             self.backward_status[summary["status"]] = self.backward_status.get(summary["status"], 0) + 1
+        self.add_forward(model)
+
+    def add_forward(self, model: torch.nn.Module) -> None:
+        """Add the producer's statistics of the model's latest forward (firing rate, solver status)."""
         forward = getattr(model, "last_forward", {})
         if forward.get("firing_rate") is not None:
             self.firing_rate += float(forward["firing_rate"])
             self.firing_batches += 1
         if "forward_status" in forward:  # a forward solver (the analytic producer) reports its status too
             self.forward_status[forward["forward_status"]] = self.forward_status.get(forward["forward_status"], 0) + 1
+
+    def forward_metrics(self) -> dict[str, Any]:
+        """Batches per forward-solver status and the mean firing rate, each only where reported."""
+        out: dict[str, Any] = {}
+        if self.forward_status:
+            out["forward_status"] = dict(self.forward_status)
+        if self.firing_batches:
+            out["firing_rate"] = self.firing_rate / self.firing_batches
+        return out
 
     def metrics(self) -> dict[str, Any]:
         n = max(self.batches, 1)
@@ -100,10 +113,7 @@ class EpochTotals:
         if self.backward_status:
             out.update(backward_evals_mean=self.backward_evals / n, backward_rel_residual_mean=self.backward_rel_residual / n,
                        backward_converged_fraction=self.backward_converged / n, backward_status=dict(self.backward_status))
-        if self.forward_status:
-            out["forward_status"] = dict(self.forward_status)
-        if self.firing_batches:
-            out["firing_rate"] = self.firing_rate / self.firing_batches
+        out.update(self.forward_metrics())
         return out
 
 
@@ -116,28 +126,17 @@ def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, 
     """
     was_training = model.training
     model.eval()
-    loss = correct = rate = 0.0
-    rated = 0
-    statuses: dict[str, int] = {}
+    loss, correct = 0.0, 0
+    forward = EpochTotals()  # only its forward statistics: the backward ones belong to training
     # Its own generator: evaluation must not draw from torch's global RNG, which training uses.
     for x, y in BatchLoader(dataset, batch_size, shuffle=False, generator=torch.Generator()):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
-        forward = getattr(model, "last_forward", {})
-        if forward.get("firing_rate") is not None:
-            rate += float(forward["firing_rate"])
-            rated += 1
-        if "forward_status" in forward:
-            statuses[forward["forward_status"]] = statuses.get(forward["forward_status"], 0) + 1
+        forward.add_forward(model)
     model.train(was_training)
-    result: dict[str, Any] = {"loss": loss / len(dataset), "acc": correct / len(dataset)}
-    if rated:
-        result["firing_rate"] = rate / rated
-    if statuses:
-        result["forward_status"] = statuses
-    return result
+    return {"loss": loss / len(dataset), "acc": correct / len(dataset), **forward.forward_metrics()}
 
 
 class _StopRequest:
