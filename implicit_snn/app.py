@@ -61,21 +61,38 @@ def build_model(config: RunConfig, num_classes: int, in_shape: Optional[tuple[in
                      "or a spec such as '400 (F400)'")
 
 
-def load_splits(config: RunConfig) -> tuple[ArrayDataset, Optional[ArrayDataset], ArrayDataset]:
-    """Train (minus the validation split), validation (carved from train) and test data."""
+def _load(config: RunConfig, split: str) -> ArrayDataset:
+    """One split of the run's dataset as stored (spike datasets binned into the run's T frames)."""
     kwargs: dict[str, Any] = dict(root=config.data_root, download=config.download)
     info = dataset_info(config.dataset)
     if info.input_kind == "spikes":
         kwargs["time_steps"] = config.time_steps or info.time_steps
-    train = load_dataset(config.dataset, "train", **kwargs)
-    test = load_dataset(config.dataset, "test", **kwargs)
-    val = None
+    return load_dataset(config.dataset, split, **kwargs)
+
+
+def _split_train(config: RunConfig, train: ArrayDataset) -> tuple[ArrayDataset, Optional[ArrayDataset]]:
+    """The training set minus the validation split, and that split (None with ``val_size`` 0)."""
     if config.val_size >= len(train):
         raise ValueError(f"--val-size {config.val_size} leaves nothing to train on: the {config.dataset} training set "
                          f"has {len(train)} samples (use at most {len(train) - 1}, or 0 for no validation split)")
     if config.val_size > 0:
-        train, val = split_validation(train, config.val_size, seed=config.seed)
-    return train, val, test
+        return split_validation(train, config.val_size, seed=config.seed)
+    return train, None
+
+
+def load_splits(config: RunConfig) -> tuple[ArrayDataset, Optional[ArrayDataset], ArrayDataset]:
+    """Train (minus the validation split), validation (carved from train) and test data."""
+    train, val = _split_train(config, _load(config, "train"))
+    return train, val, _load(config, "test")
+
+
+def load_split(config: RunConfig, split: str) -> Optional[ArrayDataset]:
+    """Only the ``split`` (``train``, ``val`` or ``test``) of the run: the test set is read alone;
+    ``val`` is None when the run has no validation split."""
+    if split == "test":
+        return _load(config, "test")
+    train, val = _split_train(config, _load(config, "train"))
+    return {"train": train, "val": val}[split]
 
 
 def make_trainer(config: RunConfig, run_dir: Path, console: Console) -> Trainer:

@@ -224,7 +224,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
 def _eval(args: argparse.Namespace, console: Console) -> int:
     from ._io import atomic_write_text
-    from .app import build_model, load_splits, producer_options, resolve_device
+    from .app import build_model, load_split, producer_options, resolve_device
     from .trainer import evaluate
 
     path = Path(args.checkpoint)
@@ -254,14 +254,13 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
         # Spike datasets are binned into T frames, so each T needs its own data; images load once.
         if model is None or dataset_info(config.dataset).input_kind == "spikes":
             try:
-                train, val, test = load_splits(config)
+                data = load_split(config, args.split)
             except DatasetNotFoundError as error:
                 raise SystemExit(f"error: {error}") from None
-            data = {"train": train, "val": val, "test": test}[args.split]
             if data is None:
                 raise SystemExit("error: this run has no validation split (val_size 0)")
         if model is None:
-            model = build_model(config, train.info.num_classes, train.info.in_shape)
+            model = build_model(config, data.info.num_classes, data.info.in_shape)
             model.load_state_dict(ckpt["model"])
             model.to(device)
         model.set_producer(config.producer or "lif", **producer_options(config))
