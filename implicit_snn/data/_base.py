@@ -158,6 +158,15 @@ def candidate_dirs(root: Optional[PathLike], subdirs: Sequence[str], system: Seq
     return dirs + [Path(p) for p in system]
 
 
+def torchvision_download(class_name: str, root: Optional[PathLike]) -> None:
+    """Fetch a dataset's original files into ``root`` with ``torchvision.datasets.<class_name>``."""
+    if root is None:
+        raise ValueError("`download=True` needs a `root` folder to put the files in")
+    import torchvision  # imported here: only downloading needs it
+
+    getattr(torchvision.datasets, class_name)(str(root), train=True, download=True)
+
+
 def normalize_images(raw: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 ``[N, C, H, W]`` pixels to float32 ``(x / 255 - mean[c]) / std[c]``."""
     raw = np.ascontiguousarray(raw)

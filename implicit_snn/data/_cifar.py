@@ -14,7 +14,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ._base import ArrayDataset, DatasetInfo, DatasetNotFoundError, PathLike, candidate_dirs, normalize_images
+from ._base import (ArrayDataset, DatasetInfo, DatasetNotFoundError, PathLike, candidate_dirs, normalize_images,
+                    torchvision_download)
 
 # The reference (IDE-FSNN) normalises both CIFAR-10 and CIFAR-100 with these constants.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -97,9 +98,4 @@ def load_cifar_dataset(name: str, split: str, root: Optional[PathLike], download
 
 
 def _download(name: str, root: Optional[PathLike]) -> None:
-    if root is None:
-        raise ValueError("`download=True` needs a `root` folder to put the files in")
-    import torchvision  # imported here: only downloading needs it
-
-    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    cls(str(root), train=True, download=True)
+    torchvision_download("CIFAR10" if name == "cifar10" else "CIFAR100", root)

@@ -15,7 +15,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ._base import ArrayDataset, DatasetInfo, DatasetNotFoundError, PathLike, candidate_dirs, normalize_images
+from ._base import (ArrayDataset, DatasetInfo, DatasetNotFoundError, PathLike, candidate_dirs, normalize_images,
+                    torchvision_download)
 
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
@@ -126,9 +127,4 @@ def _hint(name: str) -> str:
 
 
 def _download(name: str, root: Optional[PathLike]) -> None:
-    if root is None:
-        raise ValueError("`download=True` needs a `root` folder to put the files in")
-    import torchvision  # imported here: only downloading needs it
-
-    cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
-    cls(str(root), train=True, download=True)
+    torchvision_download("FashionMNIST" if name == "fashion-mnist" else "MNIST", root)
