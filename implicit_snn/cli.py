@@ -60,6 +60,10 @@ def _dropout(text: str) -> float:
     return _number(float, text, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
+def _bn_momentum(text: str) -> float:
+    return _number(float, text, lambda v: 0 < v <= 1, "in (0, 1]")
+
+
 def _option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -107,6 +111,10 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
         _flag(parser, "dropout", type=_dropout)
         _flag(parser, "operator_norm", action="store_const", const=True,
               help="constrain the conv feedback's true operator norm")
+        _flag(parser, "bn_momentum", type=_bn_momentum,
+              help="batch norm's running-statistics rate (0.1; the reference code's double update is 0.19)")
+        _flag(parser, "alpha_init", choices=["bound", "norm"],
+              help="spectral-norm scale α starts at min(‖W‖, 1) (bound, default) or at ‖W‖ as the reference (norm)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,8 @@ class RunConfig:
     b_stop_mode: str = "rel"
     b_options: dict = dataclasses.field(default_factory=dict)
     operator_norm: bool = False
+    bn_momentum: float = 0.1
+    alpha_init: str = "bound"
     dropout: float = 0.2
     epochs: int = 100
     batch_size: int = 128
@@ -105,6 +107,8 @@ _ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "b_stop_mode": (lambda v: v in ("rel", "abs"), "'rel' or 'abs'"),
     "b_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table of option = value"),
     "operator_norm": _BOOL,
+    "bn_momentum": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "alpha_init": (lambda v: v in ("bound", "norm"), "'bound' or 'norm'"),
     "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "epochs": _POS_INT, "batch_size": _POS_INT, "test_batch_size": _POS_INT,
     "lr": _POS_NUMBER, "momentum": _NONNEG_NUMBER, "weight_decay": _NONNEG_NUMBER, "gamma": _POS_NUMBER,

@@ -47,25 +47,29 @@ class SynapticLayer(nn.Module):
         op: ``nn.Linear``, ``nn.Conv2d`` or ``nn.ConvTranspose2d``; initialised as the reference
             does (``unit_norm_init_``) unless ``init=False``.
         batch_norm: add BatchNorm1d/2d over the op's output channels.
+        bn_momentum: the running statistics' update rate (PyTorch's 0.1 by default).
         dropout: variational dropout probability p in [0, 1).
         spectral: a ``SpectralNorm`` constraining the op's weight (feedback layers).
         init: apply ``unit_norm_init_`` to ``op``.
     """
 
     def __init__(self, op: OpModule, *, batch_norm: bool = False, dropout: float = 0.0,
-                 spectral: Optional[SpectralNorm] = None, init: bool = True):
+                 spectral: Optional[SpectralNorm] = None, init: bool = True, bn_momentum: float = 0.1):
         super().__init__()
         if not isinstance(op, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
             raise TypeError(f"op must be nn.Linear, nn.Conv2d or nn.ConvTranspose2d, got {type(op).__name__}")
         if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if not (isinstance(bn_momentum, (int, float)) and 0.0 < bn_momentum <= 1.0):
+            raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum!r}")
         if init:
             unit_norm_init_(op)
         self.op = op
         channels = op.out_features if isinstance(op, nn.Linear) else op.out_channels
         self.bn: Optional[nn.Module] = None
         if batch_norm:
-            self.bn = nn.BatchNorm1d(channels) if isinstance(op, nn.Linear) else nn.BatchNorm2d(channels)
+            norm = nn.BatchNorm1d if isinstance(op, nn.Linear) else nn.BatchNorm2d
+            self.bn = norm(channels, momentum=float(bn_momentum))
         self.dropout = float(dropout)
         self.spectral = spectral
         if spectral is not None:

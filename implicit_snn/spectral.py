@@ -28,15 +28,20 @@ class SpectralNorm(nn.Module):
             ``input_shape`` instead of the reshaped-kernel norm.
         input_shape: per-sample input shape ``(C, H, W)``; needed with ``operator_norm``.
         n_power_iterations: power-iteration steps per training forward.
+        alpha_init: ``"bound"`` (default) starts α at min(‖W_init‖₂, c); ``"norm"`` at ‖W_init‖₂,
+            as the reference code does.
 
-    α starts at min(‖W_init‖₂, c). The reference starts it at ‖W_init‖₂ (1.96 for F400), where
-    the clip gives it zero gradient until weight decay has pulled it below c (about 2,700 steps
-    for F400); starting at c gives the same initial W_eff, and the clip, written as min/max,
-    passes half the gradient at the bound, so α trains from the first step.
+    Both starts give the same initial W_eff. From ``"norm"`` (1.96 for F400) the clip gives α zero
+    gradient until weight decay has pulled it below c (about 2,700 steps for F400: the reference's
+    behaviour, its defect B11); from ``"bound"`` the clip, written as min/max, passes half the
+    gradient at the bound, so α trains from the first step.
     """
 
+    ALPHA_INITS = ("bound", "norm")
+
     def __init__(self, bound: float = 1.0, *, operator_norm: bool = False,
-                 input_shape: Optional[Sequence[int]] = None, n_power_iterations: int = 1):
+                 input_shape: Optional[Sequence[int]] = None, n_power_iterations: int = 1,
+                 alpha_init: str = "bound"):
         super().__init__()
         if not bound > 0:
             raise ValueError(f"spectral norm `bound` must be > 0, got {bound!r}")
@@ -44,7 +49,10 @@ class SpectralNorm(nn.Module):
             raise ValueError(f"`n_power_iterations` must be an int >= 1, got {n_power_iterations!r}")
         if operator_norm and input_shape is None:
             raise ValueError("operator_norm=True needs the layer's per-sample `input_shape` (C, H, W)")
+        if alpha_init not in self.ALPHA_INITS:
+            raise ValueError(f"`alpha_init` must be one of {self.ALPHA_INITS}, got {alpha_init!r}")
         self.bound = float(bound)
+        self.alpha_init = alpha_init
         self.operator_norm = bool(operator_norm)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.n_power_iterations = n_power_iterations
@@ -56,7 +64,7 @@ class SpectralNorm(nn.Module):
         return not self.operator_norm or isinstance(op, nn.Linear)
 
     def initialise_(self, op: OpModule, *, warmup_iterations: int = 100) -> None:
-        """Draw the power-iteration vectors for ``op``, converge them, and set α = min(‖W‖₂, c)."""
+        """Draw the power-iteration vectors for ``op``, converge them, and set α (``alpha_init``)."""
         weight = op.weight.detach()
         gen = torch.Generator().manual_seed(0)
         if self._matrix_mode(op):
@@ -69,8 +77,9 @@ class SpectralNorm(nn.Module):
         self.u = F.normalize(u.flatten(), dim=0).view_as(u).to(weight.device)
         self.v = F.normalize(v.flatten(), dim=0).view_as(v).to(weight.device)
         self._power_iteration(op, weight, warmup_iterations)
+        sigma = float(self._sigma(op, weight))
         with torch.no_grad():
-            self.alpha.fill_(min(float(self._sigma(op, weight)), self.bound))
+            self.alpha.fill_(sigma if self.alpha_init == "norm" else min(sigma, self.bound))
 
     @torch.no_grad()
     def _power_iteration(self, op: OpModule, weight: torch.Tensor, steps: int) -> None:
@@ -106,4 +115,5 @@ class SpectralNorm(nn.Module):
         return op.weight * scale
 
     def extra_repr(self) -> str:
-        return f"bound={self.bound}, operator_norm={self.operator_norm}, n_power_iterations={self.n_power_iterations}"
+        return (f"bound={self.bound}, operator_norm={self.operator_norm}, n_power_iterations={self.n_power_iterations}, "
+                f"alpha_init={self.alpha_init!r}")

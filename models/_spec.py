@@ -80,8 +80,13 @@ def parse_spec(spec: str) -> NetworkSpec:
 
 def build_network(spec: str | NetworkSpec, in_shape: Sequence[int], *, dropout: float = 0.2, batch_norm: bool = True,
                   vth: float = 2.0, spectral_bound: float = 1.0, operator_norm: bool = False,
-                  input_padding: Optional[int] = None) -> FeedbackSNN:
-    """A ``FeedbackSNN`` for ``spec`` on per-sample inputs of ``in_shape`` ((C, H, W) for conv nets)."""
+                  input_padding: Optional[int] = None, bn_momentum: float = 0.1,
+                  alpha_init: str = "bound") -> FeedbackSNN:
+    """A ``FeedbackSNN`` for ``spec`` on per-sample inputs of ``in_shape`` ((C, H, W) for conv nets).
+
+    ``bn_momentum`` is every batch norm's running-statistics rate; ``alpha_init`` the feedback's
+    spectral-norm scale start (see ``SpectralNorm``).
+    """
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     in_shape = tuple(int(s) for s in in_shape)
     first, conv = parsed.layers[0], parsed.layers[0].is_conv
@@ -89,7 +94,7 @@ def build_network(spec: str | NetworkSpec, in_shape: Sequence[int], *, dropout: 
         raise ValueError(f"a conv network needs in_shape (C, H, W), got {in_shape}")
 
     def layer(op: nn.Module) -> SynapticLayer:
-        return SynapticLayer(op, batch_norm=batch_norm, dropout=dropout)
+        return SynapticLayer(op, batch_norm=batch_norm, dropout=dropout, bn_momentum=bn_momentum)
 
     if conv:
         padding = (first.kernel - 1) // 2 if input_padding is None else input_padding
@@ -106,7 +111,8 @@ def build_network(spec: str | NetworkSpec, in_shape: Sequence[int], *, dropout: 
 
     # The feedback's input is the last layer; its per-sample shape is needed for the operator norm.
     last_shape = layer_shapes(in_shape, input_layer, forward_layers, flatten_input=not conv)[-1]
-    spectral = SpectralNorm(spectral_bound, operator_norm=operator_norm, input_shape=last_shape if conv else None)
+    spectral = SpectralNorm(spectral_bound, operator_norm=operator_norm, input_shape=last_shape if conv else None,
+                            alpha_init=alpha_init)
     feedback = SynapticLayer(_feedback_op(parsed), dropout=dropout, spectral=spectral)
     return FeedbackSNN(in_shape, input_layer, forward_layers, feedback, vth=vth, flatten_input=not conv)
 
@@ -123,12 +129,14 @@ def _feedback_op(parsed: NetworkSpec) -> nn.Module:
 
 def from_spec(spec: str, in_shape: Sequence[int], num_classes: int, *, dropout: float = 0.2, batch_norm: bool = True,
               vth: float = 2.0, spectral_bound: float = 1.0, operator_norm: bool = False,
-              input_padding: Optional[int] = None, **model_options: Any) -> ImplicitClassifier:
+              input_padding: Optional[int] = None, bn_momentum: float = 0.1, alpha_init: str = "bound",
+              **model_options: Any) -> ImplicitClassifier:
     """An ``ImplicitClassifier`` on the network described by ``spec``.
 
     ``model_options`` go to ``ImplicitClassifier`` (``producer``, ``producer_options``,
     ``backward``, ``b_max_iter``, ``b_tol``, ``b_stop_mode``, ``backward_options``).
     """
     network = build_network(spec, in_shape, dropout=dropout, batch_norm=batch_norm, vth=vth,
-                            spectral_bound=spectral_bound, operator_norm=operator_norm, input_padding=input_padding)
+                            spectral_bound=spectral_bound, operator_norm=operator_norm, input_padding=input_padding,
+                            bn_momentum=bn_momentum, alpha_init=alpha_init)
     return ImplicitClassifier(network, num_classes, **model_options)

@@ -42,6 +42,22 @@ def test_alpha_starts_at_the_bound_and_receives_gradient_from_the_first_step():
     assert layer.spectral.alpha.grad is not None and float(layer.spectral.alpha.grad.abs()) > 0
 
 
+def test_alpha_init_norm_reproduces_the_reference_frozen_start():
+    """``alpha_init="norm"``: α = ‖W_init‖₂ above the clip, so the same W_eff but no gradient to α (B11)."""
+    weights = {}
+    for start in ("bound", "norm"):
+        torch.manual_seed(0)
+        layer = SynapticLayer(nn.Linear(400, 400, bias=False), spectral=SpectralNorm(1.0, alpha_init=start))
+        weights[start] = layer.effective_weight(update=False)
+        weights[start].sum().backward()
+        weights[start + " grad"] = layer.spectral.alpha.grad
+        weights[start + " alpha"] = layer.spectral.alpha.item()
+    true_norm = float(torch.linalg.matrix_norm(layer.op.weight.detach(), 2))
+    assert abs(weights["norm alpha"] - true_norm) < 1e-3 * true_norm and weights["norm alpha"] > 1.5
+    torch.testing.assert_close(weights["norm"], weights["bound"])
+    assert float(weights["norm grad"]) == 0.0 and float(weights["bound grad"].abs()) > 0
+
+
 def test_spectral_norm_matches_the_true_norm_and_eval_does_not_advance_the_power_iteration():
     torch.manual_seed(1)
     layer = SynapticLayer(nn.Linear(50, 50, bias=False), spectral=SpectralNorm(0.8))
@@ -68,6 +84,10 @@ def test_bad_spectral_settings():
         SpectralNorm(1.0, operator_norm=True)
     with pytest.raises(ValueError, match="`bound` must be > 0"):
         SpectralNorm(0.0)
+    with pytest.raises(ValueError, match="`alpha_init` must be one of"):
+        SpectralNorm(1.0, alpha_init="one")
+    with pytest.raises(ValueError, match=r"bn_momentum must be in \(0, 1\]"):
+        SynapticLayer(nn.Linear(3, 4), batch_norm=True, bn_momentum=0.0)
 
 
 def test_batch_norm_modes():

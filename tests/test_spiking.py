@@ -8,11 +8,12 @@ from implicit_snn import FeedbackSNN, ImplicitClassifier, SpectralNorm, Synaptic
 from implicit_snn.neurons import time_average
 
 
-def tiny_network(layers=(4, 3), in_dim=3, *, seed=0, batch_norm=False, dropout=0.0, vth=2.0):
+def tiny_network(layers=(4, 3), in_dim=3, *, seed=0, batch_norm=False, dropout=0.0, vth=2.0, bn_momentum=0.1):
     torch.manual_seed(seed)
     sizes = [in_dim, *layers]
-    input_layer = SynapticLayer(nn.Linear(in_dim, layers[0]), batch_norm=batch_norm, dropout=dropout)
-    forward = [SynapticLayer(nn.Linear(a, b), batch_norm=batch_norm, dropout=dropout) for a, b in zip(sizes[1:], sizes[2:])]
+    norm = dict(batch_norm=batch_norm, dropout=dropout, bn_momentum=bn_momentum)
+    input_layer = SynapticLayer(nn.Linear(in_dim, layers[0]), **norm)
+    forward = [SynapticLayer(nn.Linear(a, b), **norm) for a, b in zip(sizes[1:], sizes[2:])]
     feedback = SynapticLayer(nn.Linear(layers[-1], layers[0], bias=False), dropout=dropout, spectral=SpectralNorm(1.0))
     with torch.no_grad():  # non-zero biases so that the bias path is exercised
         for layer in [input_layer, *forward]:
@@ -168,6 +169,20 @@ def test_batch_norm_running_statistics_move_exactly_once_per_training_step():
     with torch.no_grad():
         model(torch.randn(5, 4))
     assert [int(bn.num_batches_tracked) for bn in bns] == [3] * len(bns)
+
+
+def test_bn_momentum_0_19_equals_the_reference_double_update():
+    """One update at 0.19 is the reference's two updates at 0.1 with the same batch statistics (B1)."""
+    net = tiny_network((6,), in_dim=4, batch_norm=True, bn_momentum=0.19)
+    model = ImplicitClassifier(net, 2, producer="lif", producer_options=dict(time_steps=4)).train()
+    x = torch.randn(5, 4)
+    batch_mean = net.input_layer.linear(net._prepare_input(x)).mean(0).detach()
+    model(x).sum().backward()
+    expected = torch.zeros(6)
+    for _ in range(2):
+        expected = 0.9 * expected + 0.1 * batch_mean
+    torch.testing.assert_close(net.input_layer.bn.running_mean, expected)
+    assert int(net.input_layer.bn.num_batches_tracked) == 1
 
 
 def test_simulation_input_normalisation_equals_the_one_f_uses():

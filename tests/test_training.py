@@ -136,6 +136,8 @@ def test_config_file_with_flag_overrides(tmp_path):
     ("download = 1", "setting `download` must be true or false"),
     ("leak = 1.0", "setting `leak` must be a number in (0, 1)"),
     ("b_stop_mode = 'max'", "setting `b_stop_mode` must be 'rel' or 'abs'"),
+    ("bn_momentum = 0", "setting `bn_momentum` must be a number in (0, 1]"),
+    ("alpha_init = 'one'", "setting `alpha_init` must be 'bound' or 'norm'"),
     ("lr = = 2", "config file run.toml is not valid TOML"),
 ])
 def test_config_file_values_are_checked_with_the_setting_named(tmp_path, text, message):
@@ -144,6 +146,19 @@ def test_config_file_values_are_checked_with_the_setting_named(tmp_path, text, m
     with pytest.raises(ValueError) as error:
         resolve(read_config_file(path), {})
     assert message in str(error.value)
+
+
+def test_reference_quirk_settings_reach_the_model():
+    """``bn_momentum`` and ``alpha_init`` from the run settings land in every batch norm and in α."""
+    from implicit_snn.app import build_model
+
+    model = build_model(resolve({}, {"model": "f64c5", "bn_momentum": 0.19, "alpha_init": "norm"}), 10)
+    momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert momenta == {0.19}
+    assert model.network.feedback.spectral.alpha.item() > 1.0  # ‖W_init‖₂ = 1.14 for F64C5, above the clip
+    default = build_model(resolve({}, {"model": "f64c5"}), 10)
+    assert default.network.feedback.spectral.alpha.item() == 1.0
+    assert {m.momentum for m in default.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)} == {0.1}
 
 
 def test_yaml_config_file(tmp_path):
@@ -181,6 +196,7 @@ def test_schedule_warmup_and_milestones():
     (["train", "--dataset", "mnist", "--data-root", "/nonexistent", "--epochs", "1"], "looked"),
     (["train", "--b-solver", "broydn"], "invalid choice"),
     (["train", "--leak", "1.5"], "must be in (0, 1)"),
+    (["train", "--bn-momentum", "1.5"], "--bn-momentum: must be in (0, 1], got '1.5'"),
     (["train", "--lr", "inf"], "--lr: must be a number > 0, got 'inf'"),
     (["train", "--milestones", "5", "x"], "--milestones: must be an integer >= 0, got 'x'"),
     (["train", "--model", "f4000"], "unknown model"),
