@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from rich.console import Console
@@ -18,50 +17,35 @@ import models
 import solvers
 
 from . import producers
-from .config import PAPER_DEFAULTS, RunConfig, read_config_file, resolve
+from .config import ALLOWED, NONNEG_INT, PAPER_DEFAULTS, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
 from .data import DatasetNotFoundError, available_datasets, dataset_info
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def _number(kind: type, text: str, ok, allowed: str):
-    """Parse ``text`` as ``kind`` and check it; either failure names what is allowed."""
-    try:
-        value = kind(text)
-    except ValueError:
-        value = None
-    # Infinities parse as floats but are never a usable setting.
-    if value is None or not math.isfinite(value) or not ok(value):
-        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
-    return value
+def _typed(kind: type, allowed: tuple[Callable[[Any], bool], str]) -> Callable[[str], Any]:
+    """An argparse type: parse ``kind``, then check it; either failure names what is allowed."""
+    ok, words = allowed
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    return _number(int, text, lambda v: v >= 1, "an integer >= 1")
+def _setting(name: str, kind: type = float) -> Callable[[str], Any]:
+    """The argparse type of the run setting ``name``: the range the config file is held to too."""
+    return _typed(kind, ALLOWED[name])
 
 
-def _non_negative_int(text: str) -> int:
-    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
-
-
-def _positive_float(text: str) -> float:
-    return _number(float, text, lambda v: v > 0, "a number > 0")
-
-
-def _non_negative_float(text: str) -> float:
-    return _number(float, text, lambda v: v >= 0, "a number >= 0")
-
-
-def _leak(text: str) -> float:
-    return _number(float, text, lambda v: 0 < v < 1, "in (0, 1) (use --producer if for no leak)")
-
-
-def _dropout(text: str) -> float:
-    return _number(float, text, lambda v: 0 <= v < 1, "in [0, 1)")
-
-
-def _bn_momentum(text: str) -> float:
-    return _number(float, text, lambda v: 0 < v <= 1, "in (0, 1]")
+_positive_int = _typed(int, POS_INT)
+_positive_float = _typed(float, POS_NUMBER)
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -87,17 +71,17 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
     names = solvers.available_solvers()
     _flag(parser, "producer", choices=producers.available_producers(), help="equilibrium producer")
     if for_eval:
-        _flag(parser, "time_steps", type=_positive_int, nargs="+", metavar="T",
+        _flag(parser, "time_steps", type=_setting("time_steps", int), nargs="+", metavar="T",
               help="simulation steps T; several values evaluate the checkpoint at each (the paper's Table 2)")
     else:
-        _flag(parser, "time_steps", type=_positive_int, help="simulation steps T")
-    _flag(parser, "leak", type=_leak, help="LIF leak λ")
+        _flag(parser, "time_steps", type=_setting("time_steps", int), help="simulation steps T")
+    _flag(parser, "leak", type=_setting("leak"), help="LIF leak λ")
     _flag(parser, "f_solver", choices=names, help="forward solver of the analytic producer")
-    _flag(parser, "f_max_iter", type=_positive_int)
-    _flag(parser, "f_tol", type=_positive_float)
+    _flag(parser, "f_max_iter", type=_setting("f_max_iter", int))
+    _flag(parser, "f_tol", type=_setting("f_tol"))
     _flag(parser, "b_solver", choices=names, help="backward (adjoint) solver")
-    _flag(parser, "b_max_iter", type=_non_negative_int)
-    _flag(parser, "b_tol", type=_positive_float)
+    _flag(parser, "b_max_iter", type=_setting("b_max_iter", int))
+    _flag(parser, "b_tol", type=_setting("b_tol"))
     _flag(parser, "b_stop_mode", choices=["rel", "abs"])
     _flag(parser, "b_option", type=_option, action="append", metavar="KEY=VALUE",
           help="backward solver option, e.g. memory=10 (repeatable)")
@@ -105,13 +89,13 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
     _flag(parser, "download", action="store_const", const=True,
           help="download a missing dataset into --data-root where the network allows (torchvision's sources)")
     _flag(parser, "device", help="cpu, cuda or auto")
-    _flag(parser, "threads", type=_positive_int, help="CPU threads for torch")
+    _flag(parser, "threads", type=_setting("threads", int), help="CPU threads for torch")
     if not for_eval:
-        _flag(parser, "vth", type=_positive_float, help="firing threshold (2.0 in the paper)")
-        _flag(parser, "dropout", type=_dropout)
+        _flag(parser, "vth", type=_setting("vth"), help="firing threshold (2.0 in the paper)")
+        _flag(parser, "dropout", type=_setting("dropout"))
         _flag(parser, "operator_norm", action="store_const", const=True,
               help="constrain the conv feedback's true operator norm")
-        _flag(parser, "bn_momentum", type=_bn_momentum,
+        _flag(parser, "bn_momentum", type=_setting("bn_momentum"),
               help="batch norm's running-statistics rate (0.1; the reference code's double update is 0.19)")
         _flag(parser, "alpha_init", choices=["bound", "norm"],
               help="spectral-norm scale α starts at min(‖W‖, 1) (bound, default) or at ‖W‖ as the reference (norm)")
@@ -129,17 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(train, "model", help=f"a preset ({', '.join(models.available_models())}) or a spec like '400 (F400)'")
     _flag(train, "dataset", choices=available_datasets())
     _add_model_flags(train)
-    _flag(train, "epochs", type=_positive_int)
-    _flag(train, "batch_size", type=_positive_int)
-    _flag(train, "test_batch_size", type=_positive_int)
-    _flag(train, "lr", type=_positive_float)
-    _flag(train, "momentum", type=_non_negative_float)
-    _flag(train, "weight_decay", type=_non_negative_float)
-    _flag(train, "milestones", type=_non_negative_int, nargs="*", help="epochs (0-based) where lr is multiplied by gamma")
-    _flag(train, "gamma", type=_positive_float)
-    _flag(train, "warmup_iters", type=_non_negative_int)
-    _flag(train, "val_size", type=_non_negative_int, help="validation samples carved from the training set (0: none)")
-    _flag(train, "seed", type=int)
+    _flag(train, "epochs", type=_setting("epochs", int))
+    _flag(train, "batch_size", type=_setting("batch_size", int))
+    _flag(train, "test_batch_size", type=_setting("test_batch_size", int))
+    _flag(train, "lr", type=_setting("lr"))
+    _flag(train, "momentum", type=_setting("momentum"))
+    _flag(train, "weight_decay", type=_setting("weight_decay"))
+    _flag(train, "milestones", type=_typed(int, NONNEG_INT), nargs="*", help="epochs (0-based) where lr is multiplied by gamma")
+    _flag(train, "gamma", type=_setting("gamma"))
+    _flag(train, "warmup_iters", type=_setting("warmup_iters", int))
+    _flag(train, "val_size", type=_setting("val_size", int), help="validation samples carved from the training set (0: none)")
+    _flag(train, "seed", type=_setting("seed", int))
     _flag(train, "out", help="run directory (default runs/MODEL-DATASET-PRODUCER-seedN)")
     train.add_argument("--config", help="settings file (TOML, YAML or JSON); flags override it")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -196,6 +180,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
         if saved is None:
             raise SystemExit(f"error: --resume: {run_dir} has no config.json; nothing to resume")
+        # A setting added after the run was made reads as its default (what the run used).
+        saved = {**RunConfig().to_dict(), **saved}
         changed = {k: (saved.get(k), v) for k, v in config.to_dict().items()
                    if k not in ("epochs", "device", "threads", "data_root", "download") and saved.get(k) != v}
         if changed:

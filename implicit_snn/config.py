@@ -85,46 +85,47 @@ def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: v is None or check(v)
 
 
-_STR = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
-_BOOL = (lambda v: isinstance(v, bool), "true or false")
-_POS_INT = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
-_NONNEG_INT = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
-_POS_NUMBER = (lambda v: _is_number(v) and v > 0, "a number > 0")
-_NONNEG_NUMBER = (lambda v: _is_number(v) and v >= 0, "a number >= 0")
+STR = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+BOOL = (lambda v: isinstance(v, bool), "true or false")
+POS_INT = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+NONNEG_INT = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+POS_NUMBER = (lambda v: _is_number(v) and v > 0, "a number > 0")
+NONNEG_NUMBER = (lambda v: _is_number(v) and v >= 0, "a number >= 0")
 
-# What each setting may be: a check and the words that tell the user what is allowed.
-_ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model": _STR,
-    "dataset": (_optional(_STR[0]), "a dataset name"),
-    "data_root": (_optional(_STR[0]), "a folder path"),
-    "download": _BOOL,
-    "producer": (_optional(_STR[0]), "a producer name"),
-    "time_steps": (_optional(_POS_INT[0]), _POS_INT[1]),
-    "leak": (_optional(lambda v: _is_number(v) and 0 < v < 1), "a number in (0, 1)"),
-    "vth": _POS_NUMBER,
-    "f_solver": _STR, "f_max_iter": _POS_INT, "f_tol": _POS_NUMBER,
-    "b_solver": _STR, "b_max_iter": _NONNEG_INT, "b_tol": _POS_NUMBER,
+# What each setting may be: a check and the words that tell the user what is allowed. The
+# command line checks its flags against the same table.
+ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": STR,
+    "dataset": (_optional(STR[0]), "a dataset name"),
+    "data_root": (_optional(STR[0]), "a folder path"),
+    "download": BOOL,
+    "producer": (_optional(STR[0]), "a producer name"),
+    "time_steps": (_optional(POS_INT[0]), POS_INT[1]),
+    "leak": (_optional(lambda v: _is_number(v) and 0 < v < 1), "a number in (0, 1) (no leak: producer 'if')"),
+    "vth": POS_NUMBER,
+    "f_solver": STR, "f_max_iter": POS_INT, "f_tol": POS_NUMBER,
+    "b_solver": STR, "b_max_iter": NONNEG_INT, "b_tol": POS_NUMBER,
     "b_stop_mode": (lambda v: v in ("rel", "abs"), "'rel' or 'abs'"),
     "b_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table of option = value"),
-    "operator_norm": _BOOL,
+    "operator_norm": BOOL,
     "bn_momentum": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "alpha_init": (lambda v: v in ("bound", "norm"), "'bound' or 'norm'"),
     "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "epochs": _POS_INT, "batch_size": _POS_INT, "test_batch_size": _POS_INT,
-    "lr": _POS_NUMBER, "momentum": _NONNEG_NUMBER, "weight_decay": _NONNEG_NUMBER, "gamma": _POS_NUMBER,
+    "epochs": POS_INT, "batch_size": POS_INT, "test_batch_size": POS_INT,
+    "lr": POS_NUMBER, "momentum": NONNEG_NUMBER, "weight_decay": NONNEG_NUMBER, "gamma": POS_NUMBER,
     "milestones": (lambda v: isinstance(v, (list, tuple)) and all(_is_int(m) and m >= 0 for m in v),
                    "a list of integers >= 0 (epochs)"),
-    "warmup_iters": _NONNEG_INT, "val_size": _NONNEG_INT,
+    "warmup_iters": NONNEG_INT, "val_size": NONNEG_INT,
     "seed": (_is_int, "an integer"),
-    "device": _STR,
-    "out": (_optional(_STR[0]), "a folder path"),
-    "threads": (_optional(_POS_INT[0]), _POS_INT[1]),
+    "device": STR,
+    "out": (_optional(STR[0]), "a folder path"),
+    "threads": (_optional(POS_INT[0]), POS_INT[1]),
 }
 
 
 def check_values(config: RunConfig) -> None:
     """Reject a setting of the wrong type or out of range, naming it and what is allowed."""
-    for name, (ok, allowed) in _ALLOWED.items():
+    for name, (ok, allowed) in ALLOWED.items():
         value = getattr(config, name)
         if not ok(value):
             raise ValueError(f"setting `{name}` must be {allowed}, got {value!r}")

@@ -29,6 +29,12 @@ def comparable(rows):
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     assert main(["train", *SMALL, "--epochs", "3", "--out", str(tmp_path / "full")]) == 0
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(tmp_path / "split")]) == 0
+    # A run made before a setting existed resumes: the missing setting reads as its default.
+    saved_path = tmp_path / "split" / "config.json"
+    saved = json.loads(saved_path.read_text())
+    saved_path.write_text(json.dumps({k: v for k, v in saved.items() if k not in ("bn_momentum", "alpha_init")}))
+    with pytest.raises(SystemExit, match="settings that differ from the run's: {'bn_momentum': \\(0.1, 0.5\\)}"):
+        main(["train", *SMALL, "--epochs", "3", "--out", str(tmp_path / "split"), "--resume", "--bn-momentum", "0.5"])
     assert main(["train", *SMALL, "--epochs", "3", "--out", str(tmp_path / "split"), "--resume"]) == 0
     full, split = metrics(tmp_path / "full"), metrics(tmp_path / "split")
     assert len(full) == len(split) == 3
@@ -195,8 +201,9 @@ def test_schedule_warmup_and_milestones():
 @pytest.mark.parametrize("argv, message", [
     (["train", "--dataset", "mnist", "--data-root", "/nonexistent", "--epochs", "1"], "looked"),
     (["train", "--b-solver", "broydn"], "invalid choice"),
-    (["train", "--leak", "1.5"], "must be in (0, 1)"),
-    (["train", "--bn-momentum", "1.5"], "--bn-momentum: must be in (0, 1], got '1.5'"),
+    (["train", "--leak", "1.5"], "--leak: must be a number in (0, 1) (no leak: producer 'if'), got '1.5'"),
+    (["train", "--seed", "x"], "--seed: must be an integer, got 'x'"),
+    (["train", "--bn-momentum", "1.5"], "--bn-momentum: must be a number in (0, 1], got '1.5'"),
     (["train", "--lr", "inf"], "--lr: must be a number > 0, got 'inf'"),
     (["train", "--milestones", "5", "x"], "--milestones: must be an integer >= 0, got 'x'"),
     (["train", "--model", "f4000"], "unknown model"),
