@@ -17,6 +17,7 @@ import models
 import solvers
 
 from . import producers
+from ._checkpoint_commands import cli_settings, run_analyze, run_eval
 from .config import ALLOWED, NONNEG_INT, PAPER_DEFAULTS, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
 from .data import DatasetNotFoundError, available_datasets, dataset_info
 
@@ -136,6 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
     _add_model_flags(evaluate, for_eval=True)
 
+    analyze = sub.add_parser("analyze", help="what the solvers do on a trained model: the simulation's distance "
+                             "to the equilibrium over T, and every backward solver on one training step")
+    analyze.add_argument("checkpoint", help="a checkpoint file or a run directory (uses its best, else last)")
+    analyze.add_argument("--split", choices=["test", "val", "train"], default="test")
+    analyze.add_argument("--samples", type=_positive_int, default=1000, help="samples measured (default 1000)")
+    analyze.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int, default=200)
+    _flag(analyze, "time_steps", type=_setting("time_steps", int), nargs="+", metavar="T", default=[1, 2, 5, 10, 30, 100],
+          help="simulation lengths compared with the equilibrium (default 1 2 5 10 30 100)")
+    _flag(analyze, "producer", choices=["if", "lif"], help="neuron model (default: the checkpoint's)")
+    _flag(analyze, "leak", type=_setting("leak"), help="LIF leak λ")
+    names = solvers.available_solvers()
+    _flag(analyze, "f_solver", choices=names, help="solver for the equilibrium a* of f (default broyden)")
+    _flag(analyze, "f_max_iter", type=_setting("f_max_iter", int), help="its step cap (default 100)")
+    _flag(analyze, "f_tol", type=_setting("f_tol"), help="its relative tolerance (default 1e-6)")
+    _flag(analyze, "b_solver", nargs="+", choices=names, metavar="NAME",
+          help="backward solvers to compare (default: all but exact)")
+    _flag(analyze, "b_max_iter", type=_setting("b_max_iter", int))
+    _flag(analyze, "b_tol", type=_setting("b_tol"))
+    _flag(analyze, "data_root", help="folder with the dataset's files")
+    _flag(analyze, "device", help="cpu, cuda or auto")
+    _flag(analyze, "threads", type=_setting("threads", int), help="CPU threads for torch")
+    analyze.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
+
     sub.add_parser("solvers", help="list fixed-point solvers and equilibrium producers")
     sub.add_parser("models", help="list model presets with neuron and parameter counts")
 
@@ -154,13 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cli_settings(args: argparse.Namespace) -> dict[str, Any]:
-    values = {name: getattr(args, name, None) for name in RunConfig.field_names()}
-    options = getattr(args, "b_option", None)
-    values["b_options"] = dict(options) if options else None
-    return values
-
-
 def _default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{config.model}-{config.dataset}-{config.producer or 'lif'}-seed{config.seed}".replace(" ", "")
 
@@ -170,7 +187,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from .trainer import Interrupted
 
     file_values = read_config_file(args.config) if args.config else {}
-    config = resolve(file_values, _cli_settings(args))
+    config = resolve(file_values, cli_settings(args))
     run_dir = Path(config.out) if config.out else _default_run_dir(config)
     config.out = str(run_dir)
     existing = run_dir / "checkpoint-last.pt"
@@ -213,66 +230,6 @@ def _train(args: argparse.Namespace, console: Console) -> int:
                   + (f"; checkpoint chosen on validation (epoch {summary['val_chosen_epoch']}): "
                      f"{summary['val_chosen_test_acc']:.2%}" if "val_chosen_epoch" in summary else "")
                   + f"; best epoch {summary['best_epoch']}: {summary['best_epoch_test_acc']:.2%}")
-    return 0
-
-
-def _eval(args: argparse.Namespace, console: Console) -> int:
-    from ._io import atomic_write_text
-    from .app import build_model, load_split, producer_options, resolve_device
-    from .trainer import evaluate
-
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        best, last = path / "checkpoint-best.pt", path / "checkpoint-last.pt"
-        path = best if best.exists() else last
-    if not path.is_file():
-        raise SystemExit(f"error: no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    settings = _cli_settings(args)
-    sweep = settings.pop("time_steps") or [ckpt["config"].get("time_steps")]
-    overrides = {k: v for k, v in settings.items() if v is not None and k in (
-        "producer", "leak", "f_solver", "f_max_iter", "f_tol", "b_solver", "b_max_iter", "b_tol",
-        "b_stop_mode", "b_options", "data_root", "download", "device", "threads")}
-    base = RunConfig(**{**ckpt["config"], **overrides})
-    if base.producer == "analytic" and args.time_steps:
-        raise SystemExit("error: --time_steps applies to the spiking producers (if, lif), not to analytic")
-    if base.producer == "analytic":
-        sweep = [None]
-    if base.threads:
-        torch.set_num_threads(base.threads)
-    device = resolve_device(base.device)
-    model = None
-    rows: list[dict[str, Any]] = []
-    for time_steps in sweep:
-        config = RunConfig(**{**base.to_dict(), "time_steps": time_steps})
-        # Spike datasets are binned into T frames, so each T needs its own data; images load once.
-        if model is None or dataset_info(config.dataset).input_kind == "spikes":
-            try:
-                data = load_split(config, args.split)
-            except DatasetNotFoundError as error:
-                raise SystemExit(f"error: {error}") from None
-            if data is None:
-                raise SystemExit("error: this run has no validation split (val_size 0)")
-        if model is None:
-            model = build_model(config, data.info.num_classes, data.info.in_shape)
-            model.load_state_dict(ckpt["model"])
-            model.to(device)
-        model.set_producer(config.producer or "lif", **producer_options(config))
-        rows.append({"time_steps": time_steps, **evaluate(model, data, batch_size=args.batch_size, device=device)})
-    console.print(f"{path} on {base.dataset} {args.split} ({len(data)} samples), producer {base.producer}")
-    table = Table()
-    for column in ("T", "accuracy", "loss", "firing rate", "forward solver"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for row in rows:
-        rate, statuses = row.get("firing_rate"), row.get("forward_status")
-        table.add_row("—" if row["time_steps"] is None else str(row["time_steps"]), f"{row['acc']:.2%}",
-                      f"{row['loss']:.4f}", "—" if rate is None else f"{rate:.4f}",
-                      "—" if statuses is None else ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
-    console.print(table)
-    if args.json:
-        report = {"checkpoint": str(path), "dataset": base.dataset, "split": args.split, "samples": len(data),
-                  "producer": base.producer, "results": rows}
-        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -337,7 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return _train(args, console)
         if args.command == "eval":
-            return _eval(args, console)
+            return run_eval(args, console)
+        if args.command == "analyze":
+            return run_analyze(args, console)
         if args.command == "solvers":
             _list_solvers(console)
         elif args.command == "models":

@@ -1,0 +1,196 @@
+"""The commands that read a checkpoint: ``eval`` (accuracy, at one or several T) and ``analyze``
+(what the solvers do on the trained model)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ._io import atomic_write_text
+from .config import RunConfig
+from .data import DatasetNotFoundError, dataset_info
+
+# Settings a checkpoint command may override; the rest describe the trained model and stay.
+_OVERRIDABLE = ("producer", "leak", "f_solver", "f_max_iter", "f_tol", "b_solver", "b_max_iter", "b_tol",
+                "b_stop_mode", "b_options", "data_root", "download", "device", "threads")
+
+
+def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run settings given on the command line (None where a flag was not given)."""
+    values = {name: getattr(args, name, None) for name in RunConfig.field_names()}
+    options = getattr(args, "b_option", None)
+    values["b_options"] = dict(options) if options else None
+    return values
+
+
+def load_checkpoint(where: str) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint file, or a run directory's best checkpoint (else its last), loaded on the CPU."""
+    path = Path(where)
+    if path.is_dir():
+        best, last = path / "checkpoint-best.pt", path / "checkpoint-last.pt"
+        path = best if best.exists() else last
+    if not path.is_file():
+        raise SystemExit(f"error: no checkpoint at {path}")
+    return path, torch.load(path, map_location="cpu", weights_only=False)
+
+
+def checkpoint_config(ckpt: dict[str, Any], settings: dict[str, Any]) -> RunConfig:
+    """The checkpoint's run settings with the overridable ones replaced where given."""
+    overrides = {k: v for k, v in settings.items() if v is not None and k in _OVERRIDABLE}
+    return RunConfig(**{**ckpt["config"], **overrides})
+
+
+def _load_data(config: RunConfig, split: str):
+    from .app import load_split
+
+    try:
+        data = load_split(config, split)
+    except DatasetNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
+    if data is None:
+        raise SystemExit("error: this run has no validation split (val_size 0)")
+    return data
+
+
+def run_eval(args: argparse.Namespace, console: Console) -> int:
+    """``implicit-snn eval``: a checkpoint on a split, at one or several T, as a table (and JSON)."""
+    from ._io import atomic_write_text
+    from .app import build_model, producer_options, resolve_device
+    from .trainer import evaluate
+
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        best, last = path / "checkpoint-best.pt", path / "checkpoint-last.pt"
+        path = best if best.exists() else last
+    if not path.is_file():
+        raise SystemExit(f"error: no checkpoint at {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    settings = cli_settings(args)
+    sweep = settings.pop("time_steps") or [ckpt["config"].get("time_steps")]
+    base = checkpoint_config(ckpt, settings)
+    if base.producer == "analytic" and args.time_steps:
+        raise SystemExit("error: --time_steps applies to the spiking producers (if, lif), not to analytic")
+    if base.producer == "analytic":
+        sweep = [None]
+    if base.threads:
+        torch.set_num_threads(base.threads)
+    device = resolve_device(base.device)
+    model = None
+    rows: list[dict[str, Any]] = []
+    for time_steps in sweep:
+        config = RunConfig(**{**base.to_dict(), "time_steps": time_steps})
+        # Spike datasets are binned into T frames, so each T needs its own data; images load once.
+        if model is None or dataset_info(config.dataset).input_kind == "spikes":
+            data = _load_data(config, args.split)
+        if model is None:
+            model = build_model(config, data.info.num_classes, data.info.in_shape)
+            model.load_state_dict(ckpt["model"])
+            model.to(device)
+        model.set_producer(config.producer or "lif", **producer_options(config))
+        rows.append({"time_steps": time_steps, **evaluate(model, data, batch_size=args.batch_size, device=device)})
+    console.print(f"{path} on {base.dataset} {args.split} ({len(data)} samples), producer {base.producer}")
+    table = Table()
+    for column in ("T", "accuracy", "loss", "firing rate", "forward solver"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        rate, statuses = row.get("firing_rate"), row.get("forward_status")
+        table.add_row("—" if row["time_steps"] is None else str(row["time_steps"]), f"{row['acc']:.2%}",
+                      f"{row['loss']:.4f}", "—" if rate is None else f"{rate:.4f}",
+                      "—" if statuses is None else ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+    console.print(table)
+    if args.json:
+        report = {"checkpoint": str(path), "dataset": base.dataset, "split": args.split, "samples": len(data),
+                  "producer": base.producer, "results": rows}
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def default_analysis_solvers() -> list[str]:
+    """The backward solvers ``analyze`` compares by default: all registered ones but the dense
+    ``exact`` (D evaluations per solve), torchdeq's only where torchdeq is installed."""
+    import importlib.util
+
+    import solvers
+
+    has_torchdeq = importlib.util.find_spec("torchdeq") is not None
+    return [n for n in solvers.available_solvers() if n != "exact" and (has_torchdeq or not n.startswith("torchdeq"))]
+
+
+def run_analyze(args: argparse.Namespace, console: Console) -> int:
+    """``implicit-snn analyze``: feedback norm, equilibrium gap over T, backward solvers on one step."""
+    from .analysis import compare_backward, equilibrium_gap, feedback_norm
+    from .app import build_model, producer_options, resolve_device
+    from .data import BatchLoader
+
+    path, ckpt = load_checkpoint(args.checkpoint)
+    settings = cli_settings(args)
+    settings.pop("b_solver")  # here a list of solvers to compare, not the model's backward
+    config = checkpoint_config(ckpt, settings)
+    if config.producer == "analytic":
+        raise SystemExit("error: analyze compares the spiking simulation with its equilibrium; this checkpoint "
+                         "uses the analytic producer (pass --producer if or lif)")
+    if dataset_info(config.dataset).input_kind == "spikes":
+        # Spike datasets are binned into frames: bin into the longest T analysed.
+        config = RunConfig(**{**config.to_dict(), "time_steps": max(args.time_steps)})
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    data = _load_data(config, args.split)
+    model = build_model(config, data.info.num_classes, data.info.in_shape)
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    model.set_producer(config.producer or "lif", **producer_options(config))
+    loader = BatchLoader(data, args.batch_size, shuffle=False, generator=torch.Generator())
+    batches = []
+    for x, y in loader:
+        batches.append((x.to(device), y.to(device)))
+        if sum(len(b[1]) for b in batches) >= args.samples:
+            break
+
+    norm = feedback_norm(model)
+    gaps = equilibrium_gap(model, batches, args.time_steps, solver=args.f_solver or "broyden",
+                           max_iter=args.f_max_iter or 100, tol=args.f_tol or 1e-6)
+    x, y = batches[0]
+    step_batch = min(config.batch_size, len(y))
+    names = args.b_solver or default_analysis_solvers()
+    outcomes, reference = compare_backward(
+        model, x[:step_batch], y[:step_batch], names, max_iter=config.b_max_iter, tol=config.b_tol, seed=config.seed)
+
+    console.print(f"{path}: {config.model} on {config.dataset} {args.split}, producer {config.producer}, "
+                  f"trained at T={ckpt['config'].get('time_steps')}, device {device}")
+    console.print(f"feedback: ‖W‖₂ = {norm['operator_norm']:.4f}, ‖W‖₂/Vth = {norm['norm_over_vth']:.4f} "
+                  f"(below 1: a unique equilibrium), α = {norm['alpha_clipped']} of clip {norm['bound']}")
+    table = Table(title=f"simulated rates a_T against the equilibrium a* of f ({gaps[0].samples} samples, eval mode)")
+    for column in ("T", "firing rate", "‖f(a_T)−a_T‖/‖a_T‖", "‖a_T−a*‖/‖a*‖", "same class", "acc. a_T",
+                   "acc. a*", "a* converged"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for g in gaps:
+        table.add_row(str(g.time_steps), f"{g.firing_rate:.4f}", f"{g.fixed_point_residual:.4f}", f"{g.distance:.4f}",
+                      f"{g.agreement:.2%}", f"{g.accuracy_simulated:.2%}", f"{g.accuracy_equilibrium:.2%}",
+                      f"{g.solve_converged:.0%}")
+    console.print(table)
+    ref = reference.summary()
+    table = Table(title=f"backward solvers on one training step (batch {step_batch}, at most {config.b_max_iter} "
+                        f"steps to rel. {config.b_tol:g}); gradient error against broyden to rel. residual "
+                        f"{ref['rel_residual_max']:.1e}")
+    table.add_column("solver", no_wrap=True)
+    for column in ("VJPs", "rel. res.", "conv.", "status", "∇θ error", "backward ms"):
+        table.add_column(column, justify="left" if column == "status" else "right", no_wrap=True)
+    for row in outcomes:
+        table.add_row(row.solver, str(row.n_evals), f"{row.rel_residual:.2e}", f"{row.converged:.0%}", row.status,
+                      f"{row.grad_error:.2e}", f"{row.milliseconds:.1f}")
+    console.print(table)
+    if args.json:
+        import dataclasses
+
+        report = {"checkpoint": str(path), "dataset": config.dataset, "split": args.split, "producer": config.producer,
+                  "device": str(device), "feedback": norm, "equilibrium_gap": [dataclasses.asdict(g) for g in gaps],
+                  "backward": [dataclasses.asdict(o) for o in outcomes], "backward_reference": ref}
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    return 0

@@ -1,0 +1,125 @@
+"""implicit_snn.analysis and `implicit-snn analyze`: the simulation against its equilibrium, backward solvers
+compared on one training step, the feedback norm; the model is left exactly as it was."""
+
+import json
+
+import pytest
+import torch
+
+import models
+from implicit_snn.analysis import compare_backward, equilibrium_gap, feedback_norm
+from implicit_snn.cli import main
+
+from .test_training import SMALL
+
+
+def trained_like_f400(seed=0):
+    """A small F400-shaped model (one hidden layer, fully connected feedback) after a few SGD steps."""
+    torch.manual_seed(seed)
+    model = models.from_spec("32 (F32)", (1, 6, 6), 3, producer="lif", producer_options=dict(time_steps=5, leak=0.95))
+    x, y = torch.rand(48, 1, 6, 6), torch.randint(0, 3, (48,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(5):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model, x, y
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, model.training, model.producer, model.adjoint
+
+
+def assert_unchanged(model, before):
+    state, training, producer, adjoint = before
+    after = model.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    assert (model.training, model.producer, model.adjoint) == (training, producer, adjoint)
+
+
+def test_if_rates_converge_to_the_equilibrium_and_lif_rates_stay_within_a_bounded_error():
+    model, x, y = trained_like_f400()
+    before = snapshot(model)
+    batches = [(x[:24], y[:24]), (x[24:], y[24:])]
+    lif = equilibrium_gap(model, batches, [400])
+    model.set_producer("if", time_steps=5)
+    before = snapshot(model)
+    rows = equilibrium_gap(model, batches, [2, 10, 400])
+    assert_unchanged(model, before)
+    assert [r.time_steps for r in rows] == [2, 10, 400] and all(r.samples == 48 for r in rows)
+    assert all(r.solve_converged == 1.0 for r in rows + lif)
+    distances = [r.distance for r in rows]
+    residuals = [r.fixed_point_residual for r in rows]
+    # Supplement Theorem 2: IF rates converge to a* (error O(1/T)); Proposition 2: the LIF's
+    # weighted rates only approach it within a bounded random error.
+    assert distances[0] > distances[1] > distances[2] and distances[2] < 0.02
+    assert residuals[0] > residuals[2] and residuals[2] < 0.02
+    assert lif[0].distance > 2 * distances[2]
+    assert rows[-1].agreement >= rows[0].agreement and 0.0 <= rows[0].agreement <= 1.0
+    # The equilibrium's accuracy does not depend on T.
+    assert len({r.accuracy_equilibrium for r in rows}) == 1
+
+
+def test_the_gap_needs_a_spiking_producer():
+    model, x, y = trained_like_f400()
+    model.set_producer("analytic")
+    with pytest.raises(ValueError, match="needs a spiking producer"):
+        equilibrium_gap(model, [(x, y)], [5])
+
+
+def test_backward_solvers_compared_on_the_same_training_step():
+    model, x, y = trained_like_f400()
+    model.eval()  # compare_backward switches to train mode itself and restores eval after
+    before = snapshot(model)
+    rows, reference = compare_backward(model, x, y, ["broyden", "fixed_point"], max_iter=30, tol=1e-6)
+    starved, _ = compare_backward(model, x, y, ["fixed_point"], max_iter=1, tol=1e-6)
+    assert_unchanged(model, before)
+    assert reference.success
+    for row in rows:
+        assert row.status == "SUCCESS" and row.converged == 1.0 and row.grad_error < 1e-4 and row.n_evals > 1
+    # One step of plain iteration is the one-step gradient: visibly wrong, and reported as not converged.
+    (one,) = starved
+    assert one.status != "SUCCESS" and one.converged < 1.0 and one.grad_error > 100 * max(r.grad_error for r in rows)
+    # Solvers that both converged agree with each other, since they share the dropout masks and weights.
+    assert abs(rows[0].grad_error - rows[1].grad_error) < 1e-4
+
+
+def test_feedback_norm_is_the_true_norm_for_linear_and_conv_feedback():
+    model, _, _ = trained_like_f400()
+    report = feedback_norm(model)
+    weight = model.network.feedback.effective_weight(update=False).detach()
+    assert report["operator_norm"] == pytest.approx(float(torch.linalg.matrix_norm(weight.double(), 2)), rel=1e-9)
+    assert report["norm_over_vth"] == pytest.approx(report["operator_norm"] / 2.0)
+    conv = models.from_spec("4C3 (F4C3)", (1, 5, 5), 3)
+    report = feedback_norm(conv, iterations=300)
+    op, weight = conv.network.feedback.op, conv.network.feedback.effective_weight(update=False).detach()
+    # The dense matrix of the convolution on 4×5×5 inputs, and its exact norm.
+    basis = torch.eye(4 * 25).reshape(-1, 4, 5, 5)
+    dense = torch.nn.functional.conv2d(basis, weight, None, op.stride, op.padding).reshape(100, -1).T
+    assert report["operator_norm"] == pytest.approx(float(torch.linalg.matrix_norm(dense.double(), 2)), rel=1e-3)
+    reshaped = float(torch.linalg.matrix_norm(weight.reshape(4, -1).double(), 2))
+    assert report["norm"] == pytest.approx(reshaped, rel=1e-9)  # the norm the default constraint holds
+
+
+def test_analyze_command_reports_gap_and_solvers(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    report = tmp_path / "analysis.json"
+    assert main(["analyze", str(out), "--time-steps", "1", "50", "--b-solver", "broyden", "anderson",
+                 "--samples", "64", "--batch-size", "32", "--threads", "1", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "simulated rates a_T against the equilibrium" in printed and "anderson" in printed
+    data = json.loads(report.read_text())
+    assert [g["time_steps"] for g in data["equilibrium_gap"]] == [1, 50]
+    assert all(g["samples"] == 64 for g in data["equilibrium_gap"])
+    assert data["equilibrium_gap"][1]["distance"] < data["equilibrium_gap"][0]["distance"]
+    assert [b["solver"] for b in data["backward"]] == ["broyden", "anderson"]
+    assert all(b["status"] == "SUCCESS" and b["grad_error"] < 1e-4 for b in data["backward"])
+    assert data["feedback"]["vth"] == 2.0
+
+
+def test_analyze_rejects_the_analytic_producer(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--producer", "analytic", "--out", str(out)]) == 0
+    with pytest.raises(SystemExit, match="analyze compares the spiking simulation"):
+        main(["analyze", str(out)])
