@@ -160,7 +160,8 @@ def run_analyze(args: argparse.Namespace, console: Console) -> int:
     step_batch = min(config.batch_size, len(y))
     names = args.b_solver or default_analysis_solvers()
     outcomes, reference = compare_backward(
-        model, x[:step_batch], y[:step_batch], names, max_iter=config.b_max_iter, tol=config.b_tol, seed=config.seed)
+        model, x[:step_batch], y[:step_batch], names, max_iter=config.b_max_iter, tol=config.b_tol, seed=config.seed,
+        repeats=args.repeats)
 
     console.print(f"{path}: {config.model} on {config.dataset} {args.split}, producer {config.producer}, "
                   f"trained at T={ckpt['config'].get('time_steps')}, device {device}")
@@ -180,7 +181,7 @@ def run_analyze(args: argparse.Namespace, console: Console) -> int:
                         f"steps to rel. {config.b_tol:g}); gradient error against broyden to rel. residual "
                         f"{ref['rel_residual_max']:.1e}")
     table.add_column("solver", no_wrap=True)
-    for column in ("VJPs", "rel. res.", "conv.", "status", "∇θ error", "backward ms"):
+    for column in ("VJPs", "rel. res.", "conv.", "status", "∇θ error", f"backward ms (median of {args.repeats})"):
         table.add_column(column, justify="left" if column == "status" else "right", no_wrap=True)
     for row in outcomes:
         table.add_row(row.solver, str(row.n_evals), f"{row.rel_residual:.2e}", f"{row.converged:.0%}", row.status,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import statistics
 import time
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -137,7 +138,7 @@ class BackwardOutcome:
         converged: fraction of samples that reached the tolerance.
         status: the solver's status name.
         grad_error: ‖∇θ − ∇θ_ref‖ / ‖∇θ_ref‖ over all parameters, against the reference solve.
-        milliseconds: wall time of the backward pass (adjoint solve and the pass into θ).
+        milliseconds: median wall time of the backward pass (adjoint solve and the pass into θ).
     """
 
     solver: str
@@ -168,12 +169,16 @@ def _training_step_gradient(model: ImplicitClassifier, state: dict[str, torch.Te
 def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor, names: Sequence[str], *,
                      max_iter: int = 30, tol: float = 1e-6, reference: str = "broyden",
                      reference_max_iter: int = 200, reference_tol: float = 1e-7,
-                     seed: int = 0) -> tuple[list[BackwardOutcome], solvers.SolverResult]:
+                     seed: int = 0, repeats: int = 3) -> tuple[list[BackwardOutcome], solvers.SolverResult]:
     """Each backward solver on the same training step (train mode, same dropout masks and weights).
 
-    Returns the outcomes and the reference solve's ``SolverResult`` (``reference`` with
-    ``reference_max_iter`` and ``reference_tol``): its residual says how exact the reference is.
+    Each solver's step is run ``repeats`` times (after one untimed warm-up step of the reference)
+    and its median backward time reported. Returns the outcomes and the reference solve's
+    ``SolverResult`` (``reference`` with ``reference_max_iter`` and ``reference_tol``): its
+    residual says how exact the reference is.
     """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"`repeats` must be an int >= 1, got {repeats!r}")
     with _preserved(model):
         model.train()
         state = copy.deepcopy(model.state_dict())
@@ -183,7 +188,8 @@ def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor
         rows = []
         for name in names:
             model.set_backward(name, max_iter=max_iter, tol=tol)
-            grad, elapsed = _training_step_gradient(model, state, x, y, seed)
+            timed = [_training_step_gradient(model, state, x, y, seed) for _ in range(repeats)]
+            grad, elapsed = timed[0][0], statistics.median(t for _, t in timed)
             summary = model.last_backward.summary()
             rows.append(BackwardOutcome(
                 solver=name, n_evals=int(summary["n_evals"]), rel_residual=float(summary["rel_residual_max"]),

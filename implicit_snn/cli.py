@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="backward solvers to compare (default: all but exact)")
     _flag(analyze, "b_max_iter", type=_setting("b_max_iter", int))
     _flag(analyze, "b_tol", type=_setting("b_tol"))
+    analyze.add_argument("--repeats", type=_positive_int, default=3, help="timed backward steps per solver (median)")
     _flag(analyze, "data_root", help="folder with the dataset's files")
     _flag(analyze, "device", help="cpu, cuda or auto")
     _flag(analyze, "threads", type=_setting("threads", int), help="CPU threads for torch")
