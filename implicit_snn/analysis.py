@@ -86,13 +86,16 @@ def equilibrium_gap(model: ImplicitClassifier, batches: Iterable[tuple[torch.Ten
                     tol: float = 1e-6) -> list[EquilibriumGap]:
     """For each T, the gap between the spiking producer's a_T and f's equilibrium a* (eval mode).
 
-    a* is found by ``solver`` on f with the same inputs, warm-started at a_T; ``solve_converged``
-    says whether it met ``tol`` (relative residual), so an unreliable a* shows.
+    a* is found by ``solver`` on f with the same inputs from the network's initial state (so for
+    static inputs it is the same a* at every T); ``solve_converged`` says whether it met ``tol``
+    (relative residual), so an unreliable a* shows.
     """
     if not hasattr(model.producer, "time_steps"):
         raise ValueError(f"the equilibrium gap needs a spiking producer (if, lif), the model has "
                          f"{type(model.producer).__name__}")
     batches = list(batches)
+    if not any(len(y) for _, y in batches):
+        raise ValueError("the equilibrium gap needs at least one sample in `batches`")
     rows = []
     with _preserved(model):
         model.eval()
@@ -106,7 +109,7 @@ def equilibrium_gap(model: ImplicitClassifier, batches: Iterable[tuple[torch.Ten
                 def f(a: torch.Tensor) -> torch.Tensor:
                     return network.fixed_point_map(a, *eq.f_args)
 
-                result = solve(f, eq.a, max_iter=max_iter, tol=tol)
+                result = solve(f, network.initial_state(x), max_iter=max_iter, tol=tol)
                 pred_sim = model.classifier(eq.a.flatten(1)).argmax(1)
                 pred_eq = model.classifier(result.z.flatten(1)).argmax(1)
                 totals["n"] += len(y)

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(analyze, "f_max_iter", type=_setting("f_max_iter", int), help="its step cap (default 100)")
     _flag(analyze, "f_tol", type=_setting("f_tol"), help="its relative tolerance (default 1e-6)")
     _flag(analyze, "b_solver", nargs="+", choices=names, metavar="NAME",
-          help="backward solvers to compare (default: all but exact)")
+          help="backward solvers to compare (default: all but exact; torchdeq's where installed)")
     _flag(analyze, "b_max_iter", type=_setting("b_max_iter", int))
     _flag(analyze, "b_tol", type=_setting("b_tol"))
     analyze.add_argument("--repeats", type=_positive_int, default=3, help="timed backward steps per solver (median)")
