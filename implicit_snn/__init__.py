@@ -4,7 +4,7 @@ The core pieces: ``implicit_grad`` / ``ImplicitAdjoint`` (the gradient bridge, i
 how the equilibrium was found) and the ``producers`` registry (how it is found).
 """
 
-from . import data, producers
+from . import analysis, data, producers
 from ._adjoint import ImplicitAdjoint, implicit_grad
 from .classifier import ImplicitClassifier
 from .layers import BNMode, SynapticLayer, unit_norm_init_
@@ -15,5 +15,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BNMode", "FeedbackSNN", "ImplicitAdjoint", "ImplicitClassifier", "PassState", "SpectralNorm", "SynapticLayer",
-    "data", "implicit_grad", "producers", "unit_norm_init_", "__version__",
+    "analysis", "data", "implicit_grad", "producers", "unit_norm_init_", "__version__",
 ]
