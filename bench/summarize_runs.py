@@ -3,10 +3,12 @@
 Reads each run directory's ``summary.json`` (written by ``implicit-snn train``) and prints one
 row per run and, per group of runs, the mean ± sample standard deviation of the final-epoch,
 validation-chosen and best-epoch test accuracies, the fraction of runs reaching a bar, and the
-median epoch time. Groups are given as ``NAME=DIR,DIR,...``.
+median epoch time. Groups are given as ``NAME=DIR,DIR,...``. ``--paired A:B`` compares two
+groups run by run (the same seeds in the same order): the mean difference B − A per protocol,
+its standard error, and in how many pairs B is ahead.
 
     python bench/summarize_runs.py "val 5000=docs/runs/a,docs/runs/b" "all 60000=docs/runs/c" \
-        [--bar final=0.8969 --bar best_epoch=0.8997] [--markdown]
+        [--bar final=0.8969 --bar best_epoch=0.8997] [--paired "val 5000:all 60000"] [--json FILE]
 """
 
 from __future__ import annotations
@@ -43,11 +45,29 @@ def group_stats(summaries: list[dict], bars: dict[str, float]) -> dict[str, dict
     return out
 
 
+def paired_differences(first: list[dict], second: list[dict]) -> dict[str, dict]:
+    """Per protocol, over run pairs (first[i], second[i]): n, mean and sample std of second − first,
+    the standard error of the mean, and how many pairs have second > first."""
+    if len(first) != len(second):
+        raise SystemExit(f"error: --paired needs groups of equal size, got {len(first)} and {len(second)} runs")
+    out: dict[str, dict] = {}
+    for name, key in PROTOCOLS.items():
+        diffs = [b[key] - a[key] for a, b in zip(first, second) if a.get(key) is not None and b.get(key) is not None]
+        if not diffs:
+            continue
+        std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        out[name] = {"n": len(diffs), "mean": statistics.fmean(diffs), "std": std, "sem": std / len(diffs) ** 0.5,
+                     "second_ahead": sum(d > 0 for d in diffs)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("groups", nargs="+", metavar="NAME=DIR,DIR", help="a named group of run directories")
     parser.add_argument("--bar", action="append", default=[], metavar="PROTOCOL=ACC",
                         help=f"a bar to count runs against; protocols: {', '.join(PROTOCOLS)}")
+    parser.add_argument("--paired", action="append", default=[], metavar="A:B",
+                        help="compare groups A and B run by run (same seeds, same order): B − A")
     parser.add_argument("--json", help="also write the statistics to this file")
     args = parser.parse_args()
     bars = {}
@@ -76,11 +96,25 @@ def main() -> None:
             print(f"- {protocol}: {row['mean']:.2%} ± {row['std']:.2%} (n={row['n']}, "
                   f"range {row['min']:.2%}–{row['max']:.2%}){reach}")
         print()
-        report[name] = {"runs": list(runs), "stats": stats}
+        report[name] = {"runs": list(runs), "stats": stats, "summaries": list(runs.values())}
+    pairs = {}
+    for text in args.paired:
+        first, _, second = text.partition(":")
+        if first not in report or second not in report:
+            raise SystemExit(f"error: --paired wants A:B with A and B group names ({', '.join(report)}), got {text!r}")
+        diffs = paired_differences(report[first]["summaries"], report[second]["summaries"])
+        print(f"## paired: {second} − {first}")
+        for protocol, row in diffs.items():
+            print(f"- {protocol}: {row['mean']:+.2%} ± {row['sem']:.2%} (s.e.m.; std {row['std']:.2%}, n={row['n']}), "
+                  f"{second} ahead in {row['second_ahead']}/{row['n']}")
+        print()
+        pairs[f"{second} - {first}"] = diffs
+    for group in report.values():
+        del group["summaries"]
     if args.json:
         from implicit_snn._io import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps({"bars": bars, "groups": report}, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps({"bars": bars, "groups": report, "paired": pairs}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
