@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -60,17 +61,10 @@ def _load_data(config: RunConfig, split: str):
 
 def run_eval(args: argparse.Namespace, console: Console) -> int:
     """``implicit-snn eval``: a checkpoint on a split, at one or several T, as a table (and JSON)."""
-    from ._io import atomic_write_text
     from .app import build_model, producer_options, resolve_device
     from .trainer import evaluate
 
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        best, last = path / "checkpoint-best.pt", path / "checkpoint-last.pt"
-        path = best if best.exists() else last
-    if not path.is_file():
-        raise SystemExit(f"error: no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    path, ckpt = load_checkpoint(args.checkpoint)
     settings = cli_settings(args)
     sweep = settings.pop("time_steps") or [ckpt["config"].get("time_steps")]
     base = checkpoint_config(ckpt, settings)
@@ -109,6 +103,18 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
                   "producer": base.producer, "results": rows}
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def backward_table(title: str, rows, error_label: str, time_label: str) -> Table:
+    """A table of ``BackwardOutcome`` rows (``demo`` and ``analyze``)."""
+    table = Table(title=title)
+    table.add_column("solver", no_wrap=True)
+    for column in ("VJPs", "rel. res.", "conv.", "status", error_label, time_label):
+        table.add_column(column, justify="left" if column == "status" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(row.solver, str(row.n_evals), f"{row.rel_residual:.2e}", f"{row.converged:.0%}", row.status,
+                      f"{row.grad_error:.2e}", f"{row.milliseconds:.1f}")
+    return table
 
 
 def default_analysis_solvers() -> list[str]:
@@ -165,8 +171,11 @@ def run_analyze(args: argparse.Namespace, console: Console) -> int:
 
     console.print(f"{path}: {config.model} on {config.dataset} {args.split}, producer {config.producer}, "
                   f"trained at T={ckpt['config'].get('time_steps')}, device {device}")
+    condition = ("< 1: Theorem 2's convergence condition holds" if norm["norm_over_vth"] < 1
+                 else "≥ 1: the convergence condition does not hold; the equilibrium may not be unique")
+    scale = "" if norm["alpha_clipped"] is None else f", α = {norm['alpha_clipped']:.4f} (clip {norm['bound']:g})"
     console.print(f"feedback: ‖W‖₂ = {norm['operator_norm']:.4f}, ‖W‖₂/Vth = {norm['norm_over_vth']:.4f} "
-                  f"(below 1: a unique equilibrium), α = {norm['alpha_clipped']} of clip {norm['bound']}")
+                  f"({condition}){scale}")
     table = Table(title=f"simulated rates a_T against the equilibrium a* of f ({gaps[0].samples} samples, eval mode)")
     for column in ("T", "firing rate", "‖f(a_T)−a_T‖/‖a_T‖", "‖a_T−a*‖/‖a*‖", "same class", "acc. a_T",
                    "acc. a*", "a* converged"):
@@ -177,19 +186,10 @@ def run_analyze(args: argparse.Namespace, console: Console) -> int:
                       f"{g.solve_converged:.0%}")
     console.print(table)
     ref = reference.summary()
-    table = Table(title=f"backward solvers on one training step (batch {step_batch}, at most {config.b_max_iter} "
-                        f"steps to rel. {config.b_tol:g}); gradient error against broyden to rel. residual "
-                        f"{ref['rel_residual_max']:.1e}")
-    table.add_column("solver", no_wrap=True)
-    for column in ("VJPs", "rel. res.", "conv.", "status", "∇θ error", f"backward ms (median of {args.repeats})"):
-        table.add_column(column, justify="left" if column == "status" else "right", no_wrap=True)
-    for row in outcomes:
-        table.add_row(row.solver, str(row.n_evals), f"{row.rel_residual:.2e}", f"{row.converged:.0%}", row.status,
-                      f"{row.grad_error:.2e}", f"{row.milliseconds:.1f}")
-    console.print(table)
+    title = (f"backward solvers on one training step (batch {step_batch}, at most {config.b_max_iter} steps to rel. "
+             f"{config.b_tol:g}); gradient error against broyden to rel. residual {ref['rel_residual_max']:.1e}")
+    console.print(backward_table(title, outcomes, "∇θ error", f"backward ms (median of {args.repeats})"))
     if args.json:
-        import dataclasses
-
         report = {"checkpoint": str(path), "dataset": config.dataset, "split": args.split, "producer": config.producer,
                   "device": str(device), "feedback": norm, "equilibrium_gap": [dataclasses.asdict(g) for g in gaps],
                   "backward": [dataclasses.asdict(o) for o in outcomes], "backward_reference": ref}

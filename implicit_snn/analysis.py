@@ -132,7 +132,7 @@ def equilibrium_gap(model: ImplicitClassifier, batches: Iterable[tuple[torch.Ten
 
 @dataclasses.dataclass(frozen=True)
 class BackwardOutcome:
-    """One backward solver on one training step of the model.
+    """One backward solver's outcome on one problem (a training step of a model, or the demo's).
 
     Attributes:
         solver: its name.
@@ -140,7 +140,7 @@ class BackwardOutcome:
         rel_residual: worst per-sample relative residual of the adjoint system at the answer.
         converged: fraction of samples that reached the tolerance.
         status: the solver's status name.
-        grad_error: ‖∇θ − ∇θ_ref‖ / ‖∇θ_ref‖ over all parameters, against the reference solve.
+        grad_error: relative error ‖∇ − ∇_ref‖ / ‖∇_ref‖ of the parameter gradient it gives.
         milliseconds: median wall time of the backward pass (adjoint solve and the pass into θ).
     """
 

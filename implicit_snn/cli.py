@@ -17,7 +17,7 @@ import models
 import solvers
 
 from . import producers
-from ._checkpoint_commands import cli_settings, run_analyze, run_eval
+from ._checkpoint_commands import backward_table, cli_settings, run_analyze, run_eval
 from .config import ALLOWED, NONNEG_INT, PAPER_DEFAULTS, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
 from .data import DatasetNotFoundError, available_datasets, dataset_info
 
@@ -275,14 +275,7 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
         args.b_solver, dim=args.dim, batch=args.batch_size, norm=args.norm, max_iter=args.b_max_iter,
         tol=args.b_tol, dtype=DTYPES[args.dtype], device=str(device), seed=args.seed,
     )
-    table = Table(title="backward solvers")
-    table.add_column("solver", no_wrap=True)
-    for column in ("VJPs", "rel. res.", "conv.", "status", "dW error", "ms"):
-        table.add_column(column, justify="left" if column == "status" else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(row.solver, str(row.n_evals), f"{row.rel_residual:.2e}", f"{row.converged:.0%}",
-                      row.status, f"{row.grad_error:.2e}", f"{row.milliseconds:.1f}")
-    console.print(table)
+    console.print(backward_table("backward solvers", rows, "dW error", "ms"))
     return 0
 
 

@@ -6,7 +6,6 @@ with ‖W‖₂ fixed, hence ‖J_f‖ ≤ ‖W‖₂, whose implicit gradient c
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Sequence
 
@@ -15,6 +14,7 @@ import torch
 import solvers
 
 from ._adjoint import implicit_grad
+from .analysis import BackwardOutcome
 from .producers import get_producer
 
 
@@ -84,25 +84,13 @@ class TanhEquilibriumNet(torch.nn.Module):
         return torch.autograd.grad(out, (self.weight, self.input_weight, self.bias, xs), v)
 
 
-@dataclasses.dataclass(frozen=True)
-class BackwardComparison:
-    """One backward solver's outcome on the demo problem."""
-
-    solver: str
-    n_evals: int
-    rel_residual: float
-    converged: float
-    status: str
-    grad_error: float  # relative error of dW against the dense implicit gradient
-    milliseconds: float
-
-
 def compare_backward_solvers(
     names: Sequence[str], *, dim: int = 200, in_dim: int = 50, batch: int = 16, norm: float = 0.9,
     max_iter: int = 30, tol: float = 1e-6, dtype: torch.dtype = torch.float32, device: str = "cpu",
     seed: int = 0,
-) -> list[BackwardComparison]:
-    """Train-step style comparison: analytic equilibrium, then each backward solver on the same loss."""
+) -> list[BackwardOutcome]:
+    """Train-step style comparison: analytic equilibrium, then each backward solver on the same loss;
+    ``grad_error`` is dW's relative error against the dense implicit gradient."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -123,7 +111,7 @@ def compare_backward_solvers(
                 torch.cuda.synchronize()
             elapsed = 1e3 * (time.perf_counter() - start)
             summary = results[0].summary()
-            rows.append(BackwardComparison(
+            rows.append(BackwardOutcome(
                 solver=name, n_evals=results[0].n_evals, rel_residual=summary["rel_residual_max"],
                 converged=summary["converged_fraction"], status=summary["status"],
                 grad_error=float((grad_w - reference).norm() / reference.norm()), milliseconds=elapsed,
