@@ -153,10 +153,11 @@ def run_analyze(args: argparse.Namespace, console: Console) -> int:
     model.to(device)
     model.set_producer(config.producer or "lif", **producer_options(config))
     loader = BatchLoader(data, args.batch_size, shuffle=False, generator=torch.Generator())
-    batches = []
+    batches, taken = [], 0
     for x, y in loader:
         batches.append((x.to(device), y.to(device)))
-        if sum(len(b[1]) for b in batches) >= args.samples:
+        taken += len(y)
+        if taken >= args.samples:
             break
 
     norm = feedback_norm(model)

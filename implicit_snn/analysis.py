@@ -30,12 +30,12 @@ from .classifier import ImplicitClassifier
 
 
 @contextlib.contextmanager
-def _preserved(model: ImplicitClassifier) -> Iterator[None]:
-    """Restore the model's state dict, mode, producer and backward on exit."""
+def _preserved(model: ImplicitClassifier) -> Iterator[dict[str, torch.Tensor]]:
+    """Restore the model's state dict, mode, producer and backward on exit; yields the saved state dict."""
     state = copy.deepcopy(model.state_dict())
     training, producer, adjoint = model.training, model.producer, model.adjoint
     try:
-        yield
+        yield state
     finally:
         model.load_state_dict(state)
         model.train(training)
@@ -182,9 +182,8 @@ def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"`repeats` must be an int >= 1, got {repeats!r}")
-    with _preserved(model):
+    with _preserved(model) as state:
         model.train()
-        state = copy.deepcopy(model.state_dict())
         model.set_backward(reference, max_iter=reference_max_iter, tol=reference_tol)
         ref_grad, _ = _training_step_gradient(model, state, x, y, seed)
         ref_result = model.last_backward

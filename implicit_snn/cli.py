@@ -19,7 +19,8 @@ import solvers
 from . import producers
 from ._checkpoint_commands import backward_table, cli_settings, run_analyze, run_eval
 from .config import ALLOWED, NONNEG_INT, PAPER_DEFAULTS, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
-from .data import DatasetNotFoundError, available_datasets, dataset_info
+from .data import DatasetNotFoundError, available_datasets
+from .spectral import SpectralNorm
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -98,7 +99,7 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
               help="constrain the conv feedback's true operator norm")
         _flag(parser, "bn_momentum", type=_setting("bn_momentum"),
               help="batch norm's running-statistics rate (0.1; the reference code's double update is 0.19)")
-        _flag(parser, "alpha_init", choices=["bound", "norm"],
+        _flag(parser, "alpha_init", choices=SpectralNorm.ALPHA_INITS,
               help="spectral-norm scale α starts at min(‖W‖, 1) (bound, default) or at ‖W‖ as the reference (norm)")
 
 

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .spectral import SpectralNorm
+
 # The paper's settings (supplement F.3.2 and the reference scripts), per model preset.
 PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
     "f400": dict(dataset="fashion-mnist", producer="lif", time_steps=5, leak=0.95),
@@ -109,7 +111,7 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "b_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table of option = value"),
     "operator_norm": BOOL,
     "bn_momentum": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "alpha_init": (lambda v: v in ("bound", "norm"), "'bound' or 'norm'"),
+    "alpha_init": (lambda v: v in SpectralNorm.ALPHA_INITS, " or ".join(map(repr, SpectralNorm.ALPHA_INITS))),
     "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "epochs": POS_INT, "batch_size": POS_INT, "test_batch_size": POS_INT,
     "lr": POS_NUMBER, "momentum": NONNEG_NUMBER, "weight_decay": NONNEG_NUMBER, "gamma": POS_NUMBER,
