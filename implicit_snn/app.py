@@ -16,7 +16,9 @@ from rich.console import Console
 import models
 
 from .config import RunConfig
+from . import distributed
 from .data import ArrayDataset, cifar_augment, dataset_info, load_dataset, split_validation
+from .distributed import Context
 from .trainer import Trainer
 
 
@@ -96,15 +98,18 @@ def load_split(config: RunConfig, split: str) -> Optional[ArrayDataset]:
     return {"train": train, "val": val}[split]
 
 
-def make_trainer(config: RunConfig, run_dir: Path, console: Console) -> Trainer:
-    """Everything a training run needs, seeded from ``config.seed``."""
+def make_trainer(config: RunConfig, run_dir: Path, console: Console, context: Context = Context.single()) -> Trainer:
+    """Everything a training run needs, seeded from ``config.seed``; ``context`` is this process's
+    place in a ``torchrun`` run (one process by default)."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
+    device = distributed.process_device(resolve_device(config.device), context)
     torch.manual_seed(config.seed)
     train, val, test = load_splits(config)
     info = train.info
+    # Every process builds the same initial model; from here on each draws its own dropout masks.
     model = build_model(config, info.num_classes, info.in_shape).to(device)
+    torch.manual_seed(distributed.rank_seed(config.seed, context))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     augment = cifar_augment if config.dataset in ("cifar10", "cifar100") else None
@@ -112,7 +117,7 @@ def make_trainer(config: RunConfig, run_dir: Path, console: Console) -> Trainer:
         model, optimizer, train_data=train, val_data=val, test_data=test, epochs=config.epochs,
         batch_size=config.batch_size, test_batch_size=config.test_batch_size, milestones=list(config.milestones),
         gamma=config.gamma, warmup_iters=config.warmup_iters, run_dir=run_dir, device=device, seed=config.seed,
-        config=config.to_dict(), augment=augment, console=console,
+        config=config.to_dict(), augment=augment, console=console, context=context,
     )
 
 

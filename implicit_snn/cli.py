@@ -16,10 +16,11 @@ from rich.table import Table
 import models
 import solvers
 
-from . import producers
+from . import distributed, producers
 from ._checkpoint_commands import backward_table, cli_settings, run_analyze, run_eval
 from .config import ALLOWED, NONNEG_INT, PAPER_DEFAULTS, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
 from .data import DatasetNotFoundError, available_datasets
+from .distributed import Context
 from .spectral import SpectralNorm
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -185,11 +186,25 @@ def _default_run_dir(config: RunConfig) -> Path:
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
-    from .app import make_trainer
-    from .trainer import Interrupted
+    from .app import resolve_device
 
     file_values = read_config_file(args.config) if args.config else {}
     config = resolve(file_values, cli_settings(args))
+    # Under torchrun every process runs this; rank 0 alone prints and writes files.
+    context = distributed.init_process_group(resolve_device(config.device))
+    try:
+        code = _train_process(args, config, console if context.is_main else Console(quiet=True), context)
+    except BaseException:
+        distributed.shutdown(context, together=False)
+        raise
+    distributed.shutdown(context)
+    return code
+
+
+def _train_process(args: argparse.Namespace, config: RunConfig, console: Console, context: Context) -> int:
+    from .app import make_trainer
+    from .trainer import Interrupted
+
     run_dir = Path(config.out) if config.out else _default_run_dir(config)
     config.out = str(run_dir)
     existing = run_dir / "checkpoint-last.pt"
@@ -212,17 +227,21 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     try:
         # Model, data and solvers are built (and every setting checked) before anything is written,
         # so a bad setting leaves no half-made run directory and --overwrite deletes nothing.
-        trainer = make_trainer(config, run_dir, console)
+        trainer = make_trainer(config, run_dir, console, context)
     except DatasetNotFoundError as error:
         raise SystemExit(f"error: {error}") from None
-    if not args.resume:
-        for name in ("checkpoint-last.pt", "checkpoint-best.pt", "metrics.jsonl", "summary.json"):
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    from ._io import atomic_write_text
-    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    distributed.barrier(context)  # every process has checked the run directory before rank 0 changes it
+    if context.is_main:
+        if not args.resume:
+            for name in ("checkpoint-last.pt", "checkpoint-best.pt", "metrics.jsonl", "summary.json"):
+                (run_dir / name).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        from ._io import atomic_write_text
+        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    distributed.barrier(context)
+    processes = f", {context.world_size} processes" if context.distributed else ""
     console.print(f"training {config.model} on {config.dataset} ({config.producer or 'lif'}, "
-                  f"T={config.time_steps}, backward {config.b_solver}/{config.b_max_iter}) → {run_dir}")
+                  f"T={config.time_steps}, backward {config.b_solver}/{config.b_max_iter}{processes}) → {run_dir}")
     try:
         summary = trainer.fit(resume=args.resume)
     except Interrupted as stop:

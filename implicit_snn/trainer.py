@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from . import distributed
 from ._io import atomic_write_text
 from .data import ArrayDataset, BatchLoader
+from .distributed import Context
 
 CHECKPOINT_VERSION = 1
 
@@ -93,6 +95,24 @@ class EpochTotals:
         if "forward_status" in forward:  # a forward solver (the analytic producer) reports its status too
             self.forward_status[forward["forward_status"]] = self.forward_status.get(forward["forward_status"], 0) + 1
 
+    _SUMMED = ("samples", "loss", "correct", "batches", "backward_evals", "backward_rel_residual",
+               "backward_converged", "firing_rate", "firing_batches")
+
+    def across_processes(self, context: Context, device: torch.device) -> "EpochTotals":
+        """The totals of all processes together (wall time and lr stay this process's own)."""
+        if not context.distributed:
+            return self
+        sums = distributed.sum_across([float(getattr(self, name)) for name in self._SUMMED], context, device)
+        merged = dataclasses.replace(self, **{name: type(getattr(self, name))(value)
+                                             for name, value in zip(self._SUMMED, sums)})
+        for field in ("backward_status", "forward_status"):
+            combined: dict = {}
+            for counts in distributed.gather_objects(getattr(self, field), context):
+                for key, value in counts.items():
+                    combined[key] = combined.get(key, 0) + value
+            setattr(merged, field, combined)
+        return merged
+
     def forward_metrics(self) -> dict[str, Any]:
         """Batches per forward-solver status and the mean firing rate, each only where reported."""
         out: dict[str, Any] = {}
@@ -118,36 +138,43 @@ class EpochTotals:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, device: torch.device) -> dict[str, Any]:
+def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, device: torch.device,
+             context: Context = Context.single()) -> dict[str, Any]:
     """Loss, accuracy, mean firing rate and forward-solver status counts of ``model`` (eval mode) on ``dataset``.
 
     ``firing_rate`` is present for spiking producers, ``forward_status`` (batches per status) for
     producers that solve for the equilibrium (``analytic``): a forward that did not converge shows.
+    With several processes each evaluates its part of every batch and all return the totals.
     """
     was_training = model.training
     model.eval()
-    loss, correct = 0.0, 0
-    forward = EpochTotals()  # only its forward statistics: the backward ones belong to training
+    forward = EpochTotals()  # its loss, correct and samples, and the forward statistics
     # Its own generator: evaluation must not draw from torch's global RNG, which training uses.
-    for x, y in BatchLoader(dataset, batch_size, shuffle=False, generator=torch.Generator()):
+    for x, y in BatchLoader(dataset, batch_size, shuffle=False, generator=torch.Generator(),
+                            shard=(context.rank, context.world_size)):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
+        forward.loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        forward.correct += int((logits.argmax(1) == y).sum())
+        forward.samples += y.shape[0]
         forward.add_forward(model)
     model.train(was_training)
-    return {"loss": loss / len(dataset), "acc": correct / len(dataset), **forward.forward_metrics()}
+    forward = forward.across_processes(context, device)
+    return {"loss": forward.loss / len(dataset), "acc": forward.correct / len(dataset), **forward.forward_metrics()}
 
 
 class _StopRequest:
-    """First Ctrl-C asks the loop to stop after the current step; a second one interrupts at once."""
+    """First Ctrl-C (or SIGTERM, as from a cluster's scheduler or torchrun shutting down) asks the
+    loop to stop after the current step; a second one interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopRequest":
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -156,7 +183,8 @@ class _StopRequest:
         self.requested = True
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class Interrupted(Exception):
@@ -172,24 +200,38 @@ class Trainer:
     one. ``fit(resume=True)`` continues from ``checkpoint-last.pt`` and produces the same
     metrics as an uninterrupted run: it restores model, optimiser, schedule, the loader's
     generator (replaying the interrupted epoch's order) and torch's RNG.
+
+    With several processes (``context`` from ``distributed.init_process_group``, under
+    ``torchrun``) every process trains a part of each ``batch_size`` batch through
+    DistributedDataParallel, the metrics are totals over all processes, rank 0 alone writes
+    files and prints, and checkpoints keep every process's RNG state (resume with as many).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, train_data: ArrayDataset,
                  val_data: Optional[ArrayDataset], test_data: Optional[ArrayDataset], epochs: int, batch_size: int,
                  test_batch_size: int, milestones: list[int], gamma: float, warmup_iters: int, run_dir: str | Path,
                  device: torch.device, seed: int, config: dict[str, Any], augment: Optional[Callable] = None,
-                 console: Optional[Console] = None):
+                 console: Optional[Console] = None, context: Context = Context.single()):
         self.model, self.optimizer = model, optimizer
+        self.context = context
+        self.net = distributed.wrap_model(model, context, device)  # what training calls
         self.train_data, self.val_data, self.test_data = train_data, val_data, test_data
         self.epochs, self.test_batch_size, self.device = epochs, test_batch_size, device
         self.run_dir = Path(run_dir)
         self.config = config
         self.console = console or Console()
-        if len(train_data) < 2:
-            raise ValueError(f"training needs at least 2 samples (batch statistics), got {len(train_data)}")
-        # A last batch of one sample has no batch statistics (batch norm fails on it): drop just that one.
+        # Batch norm needs at least two samples in every process's part of a batch.
+        least = 2 * context.world_size
+        if len(train_data) < least:
+            raise ValueError(f"training needs at least {least} samples (2 per process, for batch statistics), "
+                             f"got {len(train_data)}")
+        if batch_size < least:
+            raise ValueError(f"--batch-size {batch_size} is too small for {context.world_size} processes: each needs "
+                             f"at least 2 samples of every batch (use at least {least})")
+        # A last batch too small to give each process two samples is dropped (only that one).
         self.loader = BatchLoader(train_data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                                  drop_last=len(train_data) % batch_size == 1, augment=augment)
+                                  drop_last=0 < len(train_data) % batch_size < least, augment=augment,
+                                  shard=(context.rank, context.world_size))
         self.scheduler = step_schedule(optimizer, iters_per_epoch=len(self.loader), milestones=list(milestones),
                                        gamma=gamma, warmup_iters=warmup_iters)
         self.epoch = 0  # completed epochs
@@ -204,6 +246,10 @@ class Trainer:
         return self.run_dir / "checkpoint-last.pt"
 
     def _checkpoint(self) -> dict[str, Any]:
+        """Everything ``load`` restores; every process must call it (it gathers their RNG states)."""
+        rng = distributed.gather_objects(
+            (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
+            self.context)
         return {
             "version": CHECKPOINT_VERSION,
             "config": self.config,
@@ -211,32 +257,44 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch, "batch": self.batch, "best_val_acc": self.best_val_acc,
-            "totals": dataclasses.asdict(self.totals),
+            "totals": dataclasses.asdict(self.totals.across_processes(self.context, self.device)),
             "loader_state": self.loader_state,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "torch_rng": rng[0][0],
+            "cuda_rng": rng[0][1],
+            "world_size": self.context.world_size,
+            "rank_rng": rng[1:],  # the other processes' (torch, cuda) states
         }
 
     def save(self, path: Path) -> None:
-        """Write a checkpoint atomically (temporary file in the same folder, then rename)."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self._checkpoint(), tmp)
-        tmp.replace(path)
+        """Write a checkpoint atomically (temporary file in the same folder, then rename); rank 0 writes."""
+        distributed.broadcast_buffers(self.model, self.context)
+        checkpoint = self._checkpoint()
+        if self.context.is_main:
+            tmp = path.with_name(f".{path.name}.tmp")
+            torch.save(checkpoint, tmp)
+            tmp.replace(path)
+        distributed.barrier(self.context)  # nobody reads the file before it is complete
 
     def load(self, path: Path) -> None:
         """Restore everything ``save`` wrote."""
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
         if ckpt.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{path} is a checkpoint of version {ckpt.get('version')}, expected {CHECKPOINT_VERSION}")
+        saved_world = ckpt.get("world_size", 1)
+        if saved_world != self.context.world_size:
+            raise ValueError(f"{path} was written by a run of {saved_world} process(es); resume it with as many "
+                             f"(torchrun --nproc_per_node {saved_world}), not {self.context.world_size}")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.batch, self.best_val_acc = ckpt["epoch"], ckpt["batch"], ckpt["best_val_acc"]
-        self.totals = EpochTotals(**ckpt["totals"])
+        # The saved totals are all processes' together: one process carries them on.
+        self.totals = EpochTotals(**ckpt["totals"]) if self.context.is_main else EpochTotals(lr=ckpt["totals"]["lr"])
         self.loader_state = ckpt["loader_state"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        torch_rng, cuda_rng = ([(ckpt["torch_rng"], ckpt["cuda_rng"])] + ckpt.get("rank_rng", []))[self.context.rank]
+        torch.set_rng_state(torch_rng)
+        if cuda_rng is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_rng)
 
     def _metrics_path(self) -> Path:
         return self.run_dir / "metrics.jsonl"
@@ -248,7 +306,8 @@ class Trainer:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        atomic_write_text(self._metrics_path(), "".join(json.dumps(row) + "\n" for row in rows))
+        if self.context.is_main:
+            atomic_write_text(self._metrics_path(), "".join(json.dumps(row) + "\n" for row in rows))
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> dict[str, Any]:
@@ -276,11 +335,12 @@ class Trainer:
                 rows.append(row)
                 self._write_metrics(rows)
                 self.save(self.last_checkpoint)
-                if row.get("is_best"):
+                if row.get("is_best") and self.context.is_main:
                     shutil.copyfile(self.last_checkpoint, self.run_dir / ".checkpoint-best.pt.tmp")
                     (self.run_dir / ".checkpoint-best.pt.tmp").replace(self.run_dir / "checkpoint-best.pt")
         summary = summarise(rows)
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if self.context.is_main:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _train_epoch(self, stop: _StopRequest) -> bool:
@@ -297,10 +357,12 @@ class Trainer:
                     tick = time.perf_counter()
                     continue  # already trained before the interruption; the loader replays its RNG draws
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                logits = self.model(x)
+                logits = self.net(x)
                 loss = F.cross_entropy(logits, y)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # DDP averages over processes; the weight makes that the whole batch's mean-loss gradient.
+                weight = distributed.loss_weight(y.shape[0], self.loader.global_batch_size(index), self.context)
+                (loss * weight if weight != 1 else loss).backward()
                 self.totals.lr = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
                 self.scheduler.step()
@@ -313,12 +375,12 @@ class Trainer:
                     progress.update(task, advance=1, loss=self.totals.loss / self.totals.samples,
                                     acc=self.totals.correct / self.totals.samples,
                                     speed=self.totals.samples / max(self.totals.seconds, 1e-9))
-                if stop.requested:
+                if distributed.any_across(stop.requested, self.context, self.device):
                     return False
         return True
 
     def _progress(self):
-        if self.console.is_terminal:
+        if self.console.is_terminal and self.context.is_main:
             return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.2%} "
                                        "{task.fields[speed]:.0f} img/s"), TimeRemainingColumn(),
@@ -327,11 +389,14 @@ class Trainer:
 
     def _end_epoch(self) -> dict[str, Any]:
         row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.totals.lr}
-        row.update(self.totals.metrics())
+        row.update(self.totals.across_processes(self.context, self.device).metrics())
+        # Every process evaluates (its part of) the model rank 0 will save.
+        distributed.broadcast_buffers(self.model, self.context)
         eval_start = time.perf_counter()
         for name, data in (("val", self.val_data), ("test", self.test_data)):
             if data is not None:
-                result = evaluate(self.model, data, batch_size=self.test_batch_size, device=self.device)
+                result = evaluate(self.model, data, batch_size=self.test_batch_size, device=self.device,
+                                  context=self.context)
                 row.update({f"{name}_loss": result["loss"], f"{name}_acc": result["acc"]})
         row["eval_seconds"] = time.perf_counter() - eval_start
         row["peak_memory_mib"] = peak_memory_mib(self.device)

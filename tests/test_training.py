@@ -44,15 +44,18 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_in_the_middle_of_an_epoch_after_ctrl_c(tmp_path, monkeypatch, capsys):
-    """A real SIGINT stops after the current step with a checkpoint; --resume then matches an uninterrupted run."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_resume_in_the_middle_of_an_epoch_after_ctrl_c(tmp_path, monkeypatch, capsys, sig):
+    """A real SIGINT (Ctrl-C) or SIGTERM (a scheduler's, or torchrun's shutdown) stops after the current
+    step with a checkpoint; --resume then matches an uninterrupted run."""
     original_step = torch.optim.SGD.step
+    previous = signal.getsignal(sig)
     calls = []
 
     def step_then_interrupt(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 5:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
         return original_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.SGD, "step", step_then_interrupt)
@@ -61,7 +64,7 @@ def test_resume_in_the_middle_of_an_epoch_after_ctrl_c(tmp_path, monkeypatch, ca
     monkeypatch.setattr(torch.optim.SGD, "step", original_step)
     ckpt = torch.load(tmp_path / "cut" / "checkpoint-last.pt", weights_only=False)
     assert (ckpt["epoch"], ckpt["batch"]) == (0, 5)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
+    assert signal.getsignal(sig) is previous  # the handler was put back
     assert main(["train", *SMALL, "--epochs", "2", "--out", str(tmp_path / "cut"), "--resume"]) == 0
     assert main(["train", *SMALL, "--epochs", "2", "--out", str(tmp_path / "whole")]) == 0
     assert comparable(metrics(tmp_path / "cut")) == comparable(metrics(tmp_path / "whole"))

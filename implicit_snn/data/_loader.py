@@ -36,15 +36,18 @@ class BatchLoader:
         drop_last: skip the last, incomplete batch.
         augment: ``augment(inputs, generator) -> inputs`` applied to every batch, e.g.
             ``cifar_augment``; it must draw its randomness from the generator it is given.
+        shard: ``(rank, world_size)``: yield only this process's contiguous part of every batch
+            (sizes differ by at most one). Every process draws the same order and augmentation
+            for the whole batch, so the generators stay in step; ``(0, 1)`` (default) is the whole batch.
 
     Raises:
-        ValueError: ``batch_size`` not a positive integer, or a generator not on the CPU.
+        ValueError: ``batch_size`` not a positive integer, a generator not on the CPU, or a bad ``shard``.
         TypeError: ``dataset`` not an ``ArrayDataset`` or ``augment`` not callable.
     """
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, *, shuffle: bool,
                  generator: Optional[torch.Generator] = None, drop_last: bool = False,
-                 augment: Optional[Augment] = None):
+                 augment: Optional[Augment] = None, shard: tuple[int, int] = (0, 1)):
         if not isinstance(dataset, ArrayDataset):
             raise TypeError(f"`dataset` must be an ArrayDataset (see `load_dataset`), got {type(dataset).__name__}")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -55,20 +58,40 @@ class BatchLoader:
             raise ValueError(f"`generator` must be a CPU torch.Generator, got {generator!r}")
         if augment is not None and not callable(augment):
             raise TypeError(f"`augment` must be a callable `augment(inputs, generator)`, got {augment!r}")
+        rank, world = shard
+        if not (isinstance(world, int) and isinstance(rank, int) and world >= 1 and 0 <= rank < world):
+            raise ValueError(f"`shard` must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, bool(shuffle)
+        self.shard = (rank, world)
         self.generator, self.drop_last, self.augment = generator, bool(drop_last), augment
 
     def __len__(self) -> int:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def global_batch_size(self, index: int) -> int:
+        """Samples in batch ``index`` over all shards (``batch_size`` except perhaps the last)."""
+        return min(self.batch_size, len(self.dataset) - index * self.batch_size)
+
+    def _part(self, size: int) -> slice:
+        """This shard's contiguous part of a batch of ``size`` samples."""
+        rank, world = self.shard
+        base, extra = divmod(size, world)
+        start = rank * base + min(rank, extra)
+        return slice(start, start + base + (rank < extra))
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         inputs, labels = self.dataset.inputs, self.dataset.labels
         order = torch.randperm(len(self.dataset), generator=self.generator) if self.shuffle else None
         if order is not None:
             order = order.to(inputs.device)
+        # The augmentation draws for the whole batch, so it sees the whole batch before the shard is cut.
+        cut_after = self.augment is not None and self.shard[1] > 1
         for b in range(len(self)):
-            start, stop = b * self.batch_size, min((b + 1) * self.batch_size, len(self.dataset))
+            start, stop = b * self.batch_size, b * self.batch_size + self.global_batch_size(b)
+            if not cut_after:
+                part = self._part(stop - start)
+                start, stop = start + part.start, start + part.stop
             if order is None:
                 x, y = inputs[start:stop], labels[start:stop]
             else:
@@ -77,6 +100,9 @@ class BatchLoader:
             x = x.float()
             if self.augment is not None:
                 x = self.augment(x, self.generator)
+            if cut_after:
+                part = self._part(stop - start)
+                x, y = x[part], y[part]
             yield x, y
 
 
