@@ -107,9 +107,11 @@ def make_trainer(config: RunConfig, run_dir: Path, console: Console, context: Co
     torch.manual_seed(config.seed)
     train, val, test = load_splits(config)
     info = train.info
-    # Every process builds the same initial model; from here on each draws its own dropout masks.
+    # Every process builds the same initial model; from here on each draws its own dropout masks
+    # (rank 0 goes on with the stream a one-process run has always used).
     model = build_model(config, info.num_classes, info.in_shape).to(device)
-    torch.manual_seed(distributed.rank_seed(config.seed, context))
+    if context.rank > 0:
+        torch.manual_seed(distributed.rank_seed(config.seed, context))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     augment = cifar_augment if config.dataset in ("cifar10", "cifar100") else None

@@ -78,8 +78,8 @@ def process_device(device: torch.device, context: Context) -> torch.device:
 
 
 def rank_seed(seed: int, context: Context) -> int:
-    """The seed of torch's global RNG in process ``rank`` (dropout masks): rank 0 keeps the run's own seed,
-    so a one-process run draws exactly what it always did; the others get distinct streams."""
+    """The seed that gives process ``rank`` > 0 its own stream of torch's global RNG (dropout masks),
+    distinct from rank 0's, which is the run's own ``seed``."""
     return seed if context.rank == 0 else seed + 1_000_003 * context.rank
 
 
