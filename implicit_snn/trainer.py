@@ -152,6 +152,8 @@ def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, 
     # Its own generator: evaluation must not draw from torch's global RNG, which training uses.
     for x, y in BatchLoader(dataset, batch_size, shuffle=False, generator=torch.Generator(),
                             shard=(context.rank, context.world_size)):
+        if y.shape[0] == 0:  # a last batch smaller than the number of processes leaves some without a part
+            continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         forward.loss += float(F.cross_entropy(logits, y, reduction="sum"))
