@@ -148,7 +148,7 @@ def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, 
     """
     was_training = model.training
     model.eval()
-    forward = EpochTotals()  # its loss, correct and samples, and the forward statistics
+    totals = EpochTotals()  # loss, correct answers, samples and the forward statistics
     # Its own generator: evaluation must not draw from torch's global RNG, which training uses.
     for x, y in BatchLoader(dataset, batch_size, shuffle=False, generator=torch.Generator(),
                             shard=(context.rank, context.world_size)):
@@ -156,13 +156,13 @@ def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, 
             continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
-        forward.loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        forward.correct += int((logits.argmax(1) == y).sum())
-        forward.samples += y.shape[0]
-        forward.add_forward(model)
+        totals.loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        totals.correct += int((logits.argmax(1) == y).sum())
+        totals.samples += y.shape[0]
+        totals.add_forward(model)
     model.train(was_training)
-    forward = forward.across_processes(context, device)
-    return {"loss": forward.loss / len(dataset), "acc": forward.correct / len(dataset), **forward.forward_metrics()}
+    totals = totals.across_processes(context, device)
+    return {"loss": totals.loss / len(dataset), "acc": totals.correct / len(dataset), **totals.forward_metrics()}
 
 
 class _StopRequest:
@@ -228,8 +228,9 @@ class Trainer:
             raise ValueError(f"training needs at least {least} samples (2 per process, for batch statistics), "
                              f"got {len(train_data)}")
         if batch_size < least:
-            raise ValueError(f"--batch-size {batch_size} is too small for {context.world_size} processes: each needs "
-                             f"at least 2 samples of every batch (use at least {least})")
+            split = f" (split among {context.world_size} processes)" if context.distributed else ""
+            raise ValueError(f"--batch-size {batch_size} is too small: batch norm needs at least 2 samples in each "
+                             f"process's part of a batch{split}; use at least {least}")
         # A last batch too small to give each process two samples is dropped (only that one).
         self.loader = BatchLoader(train_data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
                                   drop_last=0 < len(train_data) % batch_size < least, augment=augment,

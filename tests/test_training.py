@@ -210,6 +210,8 @@ def test_schedule_warmup_and_milestones():
     (["train", "--lr", "inf"], "--lr: must be a number > 0, got 'inf'"),
     (["train", "--milestones", "5", "x"], "--milestones: must be an integer >= 0, got 'x'"),
     (["train", "--model", "f4000"], "unknown model"),
+    (["train", "--dataset", "synthetic", "--val-size", "64", "--batch-size", "1"],
+     "--batch-size 1 is too small: batch norm needs at least 2 samples in each process's part of a batch; use at least 2"),
     (["eval", "/nonexistent/run"], "no checkpoint"),
 ])
 def test_bad_input_is_one_clear_line(argv, message, tmp_path):
