@@ -88,8 +88,10 @@ def main() -> None:
         for d, s in runs.items():
             chosen = (f"{s['val_chosen_test_acc']:.2%} (ep. {s['val_chosen_epoch']})"
                       if s.get("val_chosen_test_acc") is not None else "—")
+            seconds = s.get("train_seconds_per_epoch_median")  # absent from imported reference logs
             print(f"| {Path(d).name} | {s['final_test_acc']:.2%} | {chosen} | {s['best_epoch_test_acc']:.2%} "
-                  f"(ep. {s['best_epoch']}) | {s['last10_mean_test_acc']:.2%} | {s['train_seconds_per_epoch_median']:.1f} |")
+                  f"(ep. {s['best_epoch']}) | {s['last10_mean_test_acc']:.2%} | "
+                  f"{'—' if seconds is None else f'{seconds:.1f}'} |")
         stats = group_stats(list(runs.values()), bars)
         for protocol, row in stats.items():
             reach = f", {row['reaching_bar']}/{row['n']} reach {bars[protocol]:.2%}" if "reaching_bar" in row else ""
