@@ -15,8 +15,8 @@ from rich.console import Console
 
 import models
 
-from .config import RunConfig
 from . import distributed
+from .config import RunConfig
 from .data import ArrayDataset, cifar_augment, dataset_info, load_dataset, split_validation
 from .distributed import Context
 from .trainer import Trainer

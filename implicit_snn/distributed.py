@@ -78,9 +78,9 @@ def process_device(device: torch.device, context: Context) -> torch.device:
 
 
 def rank_seed(seed: int, context: Context) -> int:
-    """The seed that gives process ``rank`` > 0 its own stream of torch's global RNG (dropout masks),
-    distinct from rank 0's, which is the run's own ``seed``."""
-    return seed if context.rank == 0 else seed + 1_000_003 * context.rank
+    """The seed that gives process ``rank`` its own stream of torch's global RNG (dropout masks);
+    rank 0's is the run's own ``seed``."""
+    return seed + 1_000_003 * context.rank
 
 
 def loss_weight(local_size: int, global_size: int, context: Context) -> float:
@@ -118,8 +118,8 @@ def gather_objects(obj: Any, context: Context) -> list[Any]:
 def broadcast_buffers(module: torch.nn.Module, context: Context) -> None:
     """Give every process rank 0's buffers (batch-norm running statistics, power-iteration vectors).
 
-    Each process updates its running statistics with its own batch share, so before evaluating or
-    saving, all processes take rank 0's: evaluation then sees the model that is saved.
+    Each process updates its running statistics with its own batch share, so before evaluating,
+    all processes take rank 0's: evaluation then sees the model that rank 0 saves.
     """
     if context.distributed:
         for buffer in module.buffers():

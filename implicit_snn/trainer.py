@@ -148,7 +148,7 @@ def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, 
     """
     was_training = model.training
     model.eval()
-    totals = EpochTotals()  # loss, correct answers, samples and the forward statistics
+    totals = EpochTotals()  # loss, correct answers and the forward statistics
     # Its own generator: evaluation must not draw from torch's global RNG, which training uses.
     for x, y in BatchLoader(dataset, batch_size, shuffle=False, generator=torch.Generator(),
                             shard=(context.rank, context.world_size)):
@@ -158,7 +158,6 @@ def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, 
         logits = model(x)
         totals.loss += float(F.cross_entropy(logits, y, reduction="sum"))
         totals.correct += int((logits.argmax(1) == y).sum())
-        totals.samples += y.shape[0]
         totals.add_forward(model)
     model.train(was_training)
     totals = totals.across_processes(context, device)
@@ -269,8 +268,8 @@ class Trainer:
         }
 
     def save(self, path: Path) -> None:
-        """Write a checkpoint atomically (temporary file in the same folder, then rename); rank 0 writes."""
-        distributed.broadcast_buffers(self.model, self.context)
+        """Write a checkpoint atomically (temporary file in the same folder, then rename); rank 0 writes
+        its own model, so every process resumes from rank 0's buffers."""
         checkpoint = self._checkpoint()
         if self.context.is_main:
             tmp = path.with_name(f".{path.name}.tmp")
