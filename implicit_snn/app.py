@@ -73,8 +73,16 @@ def _load(config: RunConfig, split: str) -> ArrayDataset:
     return load_dataset(config.dataset, split, **kwargs)
 
 
+def default_val_size(train_size: int) -> int:
+    """The validation split carved by default: 5,000 samples, or a tenth of a smaller training set."""
+    return min(5000, train_size // 10)
+
+
 def _split_train(config: RunConfig, train: ArrayDataset) -> tuple[ArrayDataset, Optional[ArrayDataset]]:
-    """The training set minus the validation split, and that split (None with ``val_size`` 0)."""
+    """The training set minus the validation split, and that split (None with ``val_size`` 0).
+    An unset ``val_size`` is resolved here, in ``config``, so the saved configuration holds the number."""
+    if config.val_size is None:
+        config.val_size = default_val_size(len(train))
     if config.val_size >= len(train):
         raise ValueError(f"--val-size {config.val_size} leaves nothing to train on: the {config.dataset} training set "
                          f"has {len(train)} samples (use at most {len(train) - 1}, or 0 for no validation split)")

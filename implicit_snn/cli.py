@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(train, "milestones", type=_typed(int, NONNEG_INT), nargs="*", help="epochs (0-based) where lr is multiplied by gamma")
     _flag(train, "gamma", type=_setting("gamma"))
     _flag(train, "warmup_iters", type=_setting("warmup_iters", int))
-    _flag(train, "val_size", type=_setting("val_size", int), help="validation samples carved from the training set (0: none)")
+    _flag(train, "val_size", type=_setting("val_size", int),
+          help="validation samples carved from the training set (default 5000, or a tenth of a smaller one; 0: none)")
     _flag(train, "seed", type=_setting("seed", int))
     _flag(train, "out", help="run directory (default runs/MODEL-DATASET-PRODUCER-seedN)")
     train.add_argument("--config", help="settings file (TOML, YAML or JSON); flags override it")
@@ -189,7 +190,14 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from .app import resolve_device
 
     file_values = read_config_file(args.config) if args.config else {}
-    config = resolve(file_values, cli_settings(args))
+    cli_values = cli_settings(args)
+    config = resolve(file_values, cli_values)
+    given = {k for k, v in {**file_values, **cli_values}.items() if v is not None}
+    config.out = str(Path(config.out) if config.out else _default_run_dir(config))
+    if args.resume and args.overwrite:
+        raise SystemExit("error: --resume and --overwrite exclude each other")
+    if args.resume:
+        config = _resumed_config(Path(config.out), config, given)
     # Under torchrun every process runs this; rank 0 alone prints and writes files.
     context = distributed.init_process_group(resolve_device(config.device))
     try:
@@ -201,27 +209,34 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     return code
 
 
+# What --resume lets a continued run change; every other setting is the run's own.
+RESUME_MAY_CHANGE = ("epochs", "device", "threads", "data_root", "download")
+
+
+def _resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunConfig:
+    """The run's saved settings, with the given ones that may change on resume; a given setting
+    that differs from the run's is an error (it would silently not take effect)."""
+    if not (run_dir / "config.json").exists():
+        raise SystemExit(f"error: --resume: {run_dir} has no config.json; nothing to resume")
+    # A setting added after the run was made reads as its default (what the run used).
+    saved = {**RunConfig().to_dict(), **json.loads((run_dir / "config.json").read_text())}
+    saved = {k: v for k, v in saved.items() if k in RunConfig.field_names()}
+    changed = {k: (saved[k], getattr(config, k)) for k in sorted(given)
+               if k not in RESUME_MAY_CHANGE and k != "out" and saved[k] != getattr(config, k)}
+    if changed:
+        raise SystemExit(f"error: --resume with settings that differ from the run's: {changed}; "
+                         "only --epochs, --device, --threads and --data-root may change")
+    kept = {k: getattr(config, k) for k in RESUME_MAY_CHANGE if k in given}
+    return RunConfig(**{**saved, **kept, "out": str(run_dir)})
+
+
 def _train_process(args: argparse.Namespace, config: RunConfig, console: Console, context: Context) -> int:
     from .app import make_trainer
     from .trainer import Interrupted
 
-    run_dir = Path(config.out) if config.out else _default_run_dir(config)
-    config.out = str(run_dir)
+    run_dir = Path(config.out)
     existing = run_dir / "checkpoint-last.pt"
-    if args.resume and args.overwrite:
-        raise SystemExit("error: --resume and --overwrite exclude each other")
-    if args.resume:
-        saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
-        if saved is None:
-            raise SystemExit(f"error: --resume: {run_dir} has no config.json; nothing to resume")
-        # A setting added after the run was made reads as its default (what the run used).
-        saved = {**RunConfig().to_dict(), **saved}
-        changed = {k: (saved.get(k), v) for k, v in config.to_dict().items()
-                   if k not in ("epochs", "device", "threads", "data_root", "download") and saved.get(k) != v}
-        if changed:
-            raise SystemExit(f"error: --resume with settings that differ from the run's: {changed}; "
-                             "only --epochs, --device, --threads and --data-root may change")
-    elif (existing.exists() or (run_dir / "metrics.jsonl").exists()) and not args.overwrite:
+    if not args.resume and (existing.exists() or (run_dir / "metrics.jsonl").exists()) and not args.overwrite:
         raise SystemExit(f"error: {run_dir} already holds a run; pass --resume to continue it, --overwrite to "
                          "start afresh, or --out for another directory")
     try:

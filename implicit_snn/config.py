@@ -61,7 +61,7 @@ class RunConfig:
     milestones: list = dataclasses.field(default_factory=lambda: [30, 60, 90])
     gamma: float = 0.1
     warmup_iters: int = 0
-    val_size: int = 5000
+    val_size: Optional[int] = None  # 5000, or a tenth of a smaller training set
     seed: int = 0
     device: str = "auto"
     out: Optional[str] = None
@@ -117,7 +117,7 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr": POS_NUMBER, "momentum": NONNEG_NUMBER, "weight_decay": NONNEG_NUMBER, "gamma": POS_NUMBER,
     "milestones": (lambda v: isinstance(v, (list, tuple)) and all(_is_int(m) and m >= 0 for m in v),
                    "a list of integers >= 0 (epochs)"),
-    "warmup_iters": NONNEG_INT, "val_size": NONNEG_INT,
+    "warmup_iters": NONNEG_INT, "val_size": (_optional(NONNEG_INT[0]), NONNEG_INT[1]),
     "seed": (_is_int, "an integer"),
     "device": STR,
     "out": (_optional(STR[0]), "a folder path"),

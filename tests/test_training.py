@@ -35,13 +35,28 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     saved_path.write_text(json.dumps({k: v for k, v in saved.items() if k not in ("bn_momentum", "alpha_init")}))
     with pytest.raises(SystemExit, match="settings that differ from the run's: {'bn_momentum': \\(0.1, 0.5\\)}"):
         main(["train", *SMALL, "--epochs", "3", "--out", str(tmp_path / "split"), "--resume", "--bn-momentum", "0.5"])
-    assert main(["train", *SMALL, "--epochs", "3", "--out", str(tmp_path / "split"), "--resume"]) == 0
+    # --resume takes the run's own settings: only the run directory and what may change are needed.
+    assert main(["train", "--epochs", "3", "--threads", "1", "--out", str(tmp_path / "split"), "--resume"]) == 0
     full, split = metrics(tmp_path / "full"), metrics(tmp_path / "split")
     assert len(full) == len(split) == 3
     assert comparable(full) == comparable(split)
     a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "split" / "checkpoint-last.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_default_validation_split_is_a_tenth_of_a_small_training_set(tmp_path):
+    from implicit_snn.data import load_dataset
+
+    n_train = len(load_dataset("synthetic", "train"))
+    small = [a for a in SMALL if a not in ("--val-size", "64")]
+    assert main(["train", *small, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["val_size"] == n_train // 10 < 5000
+    assert metrics(tmp_path / "run")[0]["val_acc"] is not None
+    from implicit_snn.app import default_val_size
+
+    assert resolve({}, {}).val_size is None  # resolved against the data
+    assert [default_val_size(n) for n in (60000, 50000, 20000, 512)] == [5000, 5000, 2000, 51]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
