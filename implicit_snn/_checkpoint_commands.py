@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ._io import atomic_write_text
-from .config import RunConfig
+from .config import RunConfig, check_leak_applies
 from .data import DatasetNotFoundError, dataset_info
 
 # Settings a checkpoint command may override; the rest describe the trained model and stay.
@@ -44,7 +44,9 @@ def load_checkpoint(where: str) -> tuple[Path, dict[str, Any]]:
 def checkpoint_config(ckpt: dict[str, Any], settings: dict[str, Any]) -> RunConfig:
     """The checkpoint's run settings with the overridable ones replaced where given."""
     overrides = {k: v for k, v in settings.items() if v is not None and k in _OVERRIDABLE}
-    return RunConfig(**{**ckpt["config"], **overrides})
+    config = RunConfig(**{**ckpt["config"], **overrides})
+    check_leak_applies(config.producer, "leak" in overrides)
+    return config
 
 
 def _load_data(config: RunConfig, split: str):

@@ -133,6 +133,12 @@ def check_values(config: RunConfig) -> None:
             raise ValueError(f"setting `{name}` must be {allowed}, got {value!r}")
 
 
+def check_leak_applies(producer: Optional[str], leak_given: bool) -> None:
+    """A leak set by the user with a producer that has none would be silently ignored: refuse it."""
+    if leak_given and (producer or "lif") != "lif":
+        raise ValueError(f"--leak applies to the lif producer only; the {producer} producer has no leak")
+
+
 def check_keys(values: dict[str, Any], source: str) -> None:
     """Reject unknown setting names with the list of known ones."""
     unknown = sorted(set(values) - set(RunConfig.field_names()))
@@ -194,5 +200,6 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfi
     if config.dataset is None:
         config.dataset = "fashion-mnist"
     check_values(config)
+    check_leak_applies(config.producer, "leak" in chosen)
     config.milestones = list(config.milestones)
     return config

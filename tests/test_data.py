@@ -123,7 +123,7 @@ def test_missing_cifar_and_nmnist_say_where_to_put_the_files(tmp_path):
         data.load_dataset("nmnist", "train", root=tmp_path)
     message = str(info.value)
     assert str(tmp_path / "NMNIST") in message and "Train/0/00002.bin" in message
-    with pytest.raises(data.DatasetNotFoundError, match="nowhere"):
+    with pytest.raises(data.DatasetNotFoundError, match="no data folder was given"):
         data.load_dataset("cifar100", "train")
 
 

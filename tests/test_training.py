@@ -135,6 +135,8 @@ def test_eval_with_another_producer_and_a_sweep_over_time_steps(tmp_path, capsys
     assert row["time_steps"] is None and row["forward_status"] == {"MAX_ITER": 4}  # 64 samples, 16 per batch
     with pytest.raises(SystemExit, match="spiking producers"):
         main(["eval", str(out), "--producer", "analytic", "--time-steps", "4"])
+    with pytest.raises(SystemExit, match="--leak applies to the lif producer only; the if producer"):
+        main(["eval", str(out), "--producer", "if", "--leak", "0.9"])
 
 
 def test_config_file_with_flag_overrides(tmp_path):
@@ -220,6 +222,8 @@ def test_schedule_warmup_and_milestones():
     (["train", "--dataset", "mnist", "--data-root", "/nonexistent", "--epochs", "1"], "looked"),
     (["train", "--b-solver", "broydn"], "invalid choice"),
     (["train", "--leak", "1.5"], "--leak: must be a number in (0, 1) (no leak: producer 'if'), got '1.5'"),
+    (["train", "--producer", "if", "--leak", "0.9"], "--leak applies to the lif producer only; the if producer has no leak"),
+    (["train", "--dataset", "cifar100"], "no data folder was given"),
     (["train", "--seed", "x"], "--seed: must be an integer, got 'x'"),
     (["train", "--bn-momentum", "1.5"], "--bn-momentum: must be a number in (0, 1], got '1.5'"),
     (["train", "--lr", "inf"], "--lr: must be a number > 0, got 'inf'"),

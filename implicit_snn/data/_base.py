@@ -62,8 +62,11 @@ class DatasetNotFoundError(FileNotFoundError):
 
     def __init__(self, dataset: str, split: str, wanted: str, searched: Sequence[Path], hint: str):
         self.dataset, self.split, self.searched = dataset, split, [str(p) for p in searched]
-        where = ", ".join(self.searched) if self.searched else "nowhere (no `root` was given)"
-        super().__init__(f"{dataset} {split} split not found: looked for {wanted} in {where}. {hint}")
+        if self.searched:
+            found = f"looked for {wanted} in {', '.join(self.searched)}"
+        else:
+            found = f"no data folder was given (no --data-root / `root`), so nothing was searched for {wanted}"
+        super().__init__(f"{dataset} {split} split not found: {found}. {hint}")
 
 
 class ArrayDataset:
