@@ -352,7 +352,7 @@ class Trainer:
         total = len(self.loader)
         with self._progress() as progress:
             task = progress.add_task(f"epoch {self.epoch + 1}/{self.epochs}", total=total, completed=self.batch,
-                                     loss=math.nan, acc=math.nan, speed=math.nan) if progress else None
+                                     stats="") if progress else None
             tick = time.perf_counter()
             for index, (x, y) in enumerate(self.loader):
                 if index < self.batch:
@@ -374,9 +374,9 @@ class Trainer:
                 tick = now
                 self.batch = index + 1
                 if progress:
-                    progress.update(task, advance=1, loss=self.totals.loss / self.totals.samples,
-                                    acc=self.totals.correct / self.totals.samples,
-                                    speed=self.totals.samples / max(self.totals.seconds, 1e-9))
+                    t = self.totals
+                    progress.update(task, advance=1, stats=f"loss {t.loss / t.samples:.4f} acc {t.correct / t.samples:.2%} "
+                                                           f"{t.samples / max(t.seconds, 1e-9):.0f} img/s")
                 if distributed.any_across(stop.requested, self.context, self.device):
                     return False
         return True
@@ -384,8 +384,7 @@ class Trainer:
     def _progress(self):
         if self.console.is_terminal and self.context.is_main:
             return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.2%} "
-                                       "{task.fields[speed]:.0f} img/s"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
                             console=self.console, transient=True)
         return _NoProgress()
 
