@@ -16,7 +16,7 @@ from rich.table import Table
 import models
 import solvers
 
-from . import distributed, producers
+from . import distributed, plotting, producers
 from ._checkpoint_commands import backward_table, cli_settings, run_analyze, run_eval
 from .config import ALLOWED, NONNEG_INT, PAPER_DEFAULTS, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
 from .data import DatasetNotFoundError, available_datasets
@@ -163,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(analyze, "device", help="cpu, cuda or auto")
     _flag(analyze, "threads", type=_setting("threads", int), help="CPU threads for torch")
     analyze.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
+
+    plot = sub.add_parser("plot", help="per-epoch curves of one or several runs in one figure (needs matplotlib)")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (their metrics.jsonl)")
+    plot.add_argument("--out", required=True, help="figure file: .png, .pdf or .svg")
+    plot.add_argument("--metrics", nargs="+", choices=list(plotting.METRICS), default=list(plotting.DEFAULT_METRICS),
+                      metavar="NAME", help=f"one panel each (default {' '.join(plotting.DEFAULT_METRICS)}; "
+                                          f"from: {', '.join(plotting.METRICS)})")
+    plot.add_argument("--labels", nargs="+", metavar="LABEL", help="legend entries, one per run (default: folder names)")
+    plot.add_argument("--title")
 
     sub.add_parser("solvers", help="list fixed-point solvers and equilibrium producers")
     sub.add_parser("models", help="list model presets with neuron and parameter counts")
@@ -326,13 +335,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_eval(args, console)
         if args.command == "analyze":
             return run_analyze(args, console)
-        if args.command == "solvers":
+        if args.command == "plot":
+            path = plotting.plot_runs(args.runs, args.out, metrics=args.metrics, labels=args.labels, title=args.title)
+            console.print(f"wrote {path}")
+        elif args.command == "solvers":
             _list_solvers(console)
         elif args.command == "models":
             _list_models(console)
         elif args.command == "demo":
             return _demo(args, console)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, ModuleNotFoundError) as error:
         # Bad settings reach here from the config file and the registries: one line, no traceback.
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         raise SystemExit(f"error: {message}") from None

@@ -9,10 +9,11 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 # Reinstall only when the dependency list changed.
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+extras="test,plot"
+stamp=".venv/.installed-$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     echo "installing implicit-snn and its dependencies into .venv/ (first run: a few minutes)" >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

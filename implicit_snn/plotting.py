@@ -1,0 +1,117 @@
+"""Per-epoch curves of one or several runs, from their ``metrics.jsonl`` (needs matplotlib).
+
+    implicit-snn plot runs/a runs/b --out curves.png
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ._io import atomic_write_bytes
+
+# Metric name in metrics.jsonl → axis label; percentages are shown as such.
+METRICS: dict[str, str] = {
+    "test_acc": "test accuracy (%)",
+    "val_acc": "validation accuracy (%)",
+    "train_acc": "training accuracy (%)",
+    "train_loss": "training loss",
+    "test_loss": "test loss",
+    "backward_evals_mean": "backward VJPs per step",
+    "backward_rel_residual_mean": "backward relative residual",
+    "backward_converged_fraction": "backward converged (%)",
+    "firing_rate": "mean firing rate",
+    "train_seconds": "training seconds per epoch",
+}
+DEFAULT_METRICS = ("test_acc", "train_loss", "backward_evals_mean", "firing_rate")
+_PERCENT = {"test_acc", "val_acc", "train_acc", "backward_converged_fraction"}
+_LOG_SCALE = {"backward_rel_residual_mean"}
+FORMATS = ("png", "pdf", "svg")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch rows of a run directory's ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl (not a run directory, or no epoch finished yet)")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{path} line {number} is not JSON") from None
+    return rows
+
+
+def _series(rows: list[dict[str, Any]], metric: str) -> tuple[list[int], list[float]]:
+    points = [(row["epoch"], row[metric]) for row in rows
+              if isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])]
+    scale = 100.0 if metric in _PERCENT else 1.0
+    return [e for e, _ in points], [v * scale for _, v in points]
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metrics: Sequence[str] = DEFAULT_METRICS,
+              labels: Optional[Sequence[str]] = None, title: Optional[str] = None) -> Path:
+    """Draw each metric against the epoch, one panel per metric and one line per run; write ``out``.
+
+    The format follows ``out``'s suffix (png, pdf or svg); the file is written atomically. A run
+    without a metric (e.g. no validation split) is left out of that panel; a metric no run has
+    is an error. Returns the written path.
+    """
+    out = Path(out)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise ValueError(f"plot file {out.name}: unknown format {out.suffix!r}; use {', '.join('.' + f for f in FORMATS)}")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+    if not metrics:
+        raise ValueError("no metric to plot")
+    labels = list(labels) if labels else [Path(d).name for d in run_dirs]
+    if len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} label(s) for {len(run_dirs)} run(s); give one label per run")
+    runs = [read_metrics(d) for d in run_dirs]
+    missing = [m for m in metrics if not any(_series(rows, m)[0] for rows in runs)]
+    if missing:
+        raise ValueError(f"no run has metric(s) {missing}")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; never needs a display
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("plotting needs matplotlib: pip install 'implicit-snn[plot]'") from None
+
+    columns = min(2, len(metrics))
+    rows_of_panels = math.ceil(len(metrics) / columns)
+    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(6 * columns, 3.6 * rows_of_panels), squeeze=False)
+    try:
+        for ax, metric in zip(axes.flat, metrics):
+            for rows, label in zip(runs, labels):
+                epochs, values = _series(rows, metric)
+                if epochs:
+                    # Short runs get markers: a one-epoch run would otherwise draw nothing.
+                    ax.plot(epochs, values, label=label, linewidth=1.2, marker="o" if len(epochs) <= 20 else None,
+                            markersize=3)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(METRICS[metric])
+            if metric in _LOG_SCALE:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(metrics):]:
+            ax.set_visible(False)
+        axes.flat[0].legend(fontsize="small")
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=120)
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(out, buffer.getvalue())
