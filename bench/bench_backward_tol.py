@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import models
-from implicit_snn._io import atomic_write_text
 from implicit_snn.data import BatchLoader, load_dataset
 
-from bench_solvers import device_name, sync
+from common import run_header, timed_sgd_steps, write_results
 
 REFERENCE_TOL = 1e-9
 
@@ -41,26 +37,6 @@ def parameter_gradient(model, x, y, tol: float, max_iter: int) -> torch.Tensor:
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-
-
-def timed_steps(model, state, batches, tol: float, device: str) -> tuple[list[float], list[int], float]:
-    """Milliseconds and backward VJPs of each SGD step from ``state`` over ``batches``, and the last loss."""
-    model.load_state_dict(state)
-    model.set_backward("broyden", max_iter=30, tol=tol)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    torch.manual_seed(0)
-    times, vjps = [], []
-    for x, y in batches:
-        sync(device)
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        sync(device)
-        times.append(1e3 * (time.perf_counter() - start))
-        vjps.append(model.last_backward.n_evals)
-    return times, vjps, float(loss.detach())
 
 
 def main() -> None:
@@ -102,28 +78,29 @@ def main() -> None:
     grad_error = {t: float((parameter_gradient(model, x0, y0, t, 30) - exact).norm() / exact.norm()) for t in args.tols}
     model.load_state_dict(state)
 
-    timed_steps(model, state, batches[:3], args.tols[0], device)  # warm-up
+    model.set_backward("broyden", max_iter=30, tol=args.tols[0])
+    timed_sgd_steps(model, state, batches[:3], device)  # warm-up
     medians: dict[float, list[float]] = {t: [] for t in args.tols}
     vjps: dict[float, float] = {}
     losses: dict[float, float] = {}
     for _ in range(args.rounds):
         for tol in args.tols:
-            times, counts, losses[tol] = timed_steps(model, state, batches, tol, device)
+            model.set_backward("broyden", max_iter=30, tol=tol)
+            counts: list[int] = []
+            times, losses[tol] = timed_sgd_steps(model, state, batches, device,
+                                                 on_step=lambda: counts.append(model.last_backward.n_evals))
             medians[tol].append(statistics.median(times))
             vjps[tol] = statistics.mean(counts)
     ms = {t: statistics.median(medians[t]) for t in args.tols}
     base = args.tols[0]
     report = {
-        "device": device, "device_name": device_name(device), "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_header(device),
         "rounds": args.rounds, "steps_per_round": args.steps, "pretrain_steps": args.pretrain_steps,
         "threads": args.threads, "reference_tol": REFERENCE_TOL, "reference_residual": reference_residual,
         "tols": [{"tol": t, "ms_per_step": ms[t], "speedup_vs_first": ms[base] / ms[t],
                   "vjps_per_backward": vjps[t], "grad_rel_error": grad_error[t],
                   "loss_after_steps": losses[t], "round_medians": medians[t]} for t in args.tols],
     }
-    out = Path(args.out)
-    atomic_write_text(out / f"backward-tol-{device}.json", json.dumps(report, indent=2) + "\n")
     rows = "".join(f"| {t:g} | {vjps[t]:.1f} | {grad_error[t]:.1e} | {ms[t]:.2f} | {ms[base] / ms[t]:.2f}× |"
                    f" {losses[t]:.4f} |\n" for t in args.tols)
     text = (f"# F400 training step at several backward tolerances ({report['device_name']}, torch {report['torch']}, {report['date']})\n\n"
@@ -134,8 +111,7 @@ def main() -> None:
             f"{reference_residual:.1e}).\n\n"
             f"| backward tol | VJPs / backward | ∇θ rel. error | ms / step | speed-up vs {base:g} | "
             f"loss after {args.steps} steps |\n|---|---|---|---|---|---|\n{rows}")
-    atomic_write_text(out / f"backward-tol-{device}.md", text)
-    print(text)
+    write_results(args.out, f"backward-tol-{device}", report, text)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ network. Writes bench/results/f400-steps-<device>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import time
 from pathlib import Path
 
@@ -21,11 +19,10 @@ import torch.nn.functional as F
 
 import models
 from implicit_snn import producers
-from implicit_snn._io import atomic_write_text
 from implicit_snn.data import BatchLoader, load_dataset
 from implicit_snn.trainer import evaluate
 
-from bench_solvers import device_name
+from common import run_header, write_results
 
 
 def fixed_point_distance(model, x, steps: int) -> float:
@@ -72,23 +69,19 @@ def main() -> None:
     x_probe = test.inputs[:512].to(device)
     distances = {T: fixed_point_distance(model, x_probe, T) for T in (10, 100, 1000)}
     report = {
-        "device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_header(args.device),
         "steps": step, "train_seconds": seconds, "ms_per_step": 1e3 * seconds / step,
         "test_acc": result["acc"], "test_loss": result["loss"],
         "backward_evals_mean": sum(evals) / len(evals), "backward_converged_fraction": sum(converged) / len(converged),
         "if_fixed_point_distance": distances,
     }
-    out = Path(args.out)
-    atomic_write_text(out / f"f400-steps-{args.device}.json", json.dumps(report, indent=2) + "\n")
     text = (f"# F400 on Fashion-MNIST, {step} SGD steps ({report['device_name']}, torch {report['torch']}, {report['date']})\n\n"
             f"- test accuracy {result['acc']:.2%} after {seconds:.1f} s of training ({report['ms_per_step']:.1f} ms/step)\n"
             f"- backward: {report['backward_evals_mean']:.1f} VJPs per step on average, "
             f"{report['backward_converged_fraction']:.1%} of samples converged to tol 1e-6\n"
             "- IF simulation of the trained network, mean ‖a[T] − f(a[T])‖/‖a[T]‖ on 512 test images: "
             + ", ".join(f"T={T}: {d:.2e}" for T, d in distances.items()) + "\n")
-    atomic_write_text(out / f"f400-steps-{args.device}.md", text)
-    print(text)
+    write_results(args.out, f"f400-steps-{args.device}", report, text)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,6 @@ Writes bench/results/solvers-<device>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,26 +18,12 @@ from pathlib import Path
 import torch
 
 import solvers
-from implicit_snn._io import atomic_write_text
 from implicit_snn.demo import compare_backward_solvers, matrices_with_norm
+
+from common import run_header, sync, write_results
 
 SOLVERS = ["broyden", "anderson", "fixed_point", "neumann",
            "torchdeq_broyden", "torchdeq_anderson", "torchdeq_fixed_point_iter"]
-
-
-def device_name(device: str) -> str:
-    """A human-readable name of the device, recorded with every figure."""
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    return f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def backward_rows(device: str, repeats: int, max_iter: int) -> list[dict]:
@@ -116,17 +99,13 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     report = {
-        "device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_header(args.device),
         "repeats": args.repeats,
         "backward_30": backward_rows(args.device, args.repeats, 30),
         "backward_100": backward_rows(args.device, args.repeats, 100),
         "affine_0.95": affine_rows(args.device, args.repeats, 0.95, 500),
     }
-    out = Path(args.out)
-    atomic_write_text(out / f"solvers-{args.device}.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out / f"solvers-{args.device}.md", to_markdown(report))
-    print(to_markdown(report))
+    write_results(args.out, f"solvers-{args.device}", report, to_markdown(report))
 
 
 if __name__ == "__main__":

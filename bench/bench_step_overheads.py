@@ -14,21 +14,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime
-import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import models
 from implicit_snn import network as network_module
-from implicit_snn._io import atomic_write_text
 from solvers import _broyden
 
-from bench_solvers import device_name, sync
+from common import run_header, timed_sgd_steps, write_results
 
 
 @contextlib.contextmanager
@@ -49,24 +44,6 @@ def before_changes():
         network_module.rate_function, _broyden.Broyden.init = rate_function, init
 
 
-def timed_steps(model, state, x, y, steps: int, device: str) -> tuple[list[float], float]:
-    """Milliseconds of each of ``steps`` SGD steps from the same starting weights, and the last loss."""
-    model.load_state_dict(state)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    torch.manual_seed(0)  # the same dropout masks in both configurations
-    times = []
-    for _ in range(steps):
-        sync(device)
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        sync(device)
-        times.append(1e3 * (time.perf_counter() - start))
-    return times, float(loss.detach())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -82,24 +59,21 @@ def main() -> None:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(128, 1, 28, 28, generator=gen).to(args.device)
     y = torch.randint(0, 10, (128,), generator=gen).to(args.device)
-    timed_steps(model, state, x, y, 5, args.device)  # warm-up
+    timed_sgd_steps(model, state, [(x, y)] * 5, args.device)  # warm-up
     medians: dict[str, list[float]] = {"before": [], "after": []}
     losses: dict[str, float] = {}
     for _ in range(args.rounds):
         for name in ("before", "after"):
             with before_changes() if name == "before" else contextlib.nullcontext():
-                times, losses[name] = timed_steps(model, state, x, y, args.steps, args.device)
+                times, losses[name] = timed_sgd_steps(model, state, [(x, y)] * args.steps, args.device)
             medians[name].append(statistics.median(times))
     before, after = statistics.median(medians["before"]), statistics.median(medians["after"])
     report = {
-        "device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_header(args.device),
         "rounds": args.rounds, "steps_per_round": args.steps,
         "ms_per_step_before": before, "ms_per_step_after": after, "speedup": before / after,
         "round_medians": medians, "same_loss": losses["before"] == losses["after"],
     }
-    out = Path(args.out)
-    atomic_write_text(out / f"step-overheads-{args.device}.json", json.dumps(report, indent=2) + "\n")
     text = (f"# F400 training step, backward overheads ({report['device_name']}, torch {report['torch']}, "
             f"{report['date']})\n\n"
             f"Median over {args.rounds} alternating rounds of the per-round median of {args.steps} steps "
@@ -109,8 +83,7 @@ def main() -> None:
             f"| after: `rate_function`, uninitialised memory | {after:.2f} |\n\n"
             f"Speed-up {before / after:.2f}×; the two configurations' losses after {args.steps} steps are "
             f"{'bit-identical' if report['same_loss'] else 'DIFFERENT'}.\n")
-    atomic_write_text(out / f"step-overheads-{args.device}.md", text)
-    print(text)
+    write_results(args.out, f"step-overheads-{args.device}", report, text)
 
 
 if __name__ == "__main__":
