@@ -215,6 +215,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         distributed.shutdown(context, together=False)
         raise
     distributed.shutdown(context)
+    if context.distributed:
+        distributed.exit_worker(code)
     return code
 
 

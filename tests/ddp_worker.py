@@ -44,6 +44,7 @@ def main(kind: str, out: str) -> None:
     if context.is_main:
         torch.save({name: p.grad for name, p in model.named_parameters()}, out)
     distributed.shutdown(context)
+    distributed.exit_worker(0)
 
 
 if __name__ == "__main__":
