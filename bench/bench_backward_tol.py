@@ -7,7 +7,7 @@ milliseconds per step, VJPs per backward, and the relative error of the paramete
 against a backward solved to 1e-9 at the same weights. The weights are those after
 ``--pretrain-steps`` steps of ordinary training (a trained network's adjoint system is what a
 run spends its time on). The accuracy of whole trainings at a looser tolerance is measured by
-the CLI (docs/results.md). Writes bench/results/backward-tol-<device>.{json,md}.
+the CLI (docs/results.md). Writes bench/results/backward-tol-<device>[-<threads>threads].{json,md}.
 
     python bench/bench_backward_tol.py [--tols 1e-6 1e-4 1e-3 1e-2] [--rounds 5] [--steps 20]
 """
@@ -30,8 +30,12 @@ from common import run_header, timed_sgd_steps, write_results
 REFERENCE_TOL = 1e-9
 
 
-def parameter_gradient(model, x, y, tol: float, max_iter: int) -> torch.Tensor:
-    """All parameter gradients of one batch's loss, flattened, with the adjoint solved to ``tol``."""
+def parameter_gradient(model, state, x, y, tol: float, max_iter: int) -> torch.Tensor:
+    """All parameter gradients of one batch's loss at the weights ``state``, flattened, with the
+    adjoint solved to ``tol``."""
+    # Every training-mode forward moves the spectral norm's power iteration and batch norm's
+    # running statistics: start each gradient from the same buffers.
+    model.load_state_dict(state)
     model.set_backward("broyden", max_iter=max_iter, tol=tol)
     torch.manual_seed(0)  # the same dropout mask for every tolerance
     model.zero_grad()
@@ -72,11 +76,10 @@ def main() -> None:
     state = copy.deepcopy(model.state_dict())
 
     x0, y0 = batches[0]
-    exact = parameter_gradient(model, x0, y0, REFERENCE_TOL, 200)
+    exact = parameter_gradient(model, state, x0, y0, REFERENCE_TOL, 200)
     # float32 stalls near 1e-7: the achieved residual is the error floor of the comparison.
     reference_residual = float(model.last_backward.rel_residual.max())
-    grad_error = {t: float((parameter_gradient(model, x0, y0, t, 30) - exact).norm() / exact.norm()) for t in args.tols}
-    model.load_state_dict(state)
+    grad_error = {t: float((parameter_gradient(model, state, x0, y0, t, 30) - exact).norm() / exact.norm()) for t in args.tols}
 
     model.set_backward("broyden", max_iter=30, tol=args.tols[0])
     timed_sgd_steps(model, state, batches[:3], device)  # warm-up
@@ -111,7 +114,8 @@ def main() -> None:
             f"{reference_residual:.1e}).\n\n"
             f"| backward tol | VJPs / backward | ∇θ rel. error | ms / step | speed-up vs {base:g} | "
             f"loss after {args.steps} steps |\n|---|---|---|---|---|---|\n{rows}")
-    write_results(args.out, f"backward-tol-{device}", report, text)
+    threads = f"-{args.threads}thread{'s' if args.threads > 1 else ''}" if device == "cpu" else ""
+    write_results(args.out, f"backward-tol-{device}{threads}", report, text)
 
 
 if __name__ == "__main__":
