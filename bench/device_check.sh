@@ -16,4 +16,5 @@ tail -n 3 "$out/pytest-cuda.txt"
 timeout 120 python3 bench/bench_solvers.py --device cuda --out "$out" > /dev/null 2>&1 || echo "bench_solvers failed" >&2
 timeout 120 python3 bench/bench_f400_steps.py --device cuda --data-root .data --out "$out" > /dev/null 2>&1 || echo "bench_f400_steps failed" >&2
 timeout 60 python3 bench/bench_step_overheads.py --device cuda --out "$out" > /dev/null 2>&1 || echo "bench_step_overheads failed" >&2
+timeout 90 python3 bench/bench_backward_tol.py --device cuda --data-root .data --out "$out" > /dev/null 2>&1 || echo "bench_backward_tol failed" >&2
 ls "$out"
