@@ -30,6 +30,14 @@ def read_summary(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def mean_backward_vjps(run_dir: Path) -> float | None:
+    """Backward VJPs per training step, averaged over the run's epochs (None without that metric)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    values = [row["backward_evals_mean"] for row in map(json.loads, path.read_text().splitlines() if path.is_file() else [])
+              if row.get("backward_evals_mean") is not None]
+    return statistics.fmean(values) if values else None
+
+
 def group_stats(summaries: list[dict], bars: dict[str, float]) -> dict[str, dict]:
     """Per protocol: n, mean, std (sample; 0 for one run), min, max and how many runs reach its bar."""
     out: dict[str, dict] = {}
@@ -83,15 +91,16 @@ def main() -> None:
             raise SystemExit(f"error: a group is NAME=DIR,DIR,..., got {group!r}")
         runs = {d: read_summary(Path(d)) for d in dirs.split(",")}
         print(f"## {name}")
-        print("| run | final | chosen on validation | best epoch | last-10 mean | s/epoch (median) |")
-        print("|---|---|---|---|---|---|")
+        print("| run | final | chosen on validation | best epoch | last-10 mean | s/epoch (median) | VJPs/step |")
+        print("|---|---|---|---|---|---|---|")
         for d, s in runs.items():
             chosen = (f"{s['val_chosen_test_acc']:.2%} (ep. {s['val_chosen_epoch']})"
                       if s.get("val_chosen_test_acc") is not None else "—")
             seconds = s.get("train_seconds_per_epoch_median")  # absent from imported reference logs
             print(f"| {Path(d).name} | {s['final_test_acc']:.2%} | {chosen} | {s['best_epoch_test_acc']:.2%} "
                   f"(ep. {s['best_epoch']}) | {s['last10_mean_test_acc']:.2%} | "
-                  f"{'—' if seconds is None else f'{seconds:.1f}'} |")
+                  f"{'—' if seconds is None else f'{seconds:.1f}'} | "
+                  f"{'—' if (vjps := mean_backward_vjps(Path(d))) is None else f'{vjps:.1f}'} |")
         stats = group_stats(list(runs.values()), bars)
         for protocol, row in stats.items():
             reach = f", {row['reaching_bar']}/{row['n']} reach {bars[protocol]:.2%}" if "reaching_bar" in row else ""
