@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import distributed
-from ._io import atomic_write_text
+from ._io import atomic_file, atomic_write_text
 from .data import ArrayDataset, BatchLoader
 from .distributed import Context
 
@@ -272,9 +272,8 @@ class Trainer:
         its own model, so every process resumes from rank 0's buffers."""
         checkpoint = self._checkpoint()
         if self.context.is_main:
-            tmp = path.with_name(f".{path.name}.tmp")
-            torch.save(checkpoint, tmp)
-            tmp.replace(path)
+            with atomic_file(path) as handle:
+                torch.save(checkpoint, handle)
         distributed.barrier(self.context)  # nobody reads the file before it is complete
 
     def load(self, path: Path) -> None:

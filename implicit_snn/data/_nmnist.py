@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Literal, Optional
@@ -17,6 +16,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
+from .._io import atomic_file
 from ._base import ArrayDataset, DatasetInfo, DatasetNotFoundError, PathLike, candidate_dirs
 
 SENSOR = 34                       # the ATIS crop used by N-MNIST: 34 x 34 pixels
@@ -175,18 +175,12 @@ def _read_cache(path: Path, key: dict, fingerprint: Optional[str]):
 
 
 def _write_cache(path: Path, blob: dict) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    tmp = None
+    """``torch.save`` to ``path`` atomically; a failure to write only warns."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_file(path) as handle:
             torch.save(blob, handle)
-        os.replace(tmp, path)
     except OSError as err:  # a read-only folder or a full disk: loading still succeeds
         warnings.warn(f"cannot write the N-MNIST cache {path} ({err}); the next load decodes the files again")
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _to_dataset(frames: np.ndarray, labels: np.ndarray, time_steps: int) -> ArrayDataset:
