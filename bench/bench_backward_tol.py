@@ -1,4 +1,4 @@
-"""How tight must the backward be? F400 training steps at several adjoint tolerances, in one run.
+"""How tight must the backward be? Training steps of a model preset at several adjoint tolerances, in one run.
 
 For each backward tolerance (Broyden, relative residual) the same SGD steps are taken from the
 same weights on the same Fashion-MNIST batches with the same dropout masks; the tolerances
@@ -7,9 +7,9 @@ milliseconds per step, VJPs per backward, and the relative error of the paramete
 against a backward solved to 1e-9 at the same weights. The weights are those after
 ``--pretrain-steps`` steps of ordinary training (a trained network's adjoint system is what a
 run spends its time on). The accuracy of whole trainings at a looser tolerance is measured by
-the CLI (docs/results.md). Writes bench/results/backward-tol-<device>[-<threads>threads].{json,md}.
+the CLI (docs/results.md). Writes bench/results/backward-tol-<model>-<device>[-<threads>threads].{json,md}.
 
-    python bench/bench_backward_tol.py [--tols 1e-6 1e-4 1e-3 1e-2] [--rounds 5] [--steps 20]
+    python bench/bench_backward_tol.py [--model f400] [--tols 1e-6 1e-4 1e-3 1e-2] [--rounds 5] [--steps 20]
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def parameter_gradient(model, state, x, y, tol: float, max_iter: int) -> torch.T
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="f400", choices=models.available_models(),
+                        help="a preset taking 1x28x28 inputs (Fashion-MNIST): f400 or f64c5")
     parser.add_argument("--tols", type=float, nargs="+", default=[1e-6, 1e-4, 1e-3, 1e-2])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
@@ -61,7 +63,7 @@ def main() -> None:
     torch.manual_seed(0)
     train = load_dataset("fashion-mnist", "train", root=args.data_root)
     loader = BatchLoader(train, 128, shuffle=True, generator=torch.Generator().manual_seed(0))
-    model = models.build_model("f400").to(device).train()
+    model = models.build_model(args.model).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     batches = []
     for step, (x, y) in zip(range(args.pretrain_steps + args.steps), loader):
@@ -97,7 +99,7 @@ def main() -> None:
     ms = {t: statistics.median(medians[t]) for t in args.tols}
     base = args.tols[0]
     report = {
-        **run_header(device),
+        **run_header(device), "model": args.model,
         "rounds": args.rounds, "steps_per_round": args.steps, "pretrain_steps": args.pretrain_steps,
         "threads": args.threads, "reference_tol": REFERENCE_TOL, "reference_residual": reference_residual,
         "tols": [{"tol": t, "ms_per_step": ms[t], "speedup_vs_first": ms[base] / ms[t],
@@ -106,8 +108,8 @@ def main() -> None:
     }
     rows = "".join(f"| {t:g} | {vjps[t]:.1f} | {grad_error[t]:.1e} | {ms[t]:.2f} | {ms[base] / ms[t]:.2f}× |"
                    f" {losses[t]:.4f} |\n" for t in args.tols)
-    text = (f"# F400 training step at several backward tolerances ({report['device_name']}, torch {report['torch']}, {report['date']})\n\n"
-            f"Batch 128, LIF T=5, Broyden backward (at most 30 steps), weights after {args.pretrain_steps} "
+    text = (f"# {args.model} training step at several backward tolerances ({report['device_name']}, torch {report['torch']}, {report['date']})\n\n"
+            f"Batch 128, the preset's producer ({model.producer!r}), Broyden backward (at most 30 steps), weights after {args.pretrain_steps} "
             f"training steps on Fashion-MNIST; median over {args.rounds} alternating rounds of the per-round "
             f"median of {args.steps} steps. Gradient error: ‖∇θ − ∇θ*‖ / ‖∇θ*‖ on the first batch, ∇θ* "
             f"from a backward solved as far as float32 goes (largest relative residual "
@@ -115,7 +117,7 @@ def main() -> None:
             f"| backward tol | VJPs / backward | ∇θ rel. error | ms / step | speed-up vs {base:g} | "
             f"loss after {args.steps} steps |\n|---|---|---|---|---|---|\n{rows}")
     threads = f"-{args.threads}thread{'s' if args.threads > 1 else ''}" if device == "cpu" else ""
-    write_results(args.out, f"backward-tol-{device}{threads}", report, text)
+    write_results(args.out, f"backward-tol-{args.model}-{device}{threads}", report, text)
 
 
 if __name__ == "__main__":
