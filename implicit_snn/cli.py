@@ -84,7 +84,8 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
     _flag(parser, "f_tol", type=_setting("f_tol"))
     _flag(parser, "b_solver", choices=names, help="backward (adjoint) solver")
     _flag(parser, "b_max_iter", type=_setting("b_max_iter", int))
-    _flag(parser, "b_tol", type=_setting("b_tol"))
+    _flag(parser, "b_tol", type=_setting("b_tol"),
+          help="adjoint tolerance (default 1e-6; on F400, 1e-3 halves the VJPs at the same accuracy: docs/results.md)")
     _flag(parser, "b_stop_mode", choices=["rel", "abs"])
     _flag(parser, "b_option", type=_option, action="append", metavar="KEY=VALUE",
           help="backward solver option, e.g. memory=10 (repeatable)")
