@@ -18,6 +18,8 @@ import json
 import statistics
 from pathlib import Path
 
+from implicit_snn._io import atomic_write_text, read_jsonl
+
 PROTOCOLS = {"final": "final_test_acc", "val_chosen": "val_chosen_test_acc", "best_epoch": "best_epoch_test_acc",
              "last10_mean": "last10_mean_test_acc"}
 
@@ -33,8 +35,8 @@ def read_summary(run_dir: Path) -> dict:
 def mean_backward_vjps(run_dir: Path) -> float | None:
     """Backward VJPs per training step, averaged over the run's epochs (None without that metric)."""
     path = Path(run_dir) / "metrics.jsonl"
-    values = [row["backward_evals_mean"] for row in map(json.loads, path.read_text().splitlines() if path.is_file() else [])
-              if row.get("backward_evals_mean") is not None]
+    rows = read_jsonl(path) if path.is_file() else []
+    values = [row["backward_evals_mean"] for row in rows if row.get("backward_evals_mean") is not None]
     return statistics.fmean(values) if values else None
 
 
@@ -123,8 +125,6 @@ def main() -> None:
     for group in report.values():
         del group["summaries"]
     if args.json:
-        from implicit_snn._io import atomic_write_text
-
         atomic_write_text(args.json, json.dumps({"bars": bars, "groups": report, "paired": pairs}, indent=2) + "\n")
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 
 def _new_file_mode() -> int:
@@ -49,3 +50,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (see ``atomic_file``)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """The objects of a JSON-lines file, blank lines skipped; a bad line is a ValueError naming it."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{path} line {number} is not JSON") from None
+    return rows

@@ -6,12 +6,11 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, read_jsonl
 
 # Metric name in metrics.jsonl → axis label; percentages are shown as such.
 METRICS: dict[str, str] = {
@@ -37,14 +36,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl (not a run directory, or no epoch finished yet)")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ValueError(f"{path} line {number} is not JSON") from None
-    return rows
+    return read_jsonl(path)
 
 
 def _series(rows: list[dict[str, Any]], metric: str) -> tuple[list[int], list[float]]:

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import distributed
-from ._io import atomic_file, atomic_write_text
+from ._io import atomic_file, atomic_write_text, read_jsonl
 from .data import ArrayDataset, BatchLoader
 from .distributed import Context
 
@@ -302,9 +302,7 @@ class Trainer:
 
     def _read_metrics(self) -> list[dict[str, Any]]:
         path = self._metrics_path()
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(path) if path.exists() else []
 
     def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
         if self.context.is_main:
