@@ -17,6 +17,9 @@ from solvers import FixedPointSolver, SolverResult, get_solver
 from solvers._driver import check_settings
 
 OnBackward = Callable[[SolverResult], None]
+#: ``linearise(a, *args) -> (f(a, *args) with graph, jt)`` with ``jt(v, add=None) = J_f(a)ᵀ v (+ add)``.
+Linearise = Callable[..., tuple[torch.Tensor, Callable[..., torch.Tensor]]]
+VJP_MODES = ("auto", "autograd")
 
 
 class ImplicitAdjoint:
@@ -28,6 +31,9 @@ class ImplicitAdjoint:
         tol: tolerance of the adjoint solve, in ``stop_mode``.
         stop_mode: ``"rel"`` (default) or ``"abs"`` residual.
         on_backward: called with the ``SolverResult`` after every backward solve.
+        vjp: ``"auto"`` takes J_fᵀv from the explicit operator of a ``linearise`` callable when
+            one is given (``FeedbackSNN.linearised_map``), else from autograd; ``"autograd"``
+            always differentiates f's graph (the reference the explicit operator is tested on).
         **solver_options: options of the solver (checked now for the registry's own solvers).
 
     Attributes:
@@ -42,9 +48,13 @@ class ImplicitAdjoint:
         tol: float = 1e-6,
         stop_mode: str = "rel",
         on_backward: Optional[OnBackward] = None,
+        vjp: str = "auto",
         **solver_options: Any,
     ):
         check_settings(max_iter, tol, stop_mode)
+        if vjp not in VJP_MODES:
+            raise ValueError(f"`vjp` must be one of {VJP_MODES}, got {vjp!r}")
+        self.vjp = vjp
         self.solver = get_solver(solver)
         if isinstance(self.solver, FixedPointSolver):
             self.solver = self.solver.with_options(**solver_options)
@@ -58,9 +68,10 @@ class ImplicitAdjoint:
 
     def __repr__(self) -> str:
         return (f"ImplicitAdjoint(solver={self.solver!r}, max_iter={self.max_iter}, tol={self.tol}, "
-                f"stop_mode={self.stop_mode!r})")
+                f"stop_mode={self.stop_mode!r}, vjp={self.vjp!r})")
 
-    def __call__(self, f: Callable[..., torch.Tensor], a_star: torch.Tensor, *args: Any) -> torch.Tensor:
+    def __call__(self, f: Callable[..., torch.Tensor], a_star: torch.Tensor, *args: Any,
+                 linearise: Optional[Linearise] = None) -> torch.Tensor:
         """A tensor equal to ``a_star`` whose gradient is the implicit one.
 
         Args:
@@ -68,6 +79,8 @@ class ImplicitAdjoint:
                 callable (an nn.Module or a closure over parameters).
             a_star: the equilibrium ``[B, ...]``, computed by anything; it is not differentiated.
             *args: further inputs of f; gradients reach those that require grad.
+            linearise: optionally, f with its transposed Jacobian as an explicit operator
+                (``FeedbackSNN.linearised_map``), used instead of f when ``vjp="auto"``.
 
         Returns:
             ``a_star``'s values (exactly, not f(a_star)); in backward, ∂L/∂θ = vᵀ ∂f/∂θ with
@@ -79,20 +92,29 @@ class ImplicitAdjoint:
         if not torch.is_grad_enabled():
             return a_star
         z = a_star.clone().requires_grad_()
-        fz = f(z, *args)
+        jt = None
+        if linearise is not None and self.vjp == "auto":
+            fz, jt = linearise(z, *args)
+        else:
+            fz = f(z, *args)
         if not isinstance(fz, torch.Tensor) or fz.shape != a_star.shape:
             got = tuple(fz.shape) if isinstance(fz, torch.Tensor) else type(fz).__name__
             raise ValueError(f"f(a, *args) must return a tensor shaped like a {tuple(a_star.shape)}, got {got}")
         if not fz.requires_grad:
             return a_star
-        return _ImplicitBridge.apply(fz, a_star, z, self)
+        return _ImplicitBridge.apply(fz, a_star, z, self, jt)
 
-    def solve_adjoint(self, fz: torch.Tensor, z: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """v with v = J_f(z)ᵀ v + grad, by VJPs of the graph ``fz = f(z, ...)`` w.r.t. z only."""
+    def solve_adjoint(self, fz: torch.Tensor, z: torch.Tensor, grad: torch.Tensor,
+                      jt: Optional[Callable[..., torch.Tensor]] = None) -> torch.Tensor:
+        """v with v = J_f(z)ᵀ v + grad, by the operator ``jt`` or by VJPs of the graph ``fz = f(z, ...)`` w.r.t. z."""
 
-        def adjoint_map(v: torch.Tensor) -> torch.Tensor:
-            (vjp,) = torch.autograd.grad(fz, z, v, retain_graph=True, allow_unused=True)
-            return grad if vjp is None else vjp + grad
+        if jt is not None:
+            def adjoint_map(v: torch.Tensor) -> torch.Tensor:
+                return jt(v, add=grad)
+        else:
+            def adjoint_map(v: torch.Tensor) -> torch.Tensor:
+                (vjp,) = torch.autograd.grad(fz, z, v, retain_graph=True, allow_unused=True)
+                return grad if vjp is None else vjp + grad
 
         result = self.solver(
             adjoint_map, grad, max_iter=self.max_iter, tol=self.tol, stop_mode=self.stop_mode,
@@ -109,10 +131,10 @@ class _ImplicitBridge(torch.autograd.Function):
     handed to f's graph, which carries it into f's parameters and arguments."""
 
     @staticmethod
-    def forward(ctx, fz, a_star, z, adjoint):  # type: ignore[override]
+    def forward(ctx, fz, a_star, z, adjoint, jt):  # type: ignore[override]
         # Saved tensors are released after a backward without retain_graph, and kept with it.
         ctx.save_for_backward(fz, z)
-        ctx.adjoint = adjoint
+        ctx.adjoint, ctx.jt = adjoint, jt
         return a_star.clone()
 
     @staticmethod
@@ -120,8 +142,8 @@ class _ImplicitBridge(torch.autograd.Function):
         fz, z = ctx.saved_tensors
         # Starting from ∂L/∂a (the one-step gradient) instead of zero saves one VJP.
         with torch.enable_grad():
-            v = ctx.adjoint.solve_adjoint(fz, z, grad.contiguous())
-        return v, None, None, None
+            v = ctx.adjoint.solve_adjoint(fz, z, grad.contiguous(), ctx.jt)
+        return v, None, None, None, None
 
 
 def implicit_grad(
@@ -133,6 +155,7 @@ def implicit_grad(
     b_tol: float = 1e-6,
     b_stop_mode: str = "rel",
     on_backward: Optional[OnBackward] = None,
+    linearise: Optional[Linearise] = None,
     **solver_options: Any,
 ) -> torch.Tensor:
     """Attach the implicit gradient of the fixed point a* = f(a*, *args) to ``a_star``.
@@ -141,7 +164,8 @@ def implicit_grad(
     ``args`` is vᵀ ∂f(a*, args)/∂θ, v = (I − J_f(a*)ᵀ)⁻¹ ∂L/∂a, v found by the solver
     ``backward`` (a registry name or a solver object) within ``b_max_iter`` steps to ``b_tol``.
     ``on_backward`` receives the backward solve's ``SolverResult`` (evaluations, residuals,
-    convergence) for logging; an ``ImplicitAdjoint`` keeps it as ``last_result``.
+    convergence) for logging; an ``ImplicitAdjoint`` keeps it as ``last_result``. ``linearise``
+    optionally gives f with an explicit transposed Jacobian (see ``ImplicitAdjoint.__call__``).
 
     Example:
         >>> a = solvers.get_solver("anderson")(lambda z: f(z, x), z0, max_iter=50, tol=1e-6).z
@@ -151,4 +175,4 @@ def implicit_grad(
         backward, max_iter=b_max_iter, tol=b_tol, stop_mode=b_stop_mode, on_backward=on_backward,
         **solver_options,
     )
-    return adjoint(f, a_star, *args)
+    return adjoint(f, a_star, *args, linearise=linearise)

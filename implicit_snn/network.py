@@ -28,8 +28,10 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .layers import BNMode, SynapticLayer
-from .neurons import rate_function
+from ._linearised import BatchNormBackward, Stage, TransposedJacobian
+from ._ops import apply_op_known
+from .layers import BNMode, SynapticLayer, output_statistics
+from .neurons import rate_function, rate_slope
 
 
 def layer_shapes(in_shape: Sequence[int], input_layer: SynapticLayer, forward_layers: Sequence[SynapticLayer], *,
@@ -59,6 +61,8 @@ class PassState:
             running statistics updated); False for the simulation and forward solvers.
         input_current: F¹x̄ + b¹ as the simulation and forward solvers see it (no graph), so
             that a forward solver's many evaluations of f do not recompute it.
+        input_linear: the input op's output F¹x̄ + b¹ before batch norm and dropout (no graph),
+            computed once per pass; the differentiable evaluation of f reuses its value.
     """
 
     feedback_weight: torch.Tensor
@@ -68,6 +72,7 @@ class PassState:
     input_stats: Optional[tuple[torch.Tensor, torch.Tensor]]
     batch_statistics: bool = False
     input_current: Optional[torch.Tensor] = None
+    input_linear: Optional[torch.Tensor] = None
 
 
 class FeedbackSNN(nn.Module):
@@ -149,11 +154,12 @@ class FeedbackSNN(nn.Module):
         step in training) and, in training, the input batch-norm statistics of F¹x̄.
         """
         batch = x_bar.shape[0]
-        x_in = self._prepare_input(x_bar)
         like = x_bar
+        with torch.no_grad():  # once per pass: the statistics, the simulation's and f's input currents
+            input_linear = self.input_layer.linear(self._prepare_input(x_bar))
         input_stats = None
         if self.training and self.input_layer.bn is not None:
-            input_stats = self.input_layer.batch_statistics(x_in)
+            input_stats = output_statistics(input_linear)
         state = PassState(
             feedback_weight=self.feedback.effective_weight(update=self.training),
             input_mask=self.input_layer.sample_mask((batch, *self.layer_shapes[0]), like=like),
@@ -161,10 +167,12 @@ class FeedbackSNN(nn.Module):
                                 for layer, shape in zip(self.forward_layers, self.layer_shapes[1:])),
             feedback_mask=self.feedback.sample_mask((batch, *self.layer_shapes[0]), like=like),
             input_stats=input_stats,
+            input_linear=input_linear,
         )
         with torch.no_grad():
-            state = dataclasses.replace(state, input_current=self.input_current(x_bar, state))
-        return x_bar, state
+            mode = self._bn_mode(state, given=input_stats is not None)
+            current = self.input_layer.finish(input_linear, mask=state.input_mask, bn_mode=mode, stats=input_stats)
+        return x_bar, dataclasses.replace(state, input_current=current)
 
     def differentiable_args(self, x_bar: torch.Tensor, state: PassState) -> tuple[torch.Tensor, PassState]:
         """f's arguments for the one differentiable evaluation: batch statistics in batch norm, and
@@ -187,6 +195,41 @@ class FeedbackSNN(nn.Module):
 
     forward = fixed_point_map
 
+    def linearised_map(self, a: torch.Tensor, x_bar: torch.Tensor, state: PassState) -> tuple[torch.Tensor, TransposedJacobian]:
+        """f(a_N, x̄) with its graph, and J_f(a)ᵀ as an explicit operator (see ``TransposedJacobian``).
+
+        The same operations as ``fixed_point_map``; the operator's products equal the VJPs of the
+        returned graph with respect to ``a`` (to rounding), at a fraction of their cost.
+        """
+        vth = self.vth
+        current = self.input_drive(x_bar, state) + self.feedback_current(a, state)
+        rates = rate_function(current, vth)
+        feedback_gain = self._gain(current, state.feedback_mask, self.feedback.bn_scale(BNMode.RUNNING))
+        stages = []
+        for index, layer in enumerate(self.forward_layers):
+            mode = self._bn_mode(state, given=False)
+            z = layer.linear(rates)
+            current = layer.finish(z, mask=state.forward_masks[index], bn_mode=mode)
+            batch_norm = None
+            if layer.bn is not None and mode is BNMode.BATCH:
+                batch_norm, scale = BatchNormBackward.of(z, layer.bn.weight, layer.bn.eps), None
+            else:
+                scale = layer.bn_scale(mode)
+            gain = self._gain(current, state.forward_masks[index], scale)
+            stages.append(Stage(layer.op, layer.op.weight.detach(), tuple(rates.shape), gain, batch_norm))
+            rates = rate_function(current, vth)
+        feedback = Stage(self.feedback.op, state.feedback_weight.detach(), tuple(a.shape), feedback_gain)
+        return rates, TransposedJacobian([*reversed(stages), feedback])
+
+    def _gain(self, current: torch.Tensor, mask: Optional[torch.Tensor], scale: Optional[torch.Tensor]) -> torch.Tensor:
+        """σ's slope at ``current`` times the dropout mask and a batch-norm scale, where present."""
+        gain = rate_slope(current, self.vth)
+        if mask is not None:
+            gain.mul_(mask)
+        if scale is not None:
+            gain.mul_(scale)
+        return gain
+
     # -- simulation hooks -------------------------------------------------------------------
     def _bn_mode(self, state: PassState, *, given: bool) -> BNMode:
         if state.batch_statistics and self.training:
@@ -195,7 +238,14 @@ class FeedbackSNN(nn.Module):
 
     def input_drive(self, x_bar: torch.Tensor, state: PassState) -> torch.Tensor:
         """F¹x̄ + b¹ for the pass's averaged input: the cached value, or computed (with grad) for f."""
-        return state.input_current if state.input_current is not None else self.input_current(x_bar, state)
+        if state.input_current is not None:
+            return state.input_current
+        if state.input_linear is None:
+            return self.input_current(x_bar, state)
+        # The op's value is the pass's; only its graph is new (the op is not recomputed).
+        z = apply_op_known(self.input_layer.op, self._prepare_input(x_bar), state.input_linear)
+        mode = self._bn_mode(state, given=state.input_stats is not None)
+        return self.input_layer.finish(z, mask=state.input_mask, bn_mode=mode, stats=state.input_stats)
 
     def input_current(self, x_t: torch.Tensor, state: PassState) -> torch.Tensor:
         """F¹x_t + b¹ (batch norm, dropout) for one step's input ``[B, *in_shape]``."""
@@ -209,6 +259,15 @@ class FeedbackSNN(nn.Module):
     def feedback_current(self, spikes: torch.Tensor, state: PassState) -> torch.Tensor:
         """W¹ s_N into layer 1 (no bias, no batch norm, its dropout mask)."""
         return self.feedback(spikes, weight=state.feedback_weight, mask=state.feedback_mask)
+
+    def add_feedback_current(self, drive: torch.Tensor, spikes: torch.Tensor, state: PassState) -> torch.Tensor:
+        """``drive + feedback_current(spikes, state)`` as one product-and-add where the feedback allows."""
+        feedback = self.feedback
+        if isinstance(feedback.op, nn.Linear) and feedback.bn is None and spikes.dim() == 2 and feedback.op.bias is None:
+            if state.feedback_mask is None:
+                return torch.addmm(drive, spikes, state.feedback_weight.t())
+            return torch.addcmul(drive, spikes @ state.feedback_weight.t(), state.feedback_mask)
+        return drive + self.feedback_current(spikes, state)
 
     def extra_repr(self) -> str:
         return f"in_shape={self.in_shape}, layer_shapes={self.layer_shapes}, vth={float(self.vth)}"

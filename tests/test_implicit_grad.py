@@ -138,8 +138,9 @@ def test_solve_takes_vjps_wrt_a_only_and_the_graph_is_built_once_and_freed(float
     loss = out.square().sum()
     original = adjoint.solve_adjoint
 
-    def watch(fz, z, grad):
-        v = original(fz, z, grad)
+    def watch(fz, z, grad, jt=None):
+        assert jt is None  # a plain callable f has no explicit operator: VJPs of its graph
+        v = original(fz, z, grad, jt)
         seen_during_solve.append(net.weight.grad)  # still None: the solve never touched it
         return v
 

@@ -128,18 +128,20 @@ def test_constant_input_is_never_modified_by_forward_or_backward(device):
 def test_dropout_masks_are_drawn_once_and_shared_by_every_step_and_f():
     net = tiny_network((6, 5), in_dim=4, dropout=0.5).train()
     seen = []
-    original = net.input_current
 
-    def spy(x_t, state):
-        seen.append((state.input_mask, state.forward_masks, state.feedback_mask))
-        return original(x_t, state)
+    def spy(original):
+        def watch(x_t, state):
+            seen.append((state.input_mask, state.forward_masks, state.feedback_mask))
+            return original(x_t, state)
+        return watch
 
-    net.input_current = spy
+    net.input_current = spy(net.input_current)
+    net.input_drive = spy(net.input_drive)
     x = (torch.rand(3, 7, 4) < 0.5).float()
     model = ImplicitClassifier(net, 2, producer="if", producer_options=dict(time_steps=7))
     model(x).sum().backward()
-    # F¹x̄ once when the pass starts (for forward solvers), 7 simulated steps, the differentiable f
-    assert len(seen) == 1 + 7 + 1
+    # 7 simulated steps (F¹x_t each), then the differentiable f (F¹x̄)
+    assert len(seen) == 7 + 1
     first = seen[0]
     assert first[0] is not None and bool((first[0] == 0).any()) and bool((first[0] == 2.0).any())
     for masks in seen[1:]:

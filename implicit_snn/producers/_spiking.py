@@ -31,6 +31,9 @@ class SpikingNetwork(Protocol):
 
     def feedback_current(self, spikes: torch.Tensor, state: Any) -> torch.Tensor: ...
 
+    # Optional: ``add_feedback_current(drive, spikes, state)`` = drive + feedback_current(spikes, state),
+    # fused where the network can (one product-and-add instead of three passes).
+
 
 @dataclasses.dataclass(frozen=True)
 class _Simulation(Producer):
@@ -91,24 +94,31 @@ class _Simulation(Producer):
         potentials, spikes, rates = ([first.new_zeros(shape) for shape in shapes] for _ in range(3))
         counts = [first.new_zeros(shape) for shape in shapes] if leak != 1.0 else None
         trains = [first.new_zeros((s[0], steps, *s[1:])) for s in shapes] if self.record == "spikes" else None
+        fused = getattr(network, "add_feedback_current", None)  # optional: the network may fuse the sum
+        with_feedback = fused if fused is not None else (lambda d, s, st: _add_feedback_current(network, d, s, st))
         for t in range(steps):
             if t == 0:
                 current = first
             else:  # the feedback carries the last layer's spikes of the previous step
                 drive = constant if constant is not None else network.input_current(x[:, t], state)
-                current = drive + network.feedback_current(spikes[-1], state)
+                current = with_feedback(drive, spikes[-1], state)
             fire_(potentials[0], current, spikes[0], vth=vth, leak=leak)
             for index in range(1, len(shapes)):
                 current = network.forward_current(index - 1, spikes[index - 1], state)
                 fire_(potentials[index], current, spikes[index], vth=vth, leak=leak)
             for index, s in enumerate(spikes):
                 if counts is not None:
-                    rates[index].mul_(leak)
                     counts[index].add_(s)
-                rates[index].add_(s)
+                    torch.add(s, rates[index], alpha=leak, out=rates[index])  # λ·rates + s in one pass
+                else:
+                    rates[index].add_(s)
                 if trains is not None:
                     trains[index][:, t] = s
         return rates, counts, trains
+
+
+def _add_feedback_current(network: SpikingNetwork, drive: torch.Tensor, spikes: torch.Tensor, state: Any) -> torch.Tensor:
+    return drive + network.feedback_current(spikes, state)
 
 
 @dataclasses.dataclass(frozen=True)
