@@ -17,4 +17,5 @@ timeout 120 python3 bench/bench_solvers.py --device cuda --out "$out" > /dev/nul
 timeout 120 python3 bench/bench_f400_steps.py --device cuda --data-root .data --out "$out" > /dev/null 2>&1 || echo "bench_f400_steps failed" >&2
 timeout 60 python3 bench/bench_step_overheads.py --device cuda --out "$out" > /dev/null 2>&1 || echo "bench_step_overheads failed" >&2
 timeout 90 python3 bench/bench_backward_tol.py --device cuda --data-root .data --out "$out" > /dev/null 2>&1 || echo "bench_backward_tol failed" >&2
+timeout 420 python3 bench/bench_step.py --device cuda --models alexnet_f cifarnet_f f400 --time-steps 5 30 100 --all-t --rounds 3 --steps 5 --warmup 2 --out "$out" > "$out/bench-step-cuda.log" 2>&1 || echo "bench_step failed (see bench-step-cuda.log)" >&2
 ls "$out"

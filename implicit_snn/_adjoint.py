@@ -91,11 +91,14 @@ class ImplicitAdjoint:
         a_star = a_star.detach()
         if not torch.is_grad_enabled():
             return a_star
-        z = a_star.clone().requires_grad_()
         jt = None
         if linearise is not None and self.vjp == "auto":
+            # The operator gives Jᵀv, so f's graph needs no path to a: the one backward through
+            # it then skips the product that would compute a gradient nobody reads.
+            z = a_star
             fz, jt = linearise(z, *args)
         else:
+            z = a_star.clone().requires_grad_()
             fz = f(z, *args)
         if not isinstance(fz, torch.Tensor) or fz.shape != a_star.shape:
             got = tuple(fz.shape) if isinstance(fz, torch.Tensor) else type(fz).__name__
