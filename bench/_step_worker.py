@@ -338,10 +338,26 @@ def _die_with_parent() -> None:
         pass
 
 
+def _retain_freed_memory() -> None:
+    """The allocator setting the CLI uses (implicit_snn/_allocator.py of THIS tree, loaded by path so
+    that baseline workers get it too): every configuration runs under the same malloc."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "implicit_snn" / "_allocator.py"
+    spec = importlib.util.spec_from_file_location("_bench_allocator", path)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.retain_freed_memory()
+
+
 def serve() -> None:
     """Answer the parent's requests until "exit" or end of input."""
     parent = os.getppid()
     _die_with_parent()
+    _retain_freed_memory()
     if os.getppid() != parent:  # the parent died before the signal was armed
         return
     protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")

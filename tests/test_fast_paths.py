@@ -3,6 +3,7 @@ input op, the fused feedback current, and the whole training step's gradients, i
 
 import copy
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
+from implicit_snn._allocator import retain_freed_memory
 from implicit_snn import FeedbackSNN, ImplicitClassifier, SpectralNorm, SynapticLayer
 from implicit_snn._ops import apply_op, apply_op_known, apply_op_transposed
 from implicit_snn.layers import output_statistics
@@ -201,3 +203,11 @@ def test_dropout_masks_keep_with_probability_one_minus_p():
     assert values.numel() == 2 and values[0] == 0.0 and abs(float(values[1]) - 1 / 0.7) < 1e-6
     kept = float((mask > 0).double().mean())
     assert abs(kept - 0.7) < 4 * (0.7 * 0.3 / 200_000) ** 0.5  # four standard errors
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_the_allocator_setting_applies_on_linux():
+    # Its effect (no page faults for a step's re-allocated tensors) is measured by bench_step.py;
+    # here: glibc accepts every option, and calling it again is harmless.
+    assert retain_freed_memory() and retain_freed_memory()
+    assert torch.ones(1 << 20).sum() == 1 << 20
