@@ -263,11 +263,14 @@ class FeedbackSNN(nn.Module):
     def add_feedback_current(self, drive: torch.Tensor, spikes: torch.Tensor, state: PassState) -> torch.Tensor:
         """``drive + feedback_current(spikes, state)`` as one product-and-add where the feedback allows."""
         feedback = self.feedback
-        if isinstance(feedback.op, nn.Linear) and feedback.bn is None and spikes.dim() == 2 and feedback.op.bias is None:
-            if state.feedback_mask is None:
-                return torch.addmm(drive, spikes, state.feedback_weight.t())
-            return torch.addcmul(drive, spikes @ state.feedback_weight.t(), state.feedback_mask)
-        return drive + self.feedback_current(spikes, state)
+        if feedback.bn is not None:
+            return drive + self.feedback_current(spikes, state)
+        if isinstance(feedback.op, nn.Linear) and spikes.dim() == 2 and feedback.op.bias is None and state.feedback_mask is None:
+            return torch.addmm(drive, spikes, state.feedback_weight.t())
+        product = feedback.linear(spikes, state.feedback_weight)
+        if state.feedback_mask is None:
+            return product.add_(drive)
+        return torch.addcmul(drive, product, state.feedback_mask)
 
     def extra_repr(self) -> str:
         return f"in_shape={self.in_shape}, layer_shapes={self.layer_shapes}, vth={float(self.vth)}"

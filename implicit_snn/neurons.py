@@ -37,6 +37,23 @@ def fire_(potential: torch.Tensor, current: torch.Tensor, spikes: torch.Tensor, 
     return spikes
 
 
+def fire_unleaked_(potential: torch.Tensor, current: torch.Tensor, spikes: torch.Tensor, *, vth: float,
+                   leak: float) -> torch.Tensor:
+    """``fire_`` for a potential held before its leak: u ← λ·u + current, fire, reset by subtraction.
+
+    The same dynamics as ``fire_`` (its leak at the end of a step is this one's at the start of
+    the next), in three passes over memory instead of four; ``potential`` holds λ⁻¹ times
+    ``fire_``'s between steps. Start from zero potentials, as ``fire_`` does.
+    """
+    if leak == 1.0:
+        potential.add_(current)
+    else:
+        torch.add(current, potential, alpha=leak, out=potential)
+    torch.ge(potential, vth, out=spikes)
+    potential.sub_(spikes, alpha=vth)
+    return spikes
+
+
 def rate_weights(time_steps: int, leak: float, *, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """Weights ``[T]`` of the (λ-weighted) average over time: λ^(T−1−t) / Σₖ λᵏ (1/T for IF)."""
     exponents = torch.arange(time_steps - 1, -1, -1, dtype=torch.float64)

@@ -15,6 +15,7 @@ from implicit_snn._allocator import retain_freed_memory
 from implicit_snn import FeedbackSNN, ImplicitClassifier, SpectralNorm, SynapticLayer
 from implicit_snn._ops import apply_op, apply_op_known, apply_op_transposed
 from implicit_snn.layers import output_statistics
+from implicit_snn.neurons import fire_, fire_unleaked_
 
 # One network of each kind: fully connected, conv with conv feedback, a strided conv layer with
 # an upsampling transposed-conv feedback, and multi-layer nets (batch norm inside the map).
@@ -177,13 +178,14 @@ def test_transposed_op_is_the_adjoint(kind):
     assert torch.allclose(got, expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv", "conv-transposed-feedback"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_fused_feedback_current_equals_the_sum(dropout):
-    model, x = build("linear", training=True, dropout=dropout)
+def test_fused_feedback_current_equals_the_sum(dropout, kind):
+    model, x = build(kind, training=True, dropout=dropout)
     net = model.network
     _, state = net.map_inputs(x)
-    spikes = (torch.rand(5, 6, dtype=torch.float64) < 0.5).double()
-    drive = torch.randn(5, 6, dtype=torch.float64)
+    spikes = (torch.rand(5, *net.layer_shapes[-1], dtype=torch.float64) < 0.5).double()
+    drive = torch.randn(5, *net.layer_shapes[0], dtype=torch.float64)
     expected = drive + net.feedback_current(spikes, state)
     assert torch.allclose(net.add_feedback_current(drive, spikes, state), expected, rtol=0, atol=1e-14)
 
@@ -211,3 +213,19 @@ def test_the_allocator_setting_applies_on_linux():
     # here: glibc accepts every option, and calling it again is harmless.
     assert retain_freed_memory() and retain_freed_memory()
     assert torch.ones(1 << 20).sum() == 1 << 20
+
+
+@pytest.mark.parametrize("leak", [1.0, 0.9])
+def test_unleaked_potential_fires_as_the_leaky_neuron(leak):
+    gen = torch.Generator().manual_seed(3)
+    u_ref, u_new = torch.zeros(64, 50, dtype=torch.float64), torch.zeros(64, 50, dtype=torch.float64)
+    s_ref, s_new = torch.empty_like(u_ref), torch.empty_like(u_new)
+    fired = 0.0
+    for _ in range(40):
+        current = torch.rand(64, 50, generator=gen, dtype=torch.float64) * 1.5 - 0.2
+        fire_(u_ref, current, s_ref, vth=1.0, leak=leak)
+        fire_unleaked_(u_new, current, s_new, vth=1.0, leak=leak)
+        assert torch.equal(s_ref, s_new)
+        assert torch.allclose(u_ref, leak * u_new, rtol=0, atol=1e-12)
+        fired += float(s_new.mean())
+    assert 0.1 < fired / 40 < 0.9

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..neurons import fire_, rate_weights, time_average
+from ..neurons import fire_unleaked_, rate_weights, time_average
 from ._base import Equilibrium, Producer
 
 RECORD = ("none", "rates", "spikes")
@@ -102,10 +102,10 @@ class _Simulation(Producer):
             else:  # the feedback carries the last layer's spikes of the previous step
                 drive = constant if constant is not None else network.input_current(x[:, t], state)
                 current = with_feedback(drive, spikes[-1], state)
-            fire_(potentials[0], current, spikes[0], vth=vth, leak=leak)
+            fire_unleaked_(potentials[0], current, spikes[0], vth=vth, leak=leak)
             for index in range(1, len(shapes)):
                 current = network.forward_current(index - 1, spikes[index - 1], state)
-                fire_(potentials[index], current, spikes[index], vth=vth, leak=leak)
+                fire_unleaked_(potentials[index], current, spikes[index], vth=vth, leak=leak)
             for index, s in enumerate(spikes):
                 if counts is not None:
                     counts[index].add_(s)
