@@ -70,6 +70,10 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
     settings = cli_settings(args)
     sweep = settings.pop("time_steps") or [ckpt["config"].get("time_steps")]
     base = checkpoint_config(ckpt, settings)
+    if base.producer == "analytic" and base.method == "bptt":
+        # Evaluation has no gradient, so the training method plays no part: a BPTT-trained model
+        # is evaluated at the analytic equilibrium like any other.
+        base = dataclasses.replace(base, method="ide")
     if base.producer == "analytic" and args.time_steps:
         raise SystemExit("error: --time_steps applies to the spiking producers (if, lif), not to analytic")
     if base.producer == "analytic":
@@ -90,7 +94,9 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
             model.to(device)
         model.set_producer(config.producer or "lif", **producer_options(config))
         rows.append({"time_steps": time_steps, **evaluate(model, data, batch_size=args.batch_size, device=device)})
-    console.print(f"{path} on {base.dataset} {args.split} ({len(data)} samples), producer {base.producer}")
+    trained = ckpt["config"].get("method", "ide")
+    console.print(f"{path} on {base.dataset} {args.split} ({len(data)} samples), producer {base.producer}"
+                  + (", trained by BPTT" if trained == "bptt" else ""))
     table = Table()
     for column in ("T", "accuracy", "loss", "firing rate", "forward solver"):
         table.add_column(column, justify="right", no_wrap=True)
@@ -102,7 +108,7 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     if args.json:
         report = {"checkpoint": str(path), "dataset": base.dataset, "split": args.split, "samples": len(data),
-                  "producer": base.producer, "results": rows}
+                  "producer": base.producer, "trained_method": trained, "results": rows}
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
@@ -139,7 +145,9 @@ def run_analyze(args: argparse.Namespace, console: Console) -> int:
     path, ckpt = load_checkpoint(args.checkpoint)
     settings = cli_settings(args)
     settings.pop("b_solver")  # here a list of solvers to compare, not the model's backward
-    config = checkpoint_config(ckpt, settings)
+    # analyze studies IDE's equilibrium and backward solvers on the trained weights, whichever
+    # method trained them, so the model is built for IDE.
+    config = dataclasses.replace(checkpoint_config(ckpt, settings), method="ide")
     if config.producer == "analytic":
         raise SystemExit("error: analyze compares the spiking simulation with its equilibrium; this checkpoint "
                          "uses the analytic producer (pass --producer if or lif)")

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from . import bptt
 from ._adjoint import ImplicitAdjoint
 from .producers import Producer, get_producer
 
@@ -18,7 +19,12 @@ class ImplicitClassifier(nn.Module):
     The producer finds the equilibrium a* without grad; ``ImplicitAdjoint`` attaches the implicit
     gradient through one differentiable evaluation of the network's fixed-point map; the
     classifier reads a* (the producer's value). Producer and backward can be swapped at any
-    time with ``set_producer`` / ``set_backward``.
+    time with ``set_producer`` / ``set_backward``, the training method with ``set_method``.
+
+    With ``method="bptt"`` a forward with grad enabled instead unrolls the producer's simulation
+    (its ``time_steps`` and ``leak``; ``if``/``lif`` only) differentiably (``implicit_snn.bptt``):
+    backpropagation through time with a surrogate spike derivative, everything else identical.
+    Under ``no_grad`` both methods run the producer, whose numbers BPTT's forward equals.
 
     Args:
         network: an ``ImplicitNetwork`` (e.g. ``FeedbackSNN``) with ``layer_shapes``.
@@ -26,16 +32,22 @@ class ImplicitClassifier(nn.Module):
         producer: a registered producer name or a ``Producer``; ``producer_options`` build it.
         backward: a registered solver name or solver object for the adjoint solve.
         b_max_iter, b_tol, b_stop_mode, backward_options: settings of the adjoint solve.
+        method: ``"ide"`` (implicit differentiation, default) or ``"bptt"``.
+        surrogate, surrogate_slope, detach_reset: BPTT's surrogate derivative (``"sigmoid"`` or
+            ``"rectangular"``; slope None: the surrogate's default, 4 for sigmoid, 1 for
+            rectangular) and whether the reset is left out of the gradient (see ``bptt.unroll``).
 
     Attributes:
         last_forward: the producer's statistics of the most recent forward (e.g. firing rates).
-        last_backward: the ``SolverResult`` of the most recent backward solve, or None.
+        last_backward: the ``SolverResult`` of the most recent backward solve, or None (always
+            None with ``method="bptt"``, which solves nothing).
     """
 
     def __init__(self, network: nn.Module, num_classes: int, *, producer: Any = "lif",
                  producer_options: Optional[dict[str, Any]] = None, backward: Any = "broyden",
                  b_max_iter: int = 30, b_tol: float = 1e-6, b_stop_mode: str = "rel",
-                 backward_options: Optional[dict[str, Any]] = None):
+                 backward_options: Optional[dict[str, Any]] = None, method: str = "ide",
+                 surrogate: str = "sigmoid", surrogate_slope: Optional[float] = None, detach_reset: bool = False):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
@@ -43,6 +55,7 @@ class ImplicitClassifier(nn.Module):
         self.classifier = nn.Linear(math.prod(network.layer_shapes[-1]), num_classes)
         self.set_producer(producer, **(producer_options or {}))
         self.set_backward(backward, max_iter=b_max_iter, tol=b_tol, stop_mode=b_stop_mode, **(backward_options or {}))
+        self.set_method(method, surrogate=surrogate, surrogate_slope=surrogate_slope, detach_reset=detach_reset)
         self.last_forward: dict[str, Any] = {}
 
     def set_producer(self, producer: Any, **options: Any) -> None:
@@ -50,9 +63,26 @@ class ImplicitClassifier(nn.Module):
         if isinstance(producer, Producer):
             if options:
                 raise TypeError("options apply to a producer given by name, not to a Producer object")
-            self.producer = producer
         else:
-            self.producer = get_producer(producer, **options)
+            producer = get_producer(producer, **options)
+        if getattr(self, "method", "ide") == "bptt":
+            bptt.spiking_settings(producer)  # BPTT unrolls this producer: it must be if or lif
+        self.producer = producer
+
+    METHODS = ("ide", "bptt")
+
+    def set_method(self, method: str = "ide", *, surrogate: str = "sigmoid", surrogate_slope: Optional[float] = None,
+                   detach_reset: bool = False) -> None:
+        """Train by ``"ide"`` (implicit differentiation) or ``"bptt"`` (surrogate-gradient BPTT of the
+        producer's simulation); the surrogate settings are checked now and used by ``"bptt"`` only."""
+        if method not in self.METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(self.METHODS)}")
+        if not isinstance(detach_reset, bool):
+            raise ValueError(f"detach_reset must be true or false, got {detach_reset!r}")
+        chosen = bptt.get_surrogate(surrogate, surrogate_slope)
+        if method == "bptt":
+            bptt.spiking_settings(self.producer)
+        self.method, self.surrogate, self.detach_reset = method, chosen, detach_reset
 
     def set_backward(self, solver: Any = "broyden", *, max_iter: int = 30, tol: float = 1e-6,
                      stop_mode: str = "rel", **options: Any) -> None:
@@ -66,7 +96,18 @@ class ImplicitClassifier(nn.Module):
 
     @property
     def last_backward(self):
-        return self.adjoint.last_result
+        """The adjoint solve's ``SolverResult`` of the latest IDE backward; None with BPTT."""
+        return None if self.method == "bptt" else self.adjoint.last_result
+
+    def unrolled(self, x: torch.Tensor) -> torch.Tensor:
+        """BPTT's read-out rates ``[B, *layer_shapes[-1]]`` for ``x``: the producer's simulation,
+        unrolled with autograd (``bptt.unroll``); sets ``last_forward`` as the producer does."""
+        time_steps, leak = bptt.spiking_settings(self.producer)
+        bptt.check_producer_vth(self.producer, self.network)
+        out = bptt.unroll(self.network, x, time_steps=time_steps, leak=leak, surrogate=self.surrogate,
+                          detach_reset=self.detach_reset)
+        self.last_forward = out.stats
+        return out.a
 
     def equilibrium(self, x: torch.Tensor) -> torch.Tensor:
         """The equilibrium ``[B, *layer_shapes[-1]]`` for ``x``, carrying the implicit gradient."""
@@ -78,10 +119,14 @@ class ImplicitClassifier(nn.Module):
         differentiable = getattr(self.network, "differentiable_args", None)
         if differentiable is not None:
             f_args = differentiable(*f_args)
-        return self.adjoint(self.network.fixed_point_map, eq.a, *f_args)
+        linearise = getattr(self.network, "linearised_map", None)
+        return self.adjoint(self.network.fixed_point_map, eq.a, *f_args, linearise=linearise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` for inputs ``x`` (static ``[B, *in]`` or spikes ``[B, T, *in]``)."""
+        if self.method == "bptt" and torch.is_grad_enabled():
+            return self.classifier(self.unrolled(x).flatten(1))
+        # Without grad BPTT's forward is the producer's simulation: the faster no-grad one.
         return self.classifier(self.equilibrium(x).flatten(1))
 
     def num_parameters(self) -> int:

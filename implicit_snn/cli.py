@@ -16,7 +16,8 @@ from rich.table import Table
 import models
 import solvers
 
-from . import distributed, plotting, producers
+from . import bptt, distributed, plotting, producers
+from ._allocator import retain_freed_memory
 from ._checkpoint_commands import backward_table, cli_settings, run_analyze, run_eval
 from .config import ALLOWED, NONNEG_INT, PAPER_DEFAULTS, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
 from .data import DatasetNotFoundError, available_datasets
@@ -95,6 +96,12 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
     _flag(parser, "device", help="cpu, cuda or auto")
     _flag(parser, "threads", type=_setting("threads", int), help="CPU threads for torch")
     if not for_eval:
+        _flag(parser, "method", choices=["ide", "bptt"],
+              help="ide (implicit differentiation, default) or bptt (backpropagation through time of the simulation)")
+        _flag(parser, "surrogate", choices=bptt.available_surrogates(),
+              help="bptt's surrogate spike derivative (default sigmoid)")
+        _flag(parser, "surrogate-slope", type=_setting("surrogate_slope"),
+              help="the surrogate's slope (default: sigmoid 4; rectangular 1, its peak height, width 1/slope)")
         _flag(parser, "vth", type=_setting("vth"), help="firing threshold (2.0 in the paper)")
         _flag(parser, "dropout", type=_setting("dropout"))
         _flag(parser, "operator_norm", action="store_const", const=True,
@@ -193,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_run_dir(config: RunConfig) -> Path:
-    return Path("runs") / f"{config.model}-{config.dataset}-{config.producer or 'lif'}-seed{config.seed}".replace(" ", "")
+    method = "-bptt" if config.method == "bptt" else ""  # IDE runs keep the names they always had
+    return Path("runs") / f"{config.model}-{config.dataset}-{config.producer or 'lif'}{method}-seed{config.seed}".replace(" ", "")
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
@@ -267,8 +275,13 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
         atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     distributed.barrier(context)
     processes = f", {context.world_size} processes" if context.distributed else ""
+    if config.method == "bptt":
+        surrogate = bptt.get_surrogate(config.surrogate, config.surrogate_slope)
+        method = f"BPTT, {surrogate.name} surrogate slope {surrogate.slope:g}"
+    else:
+        method = f"backward {config.b_solver}/{config.b_max_iter}"
     console.print(f"training {config.model} on {config.dataset} ({config.producer or 'lif'}, "
-                  f"T={config.time_steps}, backward {config.b_solver}/{config.b_max_iter}{processes}) → {run_dir}")
+                  f"T={config.time_steps}, {method}{processes}) → {run_dir}")
     try:
         summary = trainer.fit(resume=args.resume)
     except Interrupted as stop:
@@ -329,6 +342,7 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``implicit-snn`` console script."""
     args = build_parser().parse_args(argv)
+    retain_freed_memory()  # steps reuse their memory instead of page-faulting it in again
     # Piped output gets a fixed, wide layout instead of rich's 80-column default.
     console = Console() if sys.stdout.isatty() else Console(width=120)
     try:

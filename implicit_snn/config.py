@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .bptt import available_surrogates
 from .spectral import SpectralNorm
 
 # The paper's settings (supplement F.3.2 and the reference scripts), per model preset.
@@ -40,6 +41,9 @@ class RunConfig:
     time_steps: Optional[int] = None
     leak: Optional[float] = None
     vth: float = 2.0
+    method: str = "ide"  # "ide" (implicit differentiation) or "bptt"; runs made before it read as "ide"
+    surrogate: str = "sigmoid"  # BPTT's surrogate spike derivative
+    surrogate_slope: Optional[float] = None  # None: the surrogate's default (sigmoid 4, rectangular 1)
     f_solver: str = "broyden"
     f_max_iter: int = 50
     f_tol: float = 1e-5
@@ -94,6 +98,8 @@ NONNEG_INT = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 POS_NUMBER = (lambda v: _is_number(v) and v > 0, "a number > 0")
 NONNEG_NUMBER = (lambda v: _is_number(v) and v >= 0, "a number >= 0")
 
+METHODS = ("ide", "bptt")
+
 # What each setting may be: a check and the words that tell the user what is allowed. The
 # command line checks its flags against the same table.
 ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -105,6 +111,9 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "time_steps": (_optional(POS_INT[0]), POS_INT[1]),
     "leak": (_optional(lambda v: _is_number(v) and 0 < v < 1), "a number in (0, 1) (no leak: producer 'if')"),
     "vth": POS_NUMBER,
+    "method": (lambda v: v in METHODS, " or ".join(map(repr, METHODS))),
+    "surrogate": (lambda v: v in available_surrogates(), " or ".join(map(repr, available_surrogates()))),
+    "surrogate_slope": (_optional(POS_NUMBER[0]), POS_NUMBER[1]),
     "f_solver": STR, "f_max_iter": POS_INT, "f_tol": POS_NUMBER,
     "b_solver": STR, "b_max_iter": NONNEG_INT, "b_tol": POS_NUMBER,
     "b_stop_mode": (lambda v: v in ("rel", "abs"), "'rel' or 'abs'"),
@@ -137,6 +146,33 @@ def check_leak_applies(producer: Optional[str], leak_given: bool) -> None:
     """A leak set by the user with a producer that has none would be silently ignored: refuse it."""
     if leak_given and (producer or "lif") != "lif":
         raise ValueError(f"--leak applies to the lif producer only; the {producer} producer has no leak")
+
+
+# The settings of IDE's backward (adjoint) solve, and those of BPTT alone.
+BACKWARD_SETTINGS = ("b_solver", "b_max_iter", "b_tol", "b_stop_mode", "b_options")
+BPTT_SETTINGS = ("surrogate", "surrogate_slope")
+
+
+def _flag_name(setting: str) -> str:
+    return "--" + setting.replace("_", "-") if setting in BPTT_SETTINGS else "--" + setting
+
+
+def check_method_applies(method: str, producer: Optional[str], given: set[str]) -> None:
+    """Settings that the chosen training method would silently not use are refused, as is BPTT
+    without a spiking simulation to unroll."""
+    if method == "bptt":
+        if (producer or "lif") not in ("if", "lif"):
+            raise ValueError(f"--method bptt unrolls the spiking simulation: use --producer if or lif, not {producer}")
+        unused = [name for name in BACKWARD_SETTINGS if name in given]
+        if unused:
+            flags = ", ".join(_flag_name("b_option" if n == "b_options" else n) for n in unused)
+            raise ValueError(f"{flags}: backward-solver settings apply to --method ide only; --method bptt has no "
+                             "backward solve")
+    else:
+        unused = [name for name in BPTT_SETTINGS if name in given]
+        if unused:
+            raise ValueError(f"{', '.join(map(_flag_name, unused))} applies to --method bptt only (this run trains "
+                             f"with --method {method})")
 
 
 def check_keys(values: dict[str, Any], source: str) -> None:
@@ -201,5 +237,6 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfi
         config.dataset = "fashion-mnist"
     check_values(config)
     check_leak_applies(config.producer, "leak" in chosen)
+    check_method_applies(config.method, config.producer, set(chosen))
     config.milestones = list(config.milestones)
     return config
