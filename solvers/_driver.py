@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -22,10 +22,17 @@ STOP_MODES = ("abs", "rel")
 
 @dataclasses.dataclass
 class IterState:
-    """The part of a solver's state the driver reads: the iterate ``z`` and ``gz = g(z)``, both [B, D]."""
+    """The part of a solver's state the driver reads: the iterate ``z`` and ``gz = g(z)``, both [B, D].
+
+    ``fz``, when a solver sets it, must be ``gz − z`` computed from these very tensors (solvers
+    that need the residual anyway hand it over so that the driver does not form it again; the
+    reported residuals are still measured, not estimated). A step must not modify an earlier
+    state's ``z`` in place afterwards: the driver may keep it as the best iterate.
+    """
 
     z: torch.Tensor
     gz: torch.Tensor
+    fz: Optional[torch.Tensor] = dataclasses.field(default=None, kw_only=True)
 
 
 class BatchedMap:
@@ -34,17 +41,18 @@ class BatchedMap:
     def __init__(self, g: Map, shape: torch.Size):
         self._g = g
         self._shape = shape
+        self._flat = len(shape) == 2  # [B, D] problems need no reshaping (the common case)
         self.n_evals = 0
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        out = self._g(z.view(self._shape))
+        out = self._g(z if self._flat else z.view(self._shape))
         self.n_evals += 1
         if not isinstance(out, torch.Tensor) or out.shape != self._shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(
                 f"the map must return a tensor shaped like its input {tuple(self._shape)}, got {got}"
             )
-        return out.reshape(z.shape)
+        return out if self._flat else out.reshape(z.shape)
 
 
 def residuals(z: torch.Tensor, gz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,12 +88,19 @@ def check_call(z0: Any, max_iter: Any, tol: Any, stop_mode: Any, check_every: An
     check_settings(max_iter, tol, stop_mode, check_every)
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry of ``x`` is finite (one host sync)."""
+    # A sum is one cheap pass and is finite whenever every entry is, unless finite entries
+    # overflow it; only then is the exact, several-times-slower elementwise test needed.
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def first_evaluation(g: BatchedMap, z0: torch.Tensor) -> torch.Tensor:
     """Evaluate ``g(z0)`` once, refusing non-finite input or output with a clear error."""
-    if not bool(torch.isfinite(z0).all()):
+    if not all_finite(z0):
         raise ValueError("`z0` contains NaN or Inf; a fixed-point solve needs a finite initial guess")
     gz0 = g(z0)
-    if not bool(torch.isfinite(gz0).all()):
+    if not all_finite(gz0):
         raise ValueError("the map returned NaN or Inf at the initial guess `z0`; check its inputs")
     return gz0
 
@@ -118,7 +133,13 @@ class FixedPointSolver(abc.ABC):
 
     @abc.abstractmethod
     def step(self, g: BatchedMap, state: IterState) -> IterState:
-        """One iteration; returns a new state whose ``gz`` is ``g(z)``."""
+        """One iteration; returns a state (a new one, or ``state`` updated) whose ``gz`` is ``g(z)``."""
+
+    def finish(self, state: IterState) -> None:
+        """Called once after the last step of a solve that returned normally; by default nothing.
+
+        A solver may hand its buffers back for reuse here (the driver no longer reads ``state``).
+        """
 
     def with_options(self, **options: Any) -> "FixedPointSolver":
         """A copy with some options changed; unknown option names raise ``TypeError``."""
@@ -184,6 +205,97 @@ class FixedPointSolver(abc.ABC):
         return result
 
 
+#: Devices whose host syncs cost nothing (no queue to drain): there every step, not only every
+#: check, reads how many samples improved, to skip the [B, D] best-iterate selection.
+SYNC_FREE_DEVICES = ("cpu",)
+
+
+class _Bookkeeper:
+    """Per-sample best iterate, its residuals, and the failure evidence of one solve.
+
+    Kept cheap because it runs at every step: two norm passes over [B, D], about a dozen
+    operations on [B]-sized vectors (absolute and relative residuals travel together as one
+    [2, B] tensor, so each comparison or selection is one operation), and a [B, D] selection of
+    the best iterate only when some samples improved and others did not. Which case it is comes
+    with the check's one host sync (on the CPU, where a sync costs nothing, every step asks;
+    elsewhere steps between checks always select). Non-finite and divergence evidence is kept as
+    running maxima of the residuals (``torch.maximum`` propagates NaN), read only at checks and
+    at the end.
+    """
+
+    def __init__(self, z0: torch.Tensor, gz0: torch.Tensor, f0: torch.Tensor, *, stop_mode: str,
+                 tol: float, return_best: bool, divergence_factor: float):
+        self.pick = 1 if stop_mode == "rel" else 0  # the row of [abs; rel] compared with tol
+        self.tol = tol
+        self.return_best = return_best
+        self.sync_every_step = z0.device.type in SYNC_FREE_DEVICES
+        finfo = torch.finfo(gz0.dtype)
+        self.tiny = finfo.tiny
+        residuals = self._residuals(f0, gz0)
+        self.best_z, self.best2 = z0, residuals
+        self.peak2 = residuals.clone()  # updated in place
+        self.limit = divergence_factor * residuals[0]
+        # The loop's test "residual ≤ bound" rejects NaN, Inf and divergence at once. An infinite
+        # (or NaN, from inf · 0) divergence limit becomes the largest finite number, so that only
+        # non-finite residuals exceed it; the relative residual only needs to be finite, and only
+        # when it is the one compared with tol.
+        loop_limit = torch.where(torch.isfinite(self.limit), self.limit, finfo.max)
+        rel_bound = torch.full_like(loop_limit, finfo.max if self.pick else float("inf"))
+        self.bounds2 = torch.stack([loop_limit, rel_bound])
+        self.bests = [residuals[self.pick]]
+
+    def _residuals(self, fz: torch.Tensor, gz: torch.Tensor) -> torch.Tensor:
+        """[2, B]: ‖g(z) − z‖ and that over ‖g(z)‖, per sample."""
+        out = fz.new_empty(2, fz.shape[0])
+        torch.linalg.vector_norm(fz, dim=1, out=out[0])
+        torch.div(out[0], torch.linalg.vector_norm(gz, dim=1).clamp_min_(self.tiny), out=out[1])
+        return out
+
+    @property
+    def best(self) -> torch.Tensor:
+        """[B] best residuals in the stop mode."""
+        return self.best2[self.pick]
+
+    def record(self, state: IterState, check: bool) -> bool:
+        """Take in a new state; at a check, return whether every sample is done (one host sync)."""
+        z, gz = state.z, state.gz
+        fz = getattr(state, "fz", None)
+        residuals = self._residuals(gz - z if fz is None else fz, gz)
+        torch.maximum(self.peak2, residuals, out=self.peak2)
+        if not self.return_best:
+            self.best_z, self.best2 = z, residuals
+            self.bests.append(residuals[self.pick])
+            return check and not bool(self._active().any())
+        # NaN compares False, so a NaN iterate is never kept.
+        better = residuals[self.pick] < self.best2[self.pick]
+        self.best2 = torch.where(better, residuals, self.best2)
+        self.bests.append(self.best2[self.pick])
+        if check:
+            n_active, n_better = torch.stack([self._active(), better]).sum(dim=1).tolist()
+        elif self.sync_every_step:
+            n_active, n_better = -1, int(better.sum())
+        else:
+            self.best_z = torch.where(better[:, None], z, self.best_z)
+            return False
+        if n_better == better.numel():
+            self.best_z = z
+        elif n_better:
+            self.best_z = torch.where(better[:, None], z, self.best_z)
+        return n_active == 0
+
+    def _active(self) -> torch.Tensor:
+        """[B] samples neither converged, nor with a non-finite residual, nor diverged."""
+        return (self.best2[self.pick] > self.tol) & (self.peak2 <= self.bounds2).all(dim=0)
+
+    def all_done(self) -> bool:
+        """Whether every sample is done, from what has been recorded (one host sync)."""
+        return not bool(self._active().any())
+
+    def flags(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B] ever non-finite (in the stop mode's residual), [B] ever diverged."""
+        return ~torch.isfinite(self.peak2[self.pick]), self.peak2[0] > self.limit
+
+
 def _iterate(
     solver: FixedPointSolver, g_user: Map, z0: torch.Tensor, *, max_iter: int, tol: float,
     stop_mode: str, check_every: int, return_best: bool, divergence_factor: float,
@@ -192,51 +304,40 @@ def _iterate(
     g = BatchedMap(g_user, shape)
     z0f = z0.detach().reshape(shape[0], -1)
     gz0 = first_evaluation(g, z0f)
-
-    pick = 0 if stop_mode == "abs" else 1
-    best_abs, best_rel = residuals(z0f, gz0)
-    best_z, best = z0f, (best_abs, best_rel)[pick]
-    initial_abs = best_abs
-    nonfinite = torch.zeros_like(best_abs, dtype=torch.bool)
-    diverged = torch.zeros_like(nonfinite)
-
-    def record(state: IterState) -> None:
-        nonlocal best_z, best_abs, best_rel, best
-        abs_res, rel_res = residuals(state.z, state.gz)
-        current = (abs_res, rel_res)[pick]
-        nonfinite.logical_or_(~torch.isfinite(current))
-        diverged.logical_or_(abs_res > divergence_factor * initial_abs)
-        if return_best:
-            # NaN compares False, so a NaN iterate is never kept.
-            better = current < best
-            best_z = torch.where(better[:, None], state.z, best_z)
-            best_abs = torch.where(better, abs_res, best_abs)
-            best_rel = torch.where(better, rel_res, best_rel)
-        else:
-            best_z, best_abs, best_rel = state.z, abs_res, rel_res
-        best = (best_abs, best_rel)[pick]
-
     state = solver.init(g, z0f, gz0)
-    record(state)
-    trace = [best.max()]
+    # Most solvers start at z0 itself; then the initial state adds nothing to record.
+    at_z0 = state.z is z0f and state.gz is gz0
+    f0 = getattr(state, "fz", None) if at_z0 else None
+    books = _Bookkeeper(
+        z0f, gz0, gz0 - z0f if f0 is None else f0, stop_mode=stop_mode, tol=tol,
+        return_best=return_best, divergence_factor=divergence_factor,
+    )
+    if at_z0:
+        done = books.all_done()
+    else:
+        books.bests.pop()  # the trace starts after init, as every later entry follows a step
+        done = books.record(state, check=True)
     n_steps = 0
-    while n_steps < max_iter:
-        if n_steps % check_every == 0 and bool(((best <= tol) | nonfinite | diverged).all()):
-            break
+    # Checks come right after the step they judge, so the check's sync also tells the
+    # bookkeeping whether the best iterate needs a [B, D] selection; the last step is always
+    # checked (the final status syncs anyway).
+    while not done and n_steps < max_iter:
         state = solver.step(g, state)
         n_steps += 1
-        record(state)
-        trace.append(best.max())
+        done = books.record(state, check=n_steps % check_every == 0 or n_steps == max_iter)
 
-    converged = best <= tol
+    solver.finish(state)
+
+    converged = books.best <= tol
+    nonfinite, diverged = books.flags()
     return SolverResult(
-        z=best_z.reshape(shape).to(z0.dtype),
+        z=books.best_z.reshape(shape).to(z0.dtype),
         n_evals=g.n_evals,
         n_steps=n_steps,
-        abs_residual=best_abs,
-        rel_residual=best_rel,
+        abs_residual=books.best2[0],
+        rel_residual=books.best2[1],
         converged=converged,
-        trace=torch.stack(trace),
+        trace=torch.stack(books.bests).amax(dim=1),
         status=final_status(converged, nonfinite, diverged),
         stop_mode=stop_mode,
         tol=tol,

@@ -32,11 +32,3 @@ def float64():
     with default_dtype(torch.float64):
         yield
 
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """``--threads 1`` in a CLI test sets torch's thread count for the whole process: later tests
-    get the count back (results that depend on reduction order must not depend on test order)."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)

@@ -92,7 +92,9 @@ def test_implicit_gradient_through_the_spiking_model_equals_the_dense_one(float6
             assert g is None or float(g.abs().max()) == 0.0
             continue
         torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-10)
-    assert model.last_backward.success
+    # Batch norm couples the samples here, which makes per-sample convergence slow and its step
+    # count depend on reduction order (threads): the residual is what the comparison relies on.
+    assert float(model.last_backward.rel_residual.max()) < 1e-9
 
 
 @pytest.mark.parametrize("producer", ["if", "lif", "analytic"])

@@ -218,6 +218,6 @@ def test_anderson_singular_fallback_takes_the_newest_iterate_of_the_ring():
     anderson = solvers.get_solver("anderson")
     res = torch.zeros(2, 6, 5)
     res[1] = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
-    weights = anderson._mixing_weights(res, newest=2)
+    weights = anderson._mixing_weights(res @ res.transpose(1, 2), newest=2)
     assert torch.equal(weights[0], torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
     assert weights[1].sum().item() == pytest.approx(1.0) and torch.isfinite(weights[1]).all()
