@@ -42,7 +42,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .neurons import rate_weights, time_average
+from .neurons import rate_weights
+from .producers._spiking import averaged_input, feedback_adder
 
 # -- surrogate derivatives -------------------------------------------------------------------
 
@@ -333,10 +334,7 @@ def unroll(network, x: torch.Tensor, *, time_steps: int, leak: float = 1.0, surr
     surrogate = get_surrogate(surrogate, slope)
     steps, leak = time_steps, float(leak)
     vth = float(network.vth)  # one host sync per pass, outside the time loop
-    spikes_in = network.is_spike_train(x)
-    if spikes_in and x.shape[1] < steps:
-        raise ValueError(f"the spike train has {x.shape[1]} steps, fewer than time_steps={steps}")
-    x_bar = time_average(x[:, :steps], leak) if spikes_in else x
+    spikes_in, x_bar = averaged_input(network, x, steps, leak)
     with torch.no_grad():  # masks, power-iteration step: exactly the producer's draws
         _, state = network.map_inputs(x_bar)
     # The feedback weight (and, for f, batch statistics) with graph, as IDE's differentiable evaluation.
@@ -356,10 +354,7 @@ def unroll(network, x: torch.Tensor, *, time_steps: int, leak: float = 1.0, surr
                   for layer in network.forward_layers]
     eval_state = dataclasses.replace(state, batch_statistics=False)  # hooks never update running stats per step
     # drive + W¹s ⊙ m as one product-and-add where the network offers it, as the producer does.
-    fused = getattr(network, "add_feedback_current", None)
-    if fused is None:
-        def fused(drive, spikes, st):
-            return drive + network.feedback_current(spikes, st)
+    fused = feedback_adder(network)
 
     n_layers = len(network.layer_shapes)
     readout = n_layers - 1
@@ -420,13 +415,3 @@ def spiking_settings(producer: Any) -> tuple[int, float]:
         name = type(producer).__name__
         raise ValueError(f"method 'bptt' unrolls the spiking simulation and needs the if or lif producer, not {name}")
     return producer.time_steps, float(producer.leak)
-
-
-def check_producer_vth(producer: Any, network) -> None:
-    """The producer's ``vth``, if set, must be the network's (as the producer itself checks)."""
-    given = getattr(producer, "vth", None)
-    if given is not None and abs(given - float(network.vth)) > 1e-12:
-        raise ValueError(
-            f"the producer's vth={given} differs from the network's vth={float(network.vth)}; the fixed-point map must "
-            "describe the simulated network, so set vth on the model instead"
-        )

@@ -103,7 +103,7 @@ class ImplicitClassifier(nn.Module):
         """BPTT's read-out rates ``[B, *layer_shapes[-1]]`` for ``x``: the producer's simulation,
         unrolled with autograd (``bptt.unroll``); sets ``last_forward`` as the producer does."""
         time_steps, leak = bptt.spiking_settings(self.producer)
-        bptt.check_producer_vth(self.producer, self.network)
+        self.producer.network_vth(self.network)  # the producer's vth, if set, must be the network's
         out = bptt.unroll(self.network, x, time_steps=time_steps, leak=leak, surrogate=self.surrogate,
                           detach_reset=self.detach_reset)
         self.last_forward = out.stats

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -55,18 +55,10 @@ class _Simulation(Producer):
 
     def __call__(self, network: SpikingNetwork, x: torch.Tensor) -> Equilibrium:
         """Simulate ``network`` on ``x`` ([B, *in] constant current, or [B, T', *in] spikes, T' ≥ T)."""
-        vth = float(network.vth)  # one host sync per pass, outside the time loop
-        if self.vth is not None and abs(self.vth - vth) > 1e-12:
-            raise ValueError(
-                f"the producer's vth={self.vth} differs from the network's vth={vth}; the fixed-point map must "
-                "describe the simulated network, so set vth on the model instead"
-            )
+        vth = self.network_vth(network)
         steps, leak = self.time_steps, self.leak
         with torch.no_grad():
-            spikes_in = network.is_spike_train(x)
-            if spikes_in and x.shape[1] < steps:
-                raise ValueError(f"the spike train has {x.shape[1]} steps, fewer than time_steps={steps}")
-            x_bar = time_average(x[:, :steps], leak) if spikes_in else x
+            spikes_in, x_bar = averaged_input(network, x, steps, leak)
             f_args = network.map_inputs(x_bar)
             state = f_args[-1]
             constant = None if spikes_in else network.input_drive(x_bar, state)
@@ -87,6 +79,16 @@ class _Simulation(Producer):
             extras["spikes"] = trains
         return Equilibrium(a=rates[-1], f_args=f_args, stats=stats, extras=extras)
 
+    def network_vth(self, network: SpikingNetwork) -> float:
+        """The network's Vth (one host sync, outside any time loop), which this producer's ``vth`` must equal if set."""
+        vth = float(network.vth)
+        if self.vth is not None and abs(self.vth - vth) > 1e-12:
+            raise ValueError(
+                f"the producer's vth={self.vth} differs from the network's vth={vth}; the fixed-point map must "
+                "describe the simulated network, so set vth on the model instead"
+            )
+        return vth
+
     def _simulate(self, network: SpikingNetwork, x: torch.Tensor, constant: Any, state: Any, steps: int,
                   vth: float, leak: float):
         first = constant if constant is not None else network.input_current(x[:, 0], state)
@@ -94,8 +96,7 @@ class _Simulation(Producer):
         potentials, spikes, rates = ([first.new_zeros(shape) for shape in shapes] for _ in range(3))
         counts = [first.new_zeros(shape) for shape in shapes] if leak != 1.0 else None
         trains = [first.new_zeros((s[0], steps, *s[1:])) for s in shapes] if self.record == "spikes" else None
-        fused = getattr(network, "add_feedback_current", None)  # optional: the network may fuse the sum
-        with_feedback = fused if fused is not None else (lambda d, s, st: _add_feedback_current(network, d, s, st))
+        with_feedback = feedback_adder(network)
         for t in range(steps):
             if t == 0:
                 current = first
@@ -117,8 +118,22 @@ class _Simulation(Producer):
         return rates, counts, trains
 
 
-def _add_feedback_current(network: SpikingNetwork, drive: torch.Tensor, spikes: torch.Tensor, state: Any) -> torch.Tensor:
-    return drive + network.feedback_current(spikes, state)
+def averaged_input(network: SpikingNetwork, x: torch.Tensor, steps: int, leak: float) -> tuple[bool, torch.Tensor]:
+    """Whether ``x`` is a spike train ``[B, T', ...]`` (T' ≥ ``steps``, else an error), and the input x̄
+    the fixed-point map sees: the (λ-weighted) average of its first ``steps`` frames, or ``x`` itself."""
+    spikes_in = network.is_spike_train(x)
+    if spikes_in and x.shape[1] < steps:
+        raise ValueError(f"the spike train has {x.shape[1]} steps, fewer than time_steps={steps}")
+    return spikes_in, (time_average(x[:, :steps], leak) if spikes_in else x)
+
+
+def feedback_adder(network: SpikingNetwork) -> Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]:
+    """``(drive, spikes, state) -> drive + feedback_current(spikes, state)``: the network's fused
+    ``add_feedback_current`` where it has one, else the plain sum."""
+    fused = getattr(network, "add_feedback_current", None)
+    if fused is not None:
+        return fused
+    return lambda drive, spikes, state: drive + network.feedback_current(spikes, state)
 
 
 @dataclasses.dataclass(frozen=True)
