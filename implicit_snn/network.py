@@ -186,40 +186,46 @@ class FeedbackSNN(nn.Module):
 
     def fixed_point_map(self, a: torch.Tensor, x_bar: torch.Tensor, state: PassState) -> torch.Tensor:
         """f(a_N, x̄): the last layer's rates implied by last-layer rates ``a`` and input ``x̄``."""
-        vth = self.vth
-        current = self.input_drive(x_bar, state) + self.feedback_current(a, state)
-        rates = rate_function(current, vth)
-        for index in range(len(self.forward_layers)):
-            rates = rate_function(self.forward_current(index, rates, state), vth)
-        return rates
+        return self._evaluate(a, x_bar, state, None)
 
     forward = fixed_point_map
 
     def linearised_map(self, a: torch.Tensor, x_bar: torch.Tensor, state: PassState) -> tuple[torch.Tensor, TransposedJacobian]:
         """f(a_N, x̄) with its graph, and J_f(a)ᵀ as an explicit operator (see ``TransposedJacobian``).
 
-        The same operations as ``fixed_point_map``; the operator's products equal the VJPs of the
+        The same evaluation as ``fixed_point_map``; the operator's products equal the VJPs of the
         returned graph with respect to ``a`` (to rounding), at a fraction of their cost.
         """
+        stages: list[Stage] = []
+        rates = self._evaluate(a, x_bar, state, stages)
+        return rates, TransposedJacobian(stages)
+
+    def _evaluate(self, a: torch.Tensor, x_bar: torch.Tensor, state: PassState,
+                  stages: Optional[list[Stage]]) -> torch.Tensor:
+        """f(a_N, x̄); with a list for ``stages``, also fills it with J_fᵀ's stages, last layer first."""
         vth = self.vth
         current = self.input_drive(x_bar, state) + self.feedback_current(a, state)
         rates = rate_function(current, vth)
-        feedback_gain = self._gain(current, state.feedback_mask, self.feedback.bn_scale(BNMode.RUNNING))
-        stages = []
+        if stages is not None:
+            feedback = Stage(self.feedback.op, state.feedback_weight.detach(), tuple(a.shape),
+                             self._gain(current, state.feedback_mask, self.feedback.bn_scale(BNMode.RUNNING)))
         for index, layer in enumerate(self.forward_layers):
-            mode = self._bn_mode(state, given=False)
+            mode, mask = self._bn_mode(state, given=False), state.forward_masks[index]
             z = layer.linear(rates)
-            current = layer.finish(z, mask=state.forward_masks[index], bn_mode=mode)
-            batch_norm = None
-            if layer.bn is not None and mode is BNMode.BATCH:
-                batch_norm, scale = BatchNormBackward.of(z, layer.bn.weight, layer.bn.eps), None
-            else:
-                scale = layer.bn_scale(mode)
-            gain = self._gain(current, state.forward_masks[index], scale)
-            stages.append(Stage(layer.op, layer.op.weight.detach(), tuple(rates.shape), gain, batch_norm))
+            current = layer.finish(z, mask=mask, bn_mode=mode)
+            if stages is not None:
+                batch_norm, scale = None, None
+                if layer.bn is not None and mode is BNMode.BATCH:
+                    batch_norm = BatchNormBackward.of(z, layer.bn.weight, layer.bn.eps)
+                else:
+                    scale = layer.bn_scale(mode)
+                stages.append(Stage(layer.op, layer.op.weight.detach(), tuple(rates.shape),
+                                    self._gain(current, mask, scale), batch_norm))
             rates = rate_function(current, vth)
-        feedback = Stage(self.feedback.op, state.feedback_weight.detach(), tuple(a.shape), feedback_gain)
-        return rates, TransposedJacobian([*reversed(stages), feedback])
+        if stages is not None:
+            stages.reverse()
+            stages.append(feedback)
+        return rates
 
     def _gain(self, current: torch.Tensor, mask: Optional[torch.Tensor], scale: Optional[torch.Tensor]) -> torch.Tensor:
         """σ's slope at ``current`` times the dropout mask and a batch-norm scale, where present."""
