@@ -29,19 +29,23 @@ from common import run_header, timed_sgd_steps, write_results
 @contextlib.contextmanager
 def before_changes():
     """σ by torch.clamp and a zero-filled Broyden memory, as before the change."""
-    rate_function, init = network_module.rate_function, _broyden.Broyden.init
+    rate_and_slope, init = network_module.rate_and_slope, _broyden.Broyden.init
 
     def zero_filled_init(self, g, z0, gz0):
         state = init(self, g, z0, gz0)
         state.us.zero_(), state.vts.zero_()
         return state
 
-    network_module.rate_function = lambda current, vth: torch.clamp(current / vth, 0.0, 1.0)
+    def clamp_and_slope(current, vth):
+        scaled = current.detach() / vth
+        return torch.clamp(current / vth, 0.0, 1.0), ((scaled > 0) & (scaled < 1)).to(current.dtype) / vth
+
+    network_module.rate_and_slope = clamp_and_slope
     _broyden.Broyden.init = zero_filled_init
     try:
         yield
     finally:
-        network_module.rate_function, _broyden.Broyden.init = rate_function, init
+        network_module.rate_and_slope, _broyden.Broyden.init = rate_and_slope, init
 
 
 def main() -> None:

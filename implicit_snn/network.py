@@ -31,7 +31,7 @@ from torch import nn
 from ._linearised import BatchNormBackward, Stage, TransposedJacobian
 from ._ops import apply_op_known
 from .layers import BNMode, SynapticLayer, output_statistics
-from .neurons import rate_function, rate_slope
+from .neurons import rate_and_slope
 
 
 def layer_shapes(in_shape: Sequence[int], input_layer: SynapticLayer, forward_layers: Sequence[SynapticLayer], *,
@@ -205,36 +205,35 @@ class FeedbackSNN(nn.Module):
         """f(a_N, x̄); with a list for ``stages``, also fills it with J_fᵀ's stages, last layer first."""
         vth = self.vth
         current = self.input_drive(x_bar, state) + self.feedback_current(a, state)
-        rates = rate_function(current, vth)
+        rates, slope = rate_and_slope(current, vth)
         if stages is not None:
             feedback = Stage(self.feedback.op, state.feedback_weight.detach(), tuple(a.shape),
-                             self._gain(current, state.feedback_mask, self.feedback.bn_scale(BNMode.RUNNING)))
+                             self._gain(slope, state.feedback_mask, self.feedback.bn_scale(BNMode.RUNNING)))
         for index, layer in enumerate(self.forward_layers):
             mode, mask = self._bn_mode(state, given=False), state.forward_masks[index]
             z = layer.linear(rates)
             current = layer.finish(z, mask=mask, bn_mode=mode)
+            rates_in = rates
+            rates, slope = rate_and_slope(current, vth)
             if stages is not None:
                 batch_norm, scale = None, None
                 if layer.bn is not None and mode is BNMode.BATCH:
                     batch_norm = BatchNormBackward.of(z, layer.bn.weight, layer.bn.eps)
                 else:
                     scale = layer.bn_scale(mode)
-                stages.append(Stage(layer.op, layer.op.weight.detach(), tuple(rates.shape),
-                                    self._gain(current, mask, scale), batch_norm))
-            rates = rate_function(current, vth)
+                stages.append(Stage(layer.op, layer.op.weight.detach(), tuple(rates_in.shape),
+                                    self._gain(slope, mask, scale), batch_norm))
         if stages is not None:
             stages.reverse()
             stages.append(feedback)
         return rates
 
-    def _gain(self, current: torch.Tensor, mask: Optional[torch.Tensor], scale: Optional[torch.Tensor]) -> torch.Tensor:
-        """σ's slope at ``current`` times the dropout mask and a batch-norm scale, where present."""
-        gain = rate_slope(current, self.vth)
-        if mask is not None:
-            gain.mul_(mask)
-        if scale is not None:
-            gain.mul_(scale)
-        return gain
+    @staticmethod
+    def _gain(slope: torch.Tensor, mask: Optional[torch.Tensor], scale: Optional[torch.Tensor]) -> torch.Tensor:
+        """σ's slope times the dropout mask and a batch-norm scale, where present (``slope`` left as it is:
+        the rate's backward saved it)."""
+        gain = slope if mask is None else slope * mask
+        return gain if scale is None else gain * scale
 
     # -- simulation hooks -------------------------------------------------------------------
     def _bn_mode(self, state: PassState, *, given: bool) -> BNMode:

@@ -67,10 +67,10 @@ def time_average(spike_train: torch.Tensor, leak: float) -> torch.Tensor:
     return torch.einsum("bt...,t->b...", spike_train, weights)
 
 
-def rate_slope(current: torch.Tensor, vth: float | torch.Tensor) -> torch.Tensor:
-    """σ'(current / Vth) / Vth = [0 < current/Vth < 1] / Vth, the derivative of ``rate_function`` (no graph)."""
-    scaled = current.detach() / vth
-    return ((scaled > 0) & (scaled < 1)).to(current.dtype).div_(vth)
+def _slope(scaled: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """[0 < scaled < 1] / scale: σ's derivative. Open bounds, as torch.clamp's own backward:
+    no gradient at exactly 0 or 1."""
+    return ((scaled > 0) & (scaled < 1)).to(scaled.dtype).div_(scale)
 
 
 class _RateFunction(torch.autograd.Function):
@@ -78,21 +78,31 @@ class _RateFunction(torch.autograd.Function):
 
     The adjoint solve differentiates f once per iteration; autograd's clamp-then-divide backward
     rebuilds the mask from the input every time (comparisons, a select, a zero fill, a divide),
-    while here the slope [0 < x/scale < 1] / scale is formed once, in the forward.
+    while here the slope [0 < x/scale < 1] / scale is formed once, in the forward, and also
+    returned (without graph) for an explicit Jacobian.
     """
 
     @staticmethod
-    def forward(ctx, current: torch.Tensor, scale) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, current: torch.Tensor, scale):  # type: ignore[override]
         scaled = current / scale
-        # Open bounds, as torch.clamp's own backward: no gradient at exactly 0 or 1.
-        slope = ((scaled > 0) & (scaled < 1)).to(current.dtype).div_(scale)
+        slope = _slope(scaled, scale)
         ctx.save_for_backward(slope)
-        return scaled.clamp_(0.0, 1.0)
+        ctx.mark_non_differentiable(slope)
+        return scaled.clamp_(0.0, 1.0), slope
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor, _slope_grad):  # type: ignore[override]
         (slope,) = ctx.saved_tensors
         return grad * slope, None
+
+
+def rate_and_slope(current: torch.Tensor, vth: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rate_function(current, vth)`` and its derivative [0 < current/Vth < 1] / Vth (no graph, not to be
+    modified in place: the rate's backward uses the same tensor)."""
+    if not torch.is_grad_enabled() or not current.requires_grad:
+        scaled = current / vth
+        return torch.clamp(scaled, 0.0, 1.0), _slope(scaled, vth)
+    return _RateFunction.apply(current, vth)
 
 
 def rate_function(current: torch.Tensor, vth: float | torch.Tensor) -> torch.Tensor:
@@ -105,4 +115,4 @@ def rate_function(current: torch.Tensor, vth: float | torch.Tensor) -> torch.Ten
     """
     if not torch.is_grad_enabled() or not current.requires_grad:
         return torch.clamp(current / vth, 0.0, 1.0)
-    return _RateFunction.apply(current, vth)
+    return _RateFunction.apply(current, vth)[0]
