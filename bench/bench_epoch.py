@@ -14,7 +14,6 @@ bench/results/epoch-<device>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -24,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from implicit_snn._io import read_jsonl
 
 from common import run_header, write_results
 
@@ -36,8 +37,7 @@ def train_one_epoch(tree: Path, out: Path, threads: int, extra: list[str]) -> di
     command = [sys.executable, "-m", "implicit_snn", "train", "--epochs", "1", "--threads", str(threads),
                "--out", str(out), "--overwrite", *extra]
     subprocess.run(command, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return rows[-1]
+    return read_jsonl(out / "metrics.jsonl")[-1]
 
 
 def main() -> None:
