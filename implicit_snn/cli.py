@@ -19,6 +19,7 @@ import solvers
 from . import bptt, distributed, plotting, producers
 from ._allocator import retain_freed_memory
 from ._checkpoint_commands import backward_table, cli_settings, run_analyze, run_eval
+from .classifier import ImplicitClassifier
 from .config import ALLOWED, NONNEG_INT, PAPER_DEFAULTS, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
 from .data import DatasetNotFoundError, available_datasets
 from .distributed import Context
@@ -96,7 +97,7 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
     _flag(parser, "device", help="cpu, cuda or auto")
     _flag(parser, "threads", type=_setting("threads", int), help="CPU threads for torch")
     if not for_eval:
-        _flag(parser, "method", choices=["ide", "bptt"],
+        _flag(parser, "method", choices=ImplicitClassifier.METHODS,
               help="ide (implicit differentiation, default) or bptt (backpropagation through time of the simulation)")
         _flag(parser, "surrogate", choices=bptt.available_surrogates(),
               help="bptt's surrogate spike derivative (default sigmoid)")

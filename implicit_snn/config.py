@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .bptt import available_surrogates
+from .classifier import ImplicitClassifier
 from .spectral import SpectralNorm
 
 # The paper's settings (supplement F.3.2 and the reference scripts), per model preset.
@@ -98,8 +99,6 @@ NONNEG_INT = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 POS_NUMBER = (lambda v: _is_number(v) and v > 0, "a number > 0")
 NONNEG_NUMBER = (lambda v: _is_number(v) and v >= 0, "a number >= 0")
 
-METHODS = ("ide", "bptt")
-
 # What each setting may be: a check and the words that tell the user what is allowed. The
 # command line checks its flags against the same table.
 ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -111,7 +110,7 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "time_steps": (_optional(POS_INT[0]), POS_INT[1]),
     "leak": (_optional(lambda v: _is_number(v) and 0 < v < 1), "a number in (0, 1) (no leak: producer 'if')"),
     "vth": POS_NUMBER,
-    "method": (lambda v: v in METHODS, " or ".join(map(repr, METHODS))),
+    "method": (lambda v: v in ImplicitClassifier.METHODS, " or ".join(map(repr, ImplicitClassifier.METHODS))),
     "surrogate": (lambda v: v in available_surrogates(), " or ".join(map(repr, available_surrogates()))),
     "surrogate_slope": (_optional(POS_NUMBER[0]), POS_NUMBER[1]),
     "f_solver": STR, "f_max_iter": POS_INT, "f_tol": POS_NUMBER,
