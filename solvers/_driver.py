@@ -55,11 +55,18 @@ class BatchedMap:
         return out if self._flat else out.reshape(z.shape)
 
 
+def residual_norms(fz: torch.Tensor, gz: torch.Tensor) -> torch.Tensor:
+    """[2, B]: per sample ``‖fz‖`` and that over ``‖g(z)‖``, for ``fz = g(z) − z`` and ``gz`` [B, D]."""
+    out = fz.new_empty(2, fz.shape[0])
+    torch.linalg.vector_norm(fz, dim=1, out=out[0])
+    torch.div(out[0], torch.linalg.vector_norm(gz, dim=1).clamp_min_(torch.finfo(gz.dtype).tiny), out=out[1])
+    return out
+
+
 def residuals(z: torch.Tensor, gz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample ``‖g(z) − z‖`` and that over ``‖g(z)‖`` for [B, D] tensors."""
-    abs_res = torch.linalg.vector_norm(gz - z, dim=1)
-    scale = torch.linalg.vector_norm(gz, dim=1).clamp_min(torch.finfo(gz.dtype).tiny)
-    return abs_res, abs_res / scale
+    abs_res, rel_res = residual_norms(gz - z, gz)
+    return abs_res, rel_res
 
 
 def check_settings(max_iter: Any, tol: Any, stop_mode: Any, check_every: Any = 1) -> None:
@@ -230,8 +237,7 @@ class _Bookkeeper:
         self.return_best = return_best
         self.sync_every_step = z0.device.type in SYNC_FREE_DEVICES
         finfo = torch.finfo(gz0.dtype)
-        self.tiny = finfo.tiny
-        residuals = self._residuals(f0, gz0)
+        residuals = residual_norms(f0, gz0)
         self.best_z, self.best2 = z0, residuals
         self.peak2 = residuals.clone()  # updated in place
         self.limit = divergence_factor * residuals[0]
@@ -244,13 +250,6 @@ class _Bookkeeper:
         self.bounds2 = torch.stack([loop_limit, rel_bound])
         self.bests = [residuals[self.pick]]
 
-    def _residuals(self, fz: torch.Tensor, gz: torch.Tensor) -> torch.Tensor:
-        """[2, B]: ‖g(z) − z‖ and that over ‖g(z)‖, per sample."""
-        out = fz.new_empty(2, fz.shape[0])
-        torch.linalg.vector_norm(fz, dim=1, out=out[0])
-        torch.div(out[0], torch.linalg.vector_norm(gz, dim=1).clamp_min_(self.tiny), out=out[1])
-        return out
-
     @property
     def best(self) -> torch.Tensor:
         """[B] best residuals in the stop mode."""
@@ -260,7 +259,7 @@ class _Bookkeeper:
         """Take in a new state; at a check, return whether every sample is done (one host sync)."""
         z, gz = state.z, state.gz
         fz = getattr(state, "fz", None)
-        residuals = self._residuals(gz - z if fz is None else fz, gz)
+        residuals = residual_norms(gz - z if fz is None else fz, gz)
         torch.maximum(self.peak2, residuals, out=self.peak2)
         if not self.return_best:
             self.best_z, self.best2 = z, residuals
