@@ -71,7 +71,7 @@ class ImplicitAdjoint:
                 f"stop_mode={self.stop_mode!r}, vjp={self.vjp!r})")
 
     def __call__(self, f: Callable[..., torch.Tensor], a_star: torch.Tensor, *args: Any,
-                 linearise: Optional[Linearise] = None) -> torch.Tensor:
+                 linearise: Optional[Linearise] = None, coupled: bool = False) -> torch.Tensor:
         """A tensor equal to ``a_star`` whose gradient is the implicit one.
 
         Args:
@@ -81,6 +81,10 @@ class ImplicitAdjoint:
             *args: further inputs of f; gradients reach those that require grad.
             linearise: optionally, f with its transposed Jacobian as an explicit operator
                 (``FeedbackSNN.linearised_map``), used instead of f when ``vjp="auto"``.
+            coupled: f mixes the samples of the batch (batch statistics in training,
+                ``FeedbackSNN.couples_samples``): the adjoint is then solved as one problem for
+                the whole batch (the solver's ``coupled=True``), the only way its reported
+                residuals are true at the returned adjoint.
 
         Returns:
             ``a_star``'s values (exactly, not f(a_star)); in backward, ∂L/∂θ = vᵀ ∂f/∂θ with
@@ -105,11 +109,12 @@ class ImplicitAdjoint:
             raise ValueError(f"f(a, *args) must return a tensor shaped like a {tuple(a_star.shape)}, got {got}")
         if not fz.requires_grad:
             return a_star
-        return _ImplicitBridge.apply(fz, a_star, z, self, jt)
+        return _ImplicitBridge.apply(fz, a_star, z, self, jt, coupled)
 
     def solve_adjoint(self, fz: torch.Tensor, z: torch.Tensor, grad: torch.Tensor,
-                      jt: Optional[Callable[..., torch.Tensor]] = None) -> torch.Tensor:
-        """v with v = J_f(z)ᵀ v + grad, by the operator ``jt`` or by VJPs of the graph ``fz = f(z, ...)`` w.r.t. z."""
+                      jt: Optional[Callable[..., torch.Tensor]] = None, coupled: bool = False) -> torch.Tensor:
+        """v with v = J_f(z)ᵀ v + grad, by the operator ``jt`` or by VJPs of the graph ``fz = f(z, ...)`` w.r.t. z
+        (one problem for the whole batch if ``coupled``)."""
 
         if jt is not None:
             def adjoint_map(v: torch.Tensor) -> torch.Tensor:
@@ -119,9 +124,11 @@ class ImplicitAdjoint:
                 (vjp,) = torch.autograd.grad(fz, z, v, retain_graph=True, allow_unused=True)
                 return grad if vjp is None else vjp + grad
 
+        # Only passed when set, so that a user's own solver callable need not know the argument.
+        coupling = {"coupled": True} if coupled else {}
         result = self.solver(
             adjoint_map, grad, max_iter=self.max_iter, tol=self.tol, stop_mode=self.stop_mode,
-            **self.solver_options,
+            **coupling, **self.solver_options,
         )
         self.last_result = result
         if self.on_backward is not None:
@@ -134,10 +141,10 @@ class _ImplicitBridge(torch.autograd.Function):
     handed to f's graph, which carries it into f's parameters and arguments."""
 
     @staticmethod
-    def forward(ctx, fz, a_star, z, adjoint, jt):  # type: ignore[override]
+    def forward(ctx, fz, a_star, z, adjoint, jt, coupled):  # type: ignore[override]
         # Saved tensors are released after a backward without retain_graph, and kept with it.
         ctx.save_for_backward(fz, z)
-        ctx.adjoint, ctx.jt = adjoint, jt
+        ctx.adjoint, ctx.jt, ctx.coupled = adjoint, jt, coupled
         return a_star.clone()
 
     @staticmethod
@@ -145,8 +152,8 @@ class _ImplicitBridge(torch.autograd.Function):
         fz, z = ctx.saved_tensors
         # Starting from ∂L/∂a (the one-step gradient) instead of zero saves one VJP.
         with torch.enable_grad():
-            v = ctx.adjoint.solve_adjoint(fz, z, grad.contiguous(), ctx.jt)
-        return v, None, None, None, None
+            v = ctx.adjoint.solve_adjoint(fz, z, grad.contiguous(), ctx.jt, ctx.coupled)
+        return v, None, None, None, None, None
 
 
 def implicit_grad(
@@ -159,6 +166,7 @@ def implicit_grad(
     b_stop_mode: str = "rel",
     on_backward: Optional[OnBackward] = None,
     linearise: Optional[Linearise] = None,
+    coupled: bool = False,
     **solver_options: Any,
 ) -> torch.Tensor:
     """Attach the implicit gradient of the fixed point a* = f(a*, *args) to ``a_star``.
@@ -168,7 +176,8 @@ def implicit_grad(
     ``backward`` (a registry name or a solver object) within ``b_max_iter`` steps to ``b_tol``.
     ``on_backward`` receives the backward solve's ``SolverResult`` (evaluations, residuals,
     convergence) for logging; an ``ImplicitAdjoint`` keeps it as ``last_result``. ``linearise``
-    optionally gives f with an explicit transposed Jacobian (see ``ImplicitAdjoint.__call__``).
+    optionally gives f with an explicit transposed Jacobian, and ``coupled`` says that f mixes the
+    samples (see ``ImplicitAdjoint.__call__``).
 
     Example:
         >>> a = solvers.get_solver("anderson")(lambda z: f(z, x), z0, max_iter=50, tol=1e-6).z
@@ -178,4 +187,4 @@ def implicit_grad(
         backward, max_iter=b_max_iter, tol=b_tol, stop_mode=b_stop_mode, on_backward=on_backward,
         **solver_options,
     )
-    return adjoint(f, a_star, *args, linearise=linearise)
+    return adjoint(f, a_star, *args, linearise=linearise, coupled=coupled)

@@ -120,7 +120,9 @@ class ImplicitClassifier(nn.Module):
         if differentiable is not None:
             f_args = differentiable(*f_args)
         linearise = getattr(self.network, "linearised_map", None)
-        return self.adjoint(self.network.fixed_point_map, eq.a, *f_args, linearise=linearise)
+        couples = getattr(self.network, "couples_samples", None)
+        coupled = bool(couples(*f_args)) if couples is not None else False
+        return self.adjoint(self.network.fixed_point_map, eq.a, *f_args, linearise=linearise, coupled=coupled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` for inputs ``x`` (static ``[B, *in]`` or spikes ``[B, T, *in]``)."""

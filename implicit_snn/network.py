@@ -180,6 +180,13 @@ class FeedbackSNN(nn.Module):
         weight = self.feedback.effective_weight(update=False)
         return x_bar, dataclasses.replace(state, batch_statistics=True, feedback_weight=weight, input_current=None)
 
+    def couples_samples(self, x_bar: torch.Tensor, state: PassState) -> bool:
+        """Whether f with these arguments mixes the samples of the batch: batch norm with batch
+        statistics after layer 1 (in f's differentiable evaluation in training). The input
+        layer's statistics do not couple: they depend on x̄ only, not on a."""
+        return (self._bn_mode(state, given=False) is BNMode.BATCH
+                and any(layer.bn is not None for layer in self.forward_layers))
+
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         """Zero rates of the last layer, ``[B, *layer_shapes[-1]]``."""
         return x.new_zeros((x.shape[0], *self.layer_shapes[-1]))

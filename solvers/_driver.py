@@ -36,12 +36,14 @@ class IterState:
 
 
 class BatchedMap:
-    """Wraps a user map ``g: [B, ...] -> [B, ...]`` as ``[B, D] -> [B, D]`` and counts its calls."""
+    """Wraps a user map ``g: [B, ...] -> [B, ...]`` as ``[B, D] -> [B, D]`` (``[1, B·D]`` for a
+    coupled batch) and counts its calls."""
 
-    def __init__(self, g: Map, shape: torch.Size):
+    def __init__(self, g: Map, shape: torch.Size, *, coupled: bool = False):
         self._g = g
         self._shape = shape
-        self._flat = len(shape) == 2  # [B, D] problems need no reshaping (the common case)
+        # [B, D] problems of independent samples need no reshaping (the common case).
+        self._flat = len(shape) == 2 and not coupled
         self.n_evals = 0
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
@@ -93,6 +95,12 @@ def check_call(z0: Any, max_iter: Any, tol: Any, stop_mode: Any, check_every: An
     if not z0.is_floating_point():
         raise TypeError(f"`z0` must be a floating-point tensor, got dtype {z0.dtype}")
     check_settings(max_iter, tol, stop_mode, check_every)
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Reject a non-bool switch (a string "False" would silently count as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}")
 
 
 def all_finite(x: torch.Tensor) -> bool:
@@ -156,7 +164,7 @@ class FixedPointSolver(abc.ABC):
             raise TypeError(
                 f"{type(self).__name__} got unknown option(s) {unknown}; its options are {names} "
                 "plus the call arguments max_iter, tol, stop_mode, throw, check_every, "
-                "return_best, divergence_factor"
+                "return_best, divergence_factor, coupled"
             )
         return dataclasses.replace(self, **options) if options else self  # type: ignore[type-var]
 
@@ -172,6 +180,7 @@ class FixedPointSolver(abc.ABC):
         check_every: int = 1,
         return_best: bool = True,
         divergence_factor: float = 1e6,
+        coupled: bool = False,
         **options: Any,
     ) -> SolverResult:
         """Solve ``z = g(z)`` for a batch ``z0: [B, ...]`` of independent problems.
@@ -189,6 +198,10 @@ class FixedPointSolver(abc.ABC):
                 (True) rather than the last one.
             divergence_factor: a sample whose absolute residual exceeds this multiple of its
                 initial residual counts as diverged.
+            coupled: the samples are one problem (g mixes them, e.g. through batch statistics):
+                the solver runs on the flattened batch, and one iterate, the one whose worst
+                per-sample residual is lowest, is returned for every sample, so that each
+                reported residual is the true one at the returned batch.
             **options: overrides of this solver's own options for this call.
 
         Returns:
@@ -200,12 +213,13 @@ class FixedPointSolver(abc.ABC):
             ConvergenceError: only with ``throw=True``, when some sample did not converge.
         """
         check_call(z0, max_iter, tol, stop_mode, check_every)
+        check_flag("coupled", coupled)
         solver = self.with_options(**options)
         with torch.no_grad():
             result = _iterate(
                 solver, g, z0, max_iter=max_iter, tol=float(tol), stop_mode=stop_mode,
                 check_every=check_every, return_best=return_best,
-                divergence_factor=divergence_factor,
+                divergence_factor=divergence_factor, coupled=coupled,
             )
         if throw and not result.success:
             raise ConvergenceError(result)
@@ -231,13 +245,15 @@ class _Bookkeeper:
     """
 
     def __init__(self, z0: torch.Tensor, gz0: torch.Tensor, f0: torch.Tensor, *, stop_mode: str,
-                 tol: float, return_best: bool, divergence_factor: float):
+                 tol: float, return_best: bool, divergence_factor: float, samples: int, coupled: bool = False):
         self.pick = 1 if stop_mode == "rel" else 0  # the row of [abs; rel] compared with tol
         self.tol = tol
         self.return_best = return_best
+        self.samples = samples  # residuals are per sample even where the solver sees one flat problem
+        self.coupled = coupled
         self.sync_every_step = z0.device.type in SYNC_FREE_DEVICES
         finfo = torch.finfo(gz0.dtype)
-        residuals = residual_norms(f0, gz0)
+        residuals = self._norms(f0, gz0)
         self.best_z, self.best2 = z0, residuals
         self.peak2 = residuals.clone()  # updated in place
         self.limit = divergence_factor * residuals[0]
@@ -255,18 +271,29 @@ class _Bookkeeper:
         """[B] best residuals in the stop mode."""
         return self.best2[self.pick]
 
+    def _norms(self, fz: torch.Tensor, gz: torch.Tensor) -> torch.Tensor:
+        """[2, B] per-sample residuals (a coupled batch's flat [1, B·D] iterate viewed as [B, D])."""
+        if self.coupled:
+            fz, gz = fz.reshape(self.samples, -1), gz.reshape(self.samples, -1)
+        return residual_norms(fz, gz)
+
     def record(self, state: IterState, check: bool) -> bool:
         """Take in a new state; at a check, return whether every sample is done (one host sync)."""
         z, gz = state.z, state.gz
         fz = getattr(state, "fz", None)
-        residuals = residual_norms(gz - z if fz is None else fz, gz)
+        residuals = self._norms(gz - z if fz is None else fz, gz)
         torch.maximum(self.peak2, residuals, out=self.peak2)
         if not self.return_best:
             self.best_z, self.best2 = z, residuals
             self.bests.append(residuals[self.pick])
             return check and not bool(self._active().any())
         # NaN compares False, so a NaN iterate is never kept.
-        better = residuals[self.pick] < self.best2[self.pick]
+        if self.coupled:
+            # One iterate for the whole batch: samples of different iterations would not be a
+            # solution of the coupled problem, nor have the residuals measured for them.
+            better = (residuals[self.pick].amax() < self.best2[self.pick].amax()).expand(self.samples)
+        else:
+            better = residuals[self.pick] < self.best2[self.pick]
         self.best2 = torch.where(better, residuals, self.best2)
         self.bests.append(self.best2[self.pick])
         if check:
@@ -274,7 +301,7 @@ class _Bookkeeper:
         elif self.sync_every_step:
             n_active, n_better = -1, int(better.sum())
         else:
-            self.best_z = torch.where(better[:, None], z, self.best_z)
+            self.best_z = torch.where(better[:z.shape[0], None], z, self.best_z)
             return False
         if n_better == better.numel():
             self.best_z = z
@@ -297,11 +324,11 @@ class _Bookkeeper:
 
 def _iterate(
     solver: FixedPointSolver, g_user: Map, z0: torch.Tensor, *, max_iter: int, tol: float,
-    stop_mode: str, check_every: int, return_best: bool, divergence_factor: float,
+    stop_mode: str, check_every: int, return_best: bool, divergence_factor: float, coupled: bool = False,
 ) -> SolverResult:
     shape = z0.shape
-    g = BatchedMap(g_user, shape)
-    z0f = z0.detach().reshape(shape[0], -1)
+    g = BatchedMap(g_user, shape, coupled=coupled)
+    z0f = z0.detach().reshape(1 if coupled else shape[0], -1)
     gz0 = first_evaluation(g, z0f)
     state = solver.init(g, z0f, gz0)
     # Most solvers start at z0 itself; then the initial state adds nothing to record.
@@ -309,7 +336,7 @@ def _iterate(
     f0 = getattr(state, "fz", None) if at_z0 else None
     books = _Bookkeeper(
         z0f, gz0, gz0 - z0f if f0 is None else f0, stop_mode=stop_mode, tol=tol,
-        return_best=return_best, divergence_factor=divergence_factor,
+        return_best=return_best, divergence_factor=divergence_factor, samples=shape[0], coupled=coupled,
     )
     if at_z0:
         done = books.all_done()

@@ -20,8 +20,9 @@ class ExactState(IterState):
 class Exact(FixedPointSolver):
     """Materialise A = ∂g/∂z per sample and solve (I − A) z = c densely with torch.linalg.
 
-    Exact, up to rounding, for affine maps g(z) = A z + c whose samples are independent; meant
-    for small problems and as the oracle of the tests. Building A costs D evaluations of g
+    Exact, up to rounding, for affine maps g(z) = A z + c; meant for small problems and as the
+    oracle of the tests. For a coupled batch (``coupled=True``) A is the Jacobian of the whole
+    flattened batch, one (B·D)² matrix. Building A costs D evaluations of g
     (the columns A eᵢ = g(z0 + eᵢ) − g(z0)), the solve one more. Each further step is a chord
     Newton refinement z ← z + (I − A)⁻¹ (g(z) − z) with the same factorisation, which also
     makes it usable on mildly non-affine maps.
@@ -39,8 +40,9 @@ class Exact(FixedPointSolver):
         batch, dim = z0.shape
         if dim > self.max_size:
             raise ValueError(
-                f"exact: the problem has {dim} unknowns per sample, above `max_size`={self.max_size} "
-                "(it materialises a D×D Jacobian per sample); use an iterative solver or raise `max_size`"
+                f"exact: the problem has {dim} unknowns per sample (a coupled batch is one sample), above "
+                f"`max_size`={self.max_size} (it materialises a D×D Jacobian per sample); use an iterative "
+                "solver or raise `max_size`"
             )
         jac = z0.new_empty(batch, dim, dim)
         basis = torch.zeros_like(z0)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ._driver import (
-    BatchedMap, check_call, final_status, first_evaluation, residuals,
+    BatchedMap, check_call, check_flag, final_status, first_evaluation, residuals,
 )
 from ._result import ConvergenceError, SolverResult
 
@@ -49,18 +49,20 @@ class TorchDEQSolver:
 
     def __call__(
         self, g, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = "rel",
-        throw: bool = False, check_every: int = 1, **options: Any,
+        throw: bool = False, check_every: int = 1, coupled: bool = False, **options: Any,
     ) -> SolverResult:
-        """Solve ``z = g(z)`` with torchdeq; same contract as the registry's own solvers."""
+        """Solve ``z = g(z)`` with torchdeq; same contract as the registry's own solvers (a coupled
+        batch is handed to torchdeq as one flat problem)."""
         check_call(z0, max_iter, tol, stop_mode, check_every)
+        check_flag("coupled", coupled)
         allowed = self.option_names
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             raise TypeError(f"torchdeq_{self.torchdeq_name} got unknown option(s) {unknown}; its options are {allowed}")
         merged = {**dict(self.options), **options}
         shape = z0.shape
-        g_flat = BatchedMap(g, shape)
-        z0f = z0.detach().reshape(shape[0], -1)
+        g_flat = BatchedMap(g, shape, coupled=coupled)
+        z0f = z0.detach().reshape(1 if coupled else shape[0], -1)
         with torch.no_grad():
             first_evaluation(g_flat, z0f)
             # torchdeq starts over from z0 and evaluates g there again itself.
@@ -68,8 +70,9 @@ class TorchDEQSolver:
                 g_flat, z0f, max_iter=max_iter, tol=tol, stop_mode=stop_mode, **merged
             )
             n_solver_evals = g_flat.n_evals
+            gz = g_flat(z.reshape(z0f.shape))
             z = z.reshape(shape[0], -1)
-            abs_res, rel_res = residuals(z, g_flat(z))
+            abs_res, rel_res = residuals(z, gz.reshape(shape[0], -1))
         best = abs_res if stop_mode == "abs" else rel_res
         converged = best <= tol
         nonfinite = ~torch.isfinite(best)

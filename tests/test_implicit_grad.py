@@ -138,9 +138,10 @@ def test_solve_takes_vjps_wrt_a_only_and_the_graph_is_built_once_and_freed(float
     loss = out.square().sum()
     original = adjoint.solve_adjoint
 
-    def watch(fz, z, grad, jt=None):
+    def watch(fz, z, grad, jt=None, coupled=False):
         assert jt is None  # a plain callable f has no explicit operator: VJPs of its graph
-        v = original(fz, z, grad, jt)
+        assert coupled is False
+        v = original(fz, z, grad, jt, coupled)
         seen_during_solve.append(net.weight.grad)  # still None: the solve never touched it
         return v
 

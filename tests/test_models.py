@@ -73,7 +73,8 @@ def test_implicit_gradient_through_the_spiking_model_equals_the_dense_one(float6
     net = model.network
     eq = model.producer(net, x)
     f_args = net.differentiable_args(*eq.f_args)
-    a = model.adjoint(net.fixed_point_map, eq.a, *f_args)
+    assert net.couples_samples(*f_args)
+    a = model.adjoint(net.fixed_point_map, eq.a, *f_args, coupled=True)
     loss = torch.nn.functional.cross_entropy(model.classifier(a), y)
     params = [p for p in net.parameters()]
     got = torch.autograd.grad(loss, params, allow_unused=True)
@@ -92,9 +93,8 @@ def test_implicit_gradient_through_the_spiking_model_equals_the_dense_one(float6
             assert g is None or float(g.abs().max()) == 0.0
             continue
         torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-10)
-    # Batch norm couples the samples here, which makes per-sample convergence slow and its step
-    # count depend on reduction order (threads): the residual is what the comparison relies on.
-    assert float(model.last_backward.rel_residual.max()) < 1e-9
+    # Batch norm couples the samples here: solved as one problem, the adjoint converges.
+    assert model.last_backward.success, model.last_backward.summary()
 
 
 @pytest.mark.parametrize("producer", ["if", "lif", "analytic"])

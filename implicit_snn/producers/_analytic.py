@@ -43,10 +43,12 @@ class AnalyticProducer(Producer):
             if is_spike_train is not None and is_spike_train(x):
                 x = x.mean(dim=1)  # the analytic network sees the plain time average of a spike train
             f_args = network.map_inputs(x)
+            couples = getattr(network, "couples_samples", None)
+            coupling = {"coupled": True} if couples is not None and couples(*f_args) else {}
             result = get_solver(self.f_solver)(
                 lambda a: network.fixed_point_map(a, *f_args),
                 network.initial_state(x),
-                max_iter=self.f_max_iter, tol=self.f_tol, stop_mode=self.f_stop_mode, **self.f_options,
+                max_iter=self.f_max_iter, tol=self.f_tol, stop_mode=self.f_stop_mode, **coupling, **self.f_options,
             )
         stats = {f"forward_{key}": value for key, value in result.summary().items()}
         return Equilibrium(a=result.z, f_args=f_args, stats=stats, extras={"solver_result": result})

@@ -18,7 +18,9 @@ class ImplicitNetwork(Protocol):
     the averaged input x̄, never a tensor with a graph: f applies its own parameters);
     ``initial_state(x)`` is the starting point ``[B, ...]`` of an iterative producer.
     Optionally, ``differentiable_args(*f_args)`` returns the arguments for the one differentiable
-    evaluation of f (``FeedbackSNN`` switches batch norm to batch statistics there).
+    evaluation of f (``FeedbackSNN`` switches batch norm to batch statistics there), and
+    ``couples_samples(*f_args)`` says whether f with those arguments mixes the samples of the
+    batch (solvers then treat the batch as one problem).
     Spiking networks add their own simulation hooks for the ``if``/``lif`` producers.
     """
 
