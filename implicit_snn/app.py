@@ -49,7 +49,7 @@ def build_model(config: RunConfig, num_classes: int, in_shape: Optional[tuple[in
     """The model named by ``config.model`` (a preset, or a spec string in the paper's notation)."""
     options = dict(
         dropout=config.dropout, vth=config.vth, operator_norm=config.operator_norm,
-        bn_momentum=config.bn_momentum, alpha_init=config.alpha_init,
+        bn_momentum=config.bn_momentum, alpha_init=config.alpha_init, bn_backward=config.bn_backward,
         producer=config.producer or "lif", producer_options=producer_options(config),
         backward=config.b_solver, b_max_iter=config.b_max_iter, b_tol=config.b_tol, b_stop_mode=config.b_stop_mode,
         backward_options=dict(config.b_options),

@@ -23,6 +23,7 @@ from .classifier import ImplicitClassifier
 from .config import ALLOWED, NONNEG_INT, PAPER_DEFAULTS, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
 from .data import DatasetNotFoundError, available_datasets
 from .distributed import Context
+from .network import BN_BACKWARDS
 from .spectral import SpectralNorm
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -109,6 +110,10 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
               help="constrain the conv feedback's true operator norm")
         _flag(parser, "bn_momentum", type=_setting("bn_momentum"),
               help="batch norm's running-statistics rate (0.1; the reference code's double update is 0.19)")
+        _flag(parser, "bn_backward", choices=BN_BACKWARDS,
+              help="in training, what the differentiated f normalises layers 2..N with: their batch statistics "
+                   "(batch, the paper's, default) or the running statistics the simulation used (simulated: the "
+                   "gradient of the computed loss)")
         _flag(parser, "alpha_init", choices=SpectralNorm.ALPHA_INITS,
               help="spectral-norm scale α starts at min(‖W‖, 1) (bound, default) or at ‖W‖ as the reference (norm)")
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 from .bptt import available_surrogates
 from .classifier import ImplicitClassifier
+from .network import BN_BACKWARDS
 from .spectral import SpectralNorm
 
 # The paper's settings (supplement F.3.2 and the reference scripts), per model preset.
@@ -55,6 +56,7 @@ class RunConfig:
     b_options: dict = dataclasses.field(default_factory=dict)
     operator_norm: bool = False
     bn_momentum: float = 0.1
+    bn_backward: str = "batch"
     alpha_init: str = "bound"
     dropout: float = 0.2
     epochs: int = 100
@@ -119,6 +121,7 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "b_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table of option = value"),
     "operator_norm": BOOL,
     "bn_momentum": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "bn_backward": (lambda v: v in BN_BACKWARDS, " or ".join(map(repr, BN_BACKWARDS))),
     "alpha_init": (lambda v: v in SpectralNorm.ALPHA_INITS, " or ".join(map(repr, SpectralNorm.ALPHA_INITS))),
     "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "epochs": POS_INT, "batch_size": POS_INT, "test_batch_size": POS_INT,
@@ -148,7 +151,7 @@ def check_leak_applies(producer: Optional[str], leak_given: bool) -> None:
 
 
 # The settings of IDE's backward (adjoint) solve, and those of BPTT alone.
-BACKWARD_SETTINGS = ("b_solver", "b_max_iter", "b_tol", "b_stop_mode", "b_options")
+BACKWARD_SETTINGS = ("b_solver", "b_max_iter", "b_tol", "b_stop_mode", "b_options", "bn_backward")
 BPTT_SETTINGS = ("surrogate", "surrogate_slope")
 
 
@@ -165,8 +168,8 @@ def check_method_applies(method: str, producer: Optional[str], given: set[str]) 
         unused = [name for name in BACKWARD_SETTINGS if name in given]
         if unused:
             flags = ", ".join(_flag_name("b_option" if n == "b_options" else n) for n in unused)
-            raise ValueError(f"{flags}: backward-solver settings apply to --method ide only; --method bptt has no "
-                             "backward solve")
+            raise ValueError(f"{flags}: settings of the implicit backward apply to --method ide only; --method bptt "
+                             "has no backward solve")
     else:
         unused = [name for name in BPTT_SETTINGS if name in given]
         if unused:

@@ -26,6 +26,9 @@ class BNMode(enum.Enum):
     BATCH = "batch"  # batch statistics, running statistics updated (nn.BatchNorm in train mode)
     RUNNING = "running"  # the running statistics, nothing updated
     GIVEN = "given"  # statistics handed in by the caller, nothing updated
+    # The running statistics (as the simulation used them), which then move towards this batch's
+    # statistics as nn.BatchNorm's would: the consistent gradient's f in training.
+    RUNNING_THEN_UPDATED = "running_then_updated"
 
 
 @torch.no_grad()
@@ -108,6 +111,7 @@ class SynapticLayer(nn.Module):
             return None
         if mode is BNMode.BATCH:
             raise ValueError("batch statistics depend on the batch: their Jacobian is not a per-channel scale")
+        # RUNNING_THEN_UPDATED: called before the update, this is the scale its normalisation uses.
         var = stats[1] if mode is BNMode.GIVEN else bn.running_var
         scale = torch.rsqrt(var.detach() + bn.eps)
         if bn.weight is not None:
@@ -146,7 +150,26 @@ class SynapticLayer(nn.Module):
             mean, var = stats
         else:
             mean, var = bn.running_mean, bn.running_var
+        if mode is BNMode.RUNNING_THEN_UPDATED:
+            if not bn.training:
+                raise RuntimeError("BNMode.RUNNING_THEN_UPDATED needs the layer in training mode (call model.train())")
+            # Copies: the normalisation's backward must see the statistics it used, not the updated ones.
+            mean, var = mean.clone(), var.clone()
+            self._update_running_statistics(z)
         return F.batch_norm(z, mean, var, bn.weight, bn.bias, training=False, momentum=0.0, eps=bn.eps)
+
+    @torch.no_grad()
+    def _update_running_statistics(self, z: torch.Tensor) -> None:
+        """Move the running statistics towards this batch's, exactly as ``nn.BatchNorm`` in training does."""
+        bn = self.bn
+        if bn.running_mean is None:
+            return
+        mean, var = output_statistics(z)
+        count = z.numel() // z.shape[1]
+        bn.num_batches_tracked.add_(1)
+        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        bn.running_mean.lerp_(mean, momentum)
+        bn.running_var.lerp_(var * (count / max(count - 1, 1)), momentum)  # unbiased, as nn.BatchNorm's
 
     def sample_mask(self, shape: Sequence[int], *, like: torch.Tensor) -> Optional[torch.Tensor]:
         """A variational dropout mask ``[B, ...]`` (Bernoulli(1−p)/(1−p)), or None when p = 0 or in eval mode."""

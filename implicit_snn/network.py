@@ -15,9 +15,13 @@ vectors and batch-norm running statistics.
 Batch norm (supplement F.2): during the simulation the input layer normalises with the batch
 statistics of F¹x̄, computed once before the simulation (its input does not change over time,
 so this is the same normalisation f uses), and the other layers with their running statistics.
-The one differentiable evaluation of f (``differentiable_args``) uses batch statistics and
-updates the running statistics, so they move exactly once per training step. In eval mode all
-layers use running statistics.
+The one differentiable evaluation of f (``differentiable_args``) uses the input layer's batch
+statistics (now with their gradient) and, with ``bn_backward="batch"`` (the paper's and the
+reference code's choice), batch statistics for layers 2..N too, so that the f it differentiates
+is not the map the simulation ran; with ``bn_backward="simulated"`` it normalises layers 2..N
+with the running statistics the simulation used, and its gradient is that of the computed loss.
+Either way the running statistics move exactly once per training step, towards the batch
+statistics at the equilibrium. In eval mode all layers use running statistics.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from ._linearised import BatchNormBackward, Stage, TransposedJacobian
 from ._ops import apply_op_known
 from .layers import BNMode, SynapticLayer, output_statistics
 from .neurons import rate_and_slope
+
+#: What the differentiated f normalises layers 2..N with in training: their batch statistics at the
+#: equilibrium (the paper's choice), or the running statistics the simulation used.
+BN_BACKWARDS = ("batch", "simulated")
 
 
 def layer_shapes(in_shape: Sequence[int], input_layer: SynapticLayer, forward_layers: Sequence[SynapticLayer], *,
@@ -89,13 +97,18 @@ class FeedbackSNN(nn.Module):
         vth: firing threshold Vth (2.0 in the paper).
         flatten_input: flatten each input to a vector before the input layer (fully connected
             networks on images).
+        bn_backward: in training, the statistics the differentiated f normalises layers 2..N
+            with: ``"batch"`` (their batch statistics; the paper's choice, which couples the
+            samples) or ``"simulated"`` (the running statistics the simulation used: the gradient
+            of the loss actually computed). See the module docstring.
     """
 
     def __init__(self, in_shape: Sequence[int], input_layer: SynapticLayer, forward_layers: Sequence[SynapticLayer],
-                 feedback: SynapticLayer, *, vth: float = 2.0, flatten_input: bool = False):
+                 feedback: SynapticLayer, *, vth: float = 2.0, flatten_input: bool = False, bn_backward: str = "batch"):
         super().__init__()
         if not vth > 0:
             raise ValueError(f"vth must be > 0, got {vth!r}")
+        self.bn_backward = bn_backward
         self.in_shape = tuple(int(s) for s in in_shape)
         self.input_layer = input_layer
         self.forward_layers = nn.ModuleList(forward_layers)
@@ -115,6 +128,17 @@ class FeedbackSNN(nn.Module):
                 f"{shapes[0]}; choose a feedback whose output matches layer 1 (e.g. an upsampling transposed conv)"
             )
         return tuple(shapes)
+
+    @property
+    def bn_backward(self) -> str:
+        """``"batch"`` or ``"simulated"``: see the class docstring."""
+        return self._bn_backward
+
+    @bn_backward.setter
+    def bn_backward(self, value: str) -> None:
+        if value not in BN_BACKWARDS:
+            raise ValueError(f"bn_backward must be one of {BN_BACKWARDS}, got {value!r}")
+        self._bn_backward = value
 
     @property
     def num_layers(self) -> int:
@@ -184,7 +208,7 @@ class FeedbackSNN(nn.Module):
         """Whether f with these arguments mixes the samples of the batch: batch norm with batch
         statistics after layer 1 (in f's differentiable evaluation in training). The input
         layer's statistics do not couple: they depend on x̄ only, not on a."""
-        return (self._bn_mode(state, given=False) is BNMode.BATCH
+        return (self._forward_bn_mode(state) is BNMode.BATCH
                 and any(layer.bn is not None for layer in self.forward_layers))
 
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,18 +240,18 @@ class FeedbackSNN(nn.Module):
         if stages is not None:
             feedback = Stage(self.feedback.op, state.feedback_weight.detach(), tuple(a.shape),
                              self._gain(slope, state.feedback_mask, self.feedback.bn_scale(BNMode.RUNNING)))
+        mode = self._forward_bn_mode(state)
         for index, layer in enumerate(self.forward_layers):
-            mode, mask = self._bn_mode(state, given=False), state.forward_masks[index]
+            mask = state.forward_masks[index]
+            batch_stats = layer.bn is not None and mode is BNMode.BATCH
+            # Before finish, which may move the running statistics this scale is made of.
+            scale = layer.bn_scale(mode) if stages is not None and not batch_stats else None
             z = layer.linear(rates)
             current = layer.finish(z, mask=mask, bn_mode=mode)
             rates_in = rates
             rates, slope = rate_and_slope(current, vth)
             if stages is not None:
-                batch_norm, scale = None, None
-                if layer.bn is not None and mode is BNMode.BATCH:
-                    batch_norm = BatchNormBackward.of(z, layer.bn.weight, layer.bn.eps)
-                else:
-                    scale = layer.bn_scale(mode)
+                batch_norm = BatchNormBackward.of(z, layer.bn.weight, layer.bn.eps) if batch_stats else None
                 stages.append(Stage(layer.op, layer.op.weight.detach(), tuple(rates_in.shape),
                                     self._gain(slope, mask, scale), batch_norm))
         if stages is not None:
@@ -244,9 +268,18 @@ class FeedbackSNN(nn.Module):
 
     # -- simulation hooks -------------------------------------------------------------------
     def _bn_mode(self, state: PassState, *, given: bool) -> BNMode:
+        """The input layer's: batch statistics in f's differentiable evaluation in training, else the
+        pass's given statistics (or the running ones)."""
         if state.batch_statistics and self.training:
             return BNMode.BATCH
         return BNMode.GIVEN if given else BNMode.RUNNING
+
+    def _forward_bn_mode(self, state: PassState) -> BNMode:
+        """Layers 2..N's: running statistics in the simulation, in f's differentiable evaluation in
+        training what ``bn_backward`` says."""
+        if state.batch_statistics and self.training:
+            return BNMode.BATCH if self._bn_backward == "batch" else BNMode.RUNNING_THEN_UPDATED
+        return BNMode.RUNNING
 
     def input_drive(self, x_bar: torch.Tensor, state: PassState) -> torch.Tensor:
         """F¹x̄ + b¹ for the pass's averaged input: the cached value, or computed (with grad) for f."""
@@ -266,7 +299,7 @@ class FeedbackSNN(nn.Module):
 
     def forward_current(self, index: int, spikes: torch.Tensor, state: PassState) -> torch.Tensor:
         """F^{index+2} s + b into layer ``index + 2`` from layer ``index + 1``'s activity."""
-        return self.forward_layers[index](spikes, mask=state.forward_masks[index], bn_mode=self._bn_mode(state, given=False))
+        return self.forward_layers[index](spikes, mask=state.forward_masks[index], bn_mode=self._forward_bn_mode(state))
 
     def feedback_current(self, spikes: torch.Tensor, state: PassState) -> torch.Tensor:
         """W¹ s_N into layer 1 (no bias, no batch norm, its dropout mask)."""
@@ -285,4 +318,5 @@ class FeedbackSNN(nn.Module):
         return torch.addcmul(drive, product, state.feedback_mask)
 
     def extra_repr(self) -> str:
-        return f"in_shape={self.in_shape}, layer_shapes={self.layer_shapes}, vth={float(self.vth)}"
+        return (f"in_shape={self.in_shape}, layer_shapes={self.layer_shapes}, vth={float(self.vth)}, "
+                f"bn_backward={self._bn_backward!r}")

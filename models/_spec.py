@@ -81,10 +81,11 @@ def parse_spec(spec: str) -> NetworkSpec:
 def build_network(spec: str | NetworkSpec, in_shape: Sequence[int], *, dropout: float = 0.2, batch_norm: bool = True,
                   vth: float = 2.0, spectral_bound: float = 1.0, operator_norm: bool = False,
                   input_padding: Optional[int] = None, bn_momentum: float = 0.1,
-                  alpha_init: str = "bound") -> FeedbackSNN:
+                  alpha_init: str = "bound", bn_backward: str = "batch") -> FeedbackSNN:
     """A ``FeedbackSNN`` for ``spec`` on per-sample inputs of ``in_shape`` ((C, H, W) for conv nets).
 
-    ``bn_momentum`` is every batch norm's running-statistics rate; ``alpha_init`` the feedback's
+    ``bn_momentum`` is every batch norm's running-statistics rate; ``bn_backward`` what the
+    differentiated f normalises layers 2..N with in training (``FeedbackSNN``); ``alpha_init`` the feedback's
     spectral-norm scale start (see ``SpectralNorm``).
     """
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
@@ -114,7 +115,8 @@ def build_network(spec: str | NetworkSpec, in_shape: Sequence[int], *, dropout: 
     spectral = SpectralNorm(spectral_bound, operator_norm=operator_norm, input_shape=last_shape if conv else None,
                             alpha_init=alpha_init)
     feedback = SynapticLayer(_feedback_op(parsed), dropout=dropout, spectral=spectral)
-    return FeedbackSNN(in_shape, input_layer, forward_layers, feedback, vth=vth, flatten_input=not conv)
+    return FeedbackSNN(in_shape, input_layer, forward_layers, feedback, vth=vth, flatten_input=not conv,
+                       bn_backward=bn_backward)
 
 
 def _feedback_op(parsed: NetworkSpec) -> nn.Module:
@@ -130,7 +132,7 @@ def _feedback_op(parsed: NetworkSpec) -> nn.Module:
 def from_spec(spec: str, in_shape: Sequence[int], num_classes: int, *, dropout: float = 0.2, batch_norm: bool = True,
               vth: float = 2.0, spectral_bound: float = 1.0, operator_norm: bool = False,
               input_padding: Optional[int] = None, bn_momentum: float = 0.1, alpha_init: str = "bound",
-              **model_options: Any) -> ImplicitClassifier:
+              bn_backward: str = "batch", **model_options: Any) -> ImplicitClassifier:
     """An ``ImplicitClassifier`` on the network described by ``spec``.
 
     ``model_options`` go to ``ImplicitClassifier`` (``producer``, ``producer_options``,
@@ -139,5 +141,5 @@ def from_spec(spec: str, in_shape: Sequence[int], num_classes: int, *, dropout: 
     """
     network = build_network(spec, in_shape, dropout=dropout, batch_norm=batch_norm, vth=vth,
                             spectral_bound=spectral_bound, operator_norm=operator_norm, input_padding=input_padding,
-                            bn_momentum=bn_momentum, alpha_init=alpha_init)
+                            bn_momentum=bn_momentum, alpha_init=alpha_init, bn_backward=bn_backward)
     return ImplicitClassifier(network, num_classes, **model_options)

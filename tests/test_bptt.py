@@ -470,8 +470,11 @@ def test_runs_without_a_method_setting_still_load(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--method", "bptt", "--producer", "analytic"], "--method bptt unrolls the spiking simulation: use --producer if "
                                                       "or lif, not analytic"),
-    (["--method", "bptt", "--b-tol", "1e-3"], "--b_tol: backward-solver settings apply to --method ide only"),
-    (["--method", "bptt", "--b-option", "memory=3"], "--b_option: backward-solver settings apply to --method ide only"),
+    (["--method", "bptt", "--b-tol", "1e-3"], "--b_tol: settings of the implicit backward apply to --method ide only"),
+    (["--method", "bptt", "--b-option", "memory=3"],
+     "--b_option: settings of the implicit backward apply to --method ide only"),
+    (["--method", "bptt", "--bn-backward", "simulated"],
+     "--bn_backward: settings of the implicit backward apply to --method ide only"),
     (["--surrogate", "rectangular"], "--surrogate applies to --method bptt only"),
 ])
 def test_inconsistent_method_settings_are_one_line_errors(argv, message, tmp_path):
