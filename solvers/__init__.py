@@ -10,9 +10,12 @@ from ._broyden import Broyden
 from ._driver import BatchedMap, FixedPointSolver, IterState
 from ._exact import Exact
 from ._fixed_point import FixedPoint
+from ._gmres import GMRES
 from ._neumann import Neumann
+from ._phantom import Phantom
 from ._registry import available_solvers, describe_solvers, get_solver, register_solver
 from ._result import ConvergenceError, SolverResult, SolverStatus
+from ._spiking_adjoint import SpikingAdjoint
 from ._torchdeq import TorchDEQSolver
 
 for _name, _solver in [
@@ -21,6 +24,9 @@ for _name, _solver in [
     ("fixed_point", FixedPoint()),
     ("neumann", Neumann()),
     ("exact", Exact()),
+    ("gmres", GMRES()),
+    ("phantom", Phantom()),
+    ("spiking", SpikingAdjoint()),
     ("torchdeq_broyden", TorchDEQSolver("broyden")),
     ("torchdeq_anderson", TorchDEQSolver("anderson")),
     ("torchdeq_fixed_point_iter", TorchDEQSolver("fixed_point_iter")),
@@ -30,6 +36,7 @@ del _name, _solver
 
 __all__ = [
     "Anderson", "BatchedMap", "Broyden", "ConvergenceError", "Exact", "FixedPoint",
-    "FixedPointSolver", "IterState", "Neumann", "SolverResult", "SolverStatus", "TorchDEQSolver",
+    "FixedPointSolver", "GMRES", "IterState", "Neumann", "Phantom", "SolverResult", "SolverStatus",
+    "SpikingAdjoint", "TorchDEQSolver",
     "available_solvers", "describe_solvers", "get_solver", "register_solver",
 ]

@@ -12,7 +12,7 @@ from solvers import SolverStatus
 from tests.conftest import DEVICES
 from tests.helpers import affine_problem
 
-OURS = ["broyden", "anderson", "fixed_point", "neumann", "exact"]
+OURS = ["broyden", "anderson", "fixed_point", "neumann", "exact", "gmres"]
 BASELINES = ["torchdeq_broyden", "torchdeq_anderson", "torchdeq_fixed_point_iter"]
 ALL = OURS + BASELINES
 TOL = {torch.float64: 1e-11, torch.float32: 2e-5}

@@ -1,0 +1,200 @@
+"""Spike-based solve of an affine fixed-point problem: SPIDE's backward, as a registry solver.
+
+SPIDE (Xiao et al., "SPIDE: A Purely Spike-based Method for Training Feedback Spiking Neural
+Networks", Neural Networks 2023; github.com/pkuxmq/SPIDE-FSNN, ``snn_backward`` in
+``modules/snn_modules.py``) solves the IDE adjoint v = J_fᵀ v + ∂L/∂a with integrate-and-fire
+neurons that emit ternary spikes, so that the backward pass, too, is spike events on
+neuromorphic hardware. Here the same dynamics run on any affine black box g(z) = A z + c.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Union
+
+import torch
+
+from ._checks import check_int, check_range
+from ._driver import BatchedMap, check_call, check_flag, final_status, first_evaluation, residual_norms
+from ._result import ConvergenceError, SolverResult
+
+Map = Callable[[torch.Tensor], torch.Tensor]
+OWNER = "spiking"
+
+
+def _check_positive(name: str, value: Any, *, auto: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0 (or ``"auto"`` where allowed)."""
+    if auto and isinstance(value, str) and value == "auto":
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        allowed = '"auto" or a finite number > 0' if auto else "a finite number > 0"
+        raise ValueError(f"{OWNER}: `{name}` must be {allowed}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpikingAdjoint:
+    """SPIDE's spiking solve of z = A z + c: the rate of ternary spikes, times θ, estimates z.
+
+    Each of the T = ``time_steps`` steps feeds the last step's spikes through g, the input
+    g(θ s) = A θ s + c (which on hardware is spike events through the synapses; the first step
+    has no spikes yet and gets g(0) = c), integrates it into the membrane potential u, fires
+    s = +1 where u ≥ λθ and −1 where u ≤ −λθ (λ = ``firing_level``), and resets by subtracting
+    θ s. The estimate is z = θ Σₜ sₜ / T. Summing the updates gives, for affine g,
+    g(z) − z = (u_T + A θ s_T) / T, so while every |zᵢ*| < θ the error is O(θ/T): it halves when
+    T doubles, it does not converge geometrically. A neuron fires at most once per step, so
+    the rate cannot represent |zᵢ*| > θ: such a neuron saturates, its potential grows without
+    bound, and the measured residual stays large: reported, not a silent wrong answer.
+
+    The solve is a fixed-length simulation, not a driver loop: T evaluations on spike inputs
+    (all but the first ternary, the first zero) plus one at the returned estimate to measure
+    its residuals honestly, T + 1 in all, and no host sync until the end. ``z0`` is not
+    evaluated (a spike-driven solve starts from no spikes); it only sets the automatic
+    threshold's scale. The result's ``trace`` holds, after each step, the worst residual of the
+    running estimate; between its first entry (at z = 0) and its last (measured at the returned
+    z) it is computed by linearity, g(z_t) = mean of the step inputs, exact only for affine maps.
+
+    Args:
+        time_steps: T, simulation steps (SPIDE's ``time_step_back``, 250 in its CIFAR code,
+            100 for MNIST); a call's ``max_iter`` caps it, so the solve runs min(T, max_iter) steps.
+        threshold: θ, the value one spike carries (SPIDE's V_th^b − u_rest^b). A number, or
+            ``"auto"``: per sample θ = ``headroom`` · max(‖z0‖_∞, ‖c‖_∞), one θ for the whole
+            batch when the call is ``coupled``. SPIDE instead fixes V_th^b = 0.5 with
+            u_rest^b = −V_th^b (θ = 1) and multiplies the loss by 100 (MNIST) or 400 (CIFAR), a
+            hand-tuned θ = 1/400 in gradient units; ``"auto"`` does that rescaling per sample.
+        headroom: ``"auto"``'s margin: the rate represents |zᵢ| up to θ, and the solution of a
+            contraction is larger than c by up to 1/(1 − ‖A‖); a larger margin avoids saturation
+            at the price of error proportional to θ.
+        firing_level: λ in [0.5, 1]: neurons fire at |u| ≥ λθ. 0.5 is SPIDE's modified reset
+            (fire at V_th^b, subtract V_th^b − u_rest^b = 2 V_th^b), which keeps |u| ≤ θ/2, half
+            the error of the plain integrate-and-fire neuron (λ = 1, |u| < θ).
+    """
+
+    time_steps: int = 250
+    threshold: Union[float, str] = "auto"
+    headroom: float = 2.0
+    firing_level: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_int(OWNER, "time_steps", self.time_steps, minimum=1)
+        _check_positive("threshold", self.threshold, auto=True)
+        _check_positive("headroom", self.headroom)
+        check_range(OWNER, "firing_level", self.firing_level, 0.5, 1.0, low_open=False)
+
+    @property
+    def description(self) -> str:
+        """One line for listings."""
+        return ("SPIDE: spiking solve of an affine problem, ternary spikes for `time_steps` steps, "
+                "error O(θ/T) (Xiao et al. 2023)")
+
+    def with_options(self, **options: Any) -> "SpikingAdjoint":
+        """A copy with some options changed; unknown option names raise ``TypeError``."""
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise TypeError(
+                f"SpikingAdjoint got unknown option(s) {unknown}; its options are {names} plus the "
+                "call arguments max_iter, tol, stop_mode, throw, check_every, coupled"
+            )
+        return dataclasses.replace(self, **options) if options else self
+
+    def thresholds(self, z0: torch.Tensor, c: torch.Tensor, coupled: bool = False) -> torch.Tensor:
+        """θ as [B, 1] (or [1, 1]) for [B, D] tensors ``z0`` and ``c = g(0)``."""
+        if self.threshold != "auto":
+            return z0.new_full((1, 1), float(self.threshold))
+        scale = torch.maximum(z0.abs().amax(dim=1, keepdim=True), c.abs().amax(dim=1, keepdim=True))
+        if coupled:  # one problem: one scale, so that the batch is one network of neurons
+            scale = scale.amax(dim=0, keepdim=True)
+        # A sample with z0 = c = 0 has the solution 0; a tiny θ keeps it spike-free, not NaN.
+        return (self.headroom * scale).clamp_min_(torch.finfo(z0.dtype).tiny)
+
+    def __call__(
+        self, g: Map, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = "rel",
+        throw: bool = False, check_every: int = 1, coupled: bool = False, **options: Any,
+    ) -> SolverResult:
+        """Solve ``z = g(z)`` for an affine ``g`` by spikes; the registry's solver contract.
+
+        ``check_every`` is accepted for the common signature and unused (there are no checks
+        before the end). ``coupled=True`` (g mixes the samples) uses one threshold for the batch;
+        the simulation is elementwise, and g always sees the whole batch, so nothing else changes.
+
+        Returns:
+            A ``SolverResult`` whose residuals are measured at the returned ``z`` with one
+            evaluation of g (counted in ``n_evals``); ``SUCCESS`` only if they meet ``tol``.
+        """
+        check_call(z0, max_iter, tol, stop_mode, check_every)
+        check_flag("coupled", coupled)
+        solver = self.with_options(**options)
+        with torch.no_grad():
+            result = solver._solve(g, z0, min(solver.time_steps, max_iter), float(tol), stop_mode, coupled)
+        if throw and not result.success:
+            raise ConvergenceError(result)
+        return result
+
+    def _solve(self, g_user: Map, z0: torch.Tensor, steps: int, tol: float, stop_mode: str,
+               coupled: bool) -> SolverResult:
+        shape = z0.shape
+        g = BatchedMap(g_user, shape)  # g always gets the whole batch, so a coupled map is fine
+        z0f = z0.detach().reshape(shape[0], -1)
+        pick = 0 if stop_mode == "abs" else 1
+        if steps == 0:  # as every solver: the initial guess, measured
+            z, gz, trace = z0f, first_evaluation(g, z0f), z0f.new_empty(0, shape[0])
+        else:
+            z, gz, trace = self._simulate(g, z0f, steps, pick, coupled)
+        abs_res, rel_res = residual_norms(gz - z, gz)
+        best = (abs_res, rel_res)[pick]
+        converged = best <= tol
+        return SolverResult(
+            z=z.reshape(shape).to(z0.dtype), n_evals=g.n_evals, n_steps=steps,
+            abs_residual=abs_res, rel_residual=rel_res, converged=converged,
+            trace=torch.cat([trace, best[None]]).amax(dim=1),
+            status=final_status(converged, ~torch.isfinite(best), torch.zeros_like(converged)),
+            stop_mode=stop_mode, tol=tol,
+        )
+
+    def _simulate(self, g: BatchedMap, z0: torch.Tensor, steps: int, pick: int,
+                  coupled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the neurons: the estimate, g at it (measured), and [steps, B] residuals of the running
+        estimates after 0 … steps − 1 steps (the trace but its last, measured, entry)."""
+        if not bool(torch.isfinite(z0).all()):
+            raise ValueError("`z0` contains NaN or Inf; a fixed-point solve needs a finite initial guess")
+        c = g(torch.zeros_like(z0))  # the first step's input: no spikes yet, so g(0) = c
+        if not bool(torch.isfinite(c).all()):
+            raise ValueError("the map returned NaN or Inf at the first spike input (zero); check its inputs")
+        theta = self.thresholds(z0, c, coupled)
+        fire = self.firing_level * theta
+        fire_negative = -fire
+        u = torch.zeros_like(c)  # membrane potentials
+        positive, negative = torch.empty_like(c), torch.empty_like(c)
+        count = torch.zeros_like(c)  # Σₜ sₜ, integers held exactly in floating point
+        inputs = torch.zeros_like(c) if pick else None  # Σ of the inputs after the first: t'·g(z_t')
+        scaled, scales = [], []  # the trace's numerators and denominators, divided once at the end
+        y = c
+        for t in range(1, steps + 1):
+            u += y
+            if t > 1:
+                # Before firing, u − c = t'·(g(z_t') − z_t') for the estimate after t' = t − 1 steps,
+                # by linearity (see the class docstring): the trace costs no evaluation.
+                scaled.append(torch.linalg.vector_norm(u - c, dim=1))
+                if inputs is not None:
+                    inputs += y
+                    scales.append(torch.linalg.vector_norm(inputs, dim=1))
+            # Ternary spikes s = [u ≥ λθ] − [u ≤ −λθ], compared straight into floating-point buffers
+            # (bool tensors and their conversion cost 5-10× more on the CPU).
+            spikes = torch.sub(torch.ge(u, fire, out=positive), torch.le(u, fire_negative, out=negative), out=positive)
+            x = spikes * theta  # what the synapses carry: a spike's value
+            u -= x  # reset by subtraction keeps the surplus for the next step
+            count += spikes
+            if t < steps:
+                y = g(x)
+        z = count * (theta / steps)
+        trace = residual_norms(c, c)[pick, None]  # at z = 0, where g(0) − 0 = c
+        if scaled:
+            numerators = torch.stack(scaled)
+            if inputs is None:
+                denominators = torch.arange(1, steps, dtype=u.dtype, device=u.device)[:, None]
+            else:
+                denominators = torch.stack(scales).clamp_min_(torch.finfo(u.dtype).tiny)
+            trace = torch.cat([trace, numerators / denominators])
+        return z, g(z), trace
