@@ -54,6 +54,28 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class _BackwardTimer:
+    """Wall time of one backward: by the clock on a CPU, by CUDA events on a GPU (read after the
+    step's own synchronisation, so that timing adds none)."""
+
+    def __init__(self, device: torch.device):
+        self._cuda = device.type == "cuda"
+        if self._cuda:
+            self._start, self._end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._begin = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._cuda:
+            self._end.record()
+        else:
+            self._elapsed = time.perf_counter() - self._begin
+
+    def seconds(self) -> float:
+        return self._start.elapsed_time(self._end) / 1e3 if self._cuda else self._elapsed
+
+
 @dataclasses.dataclass
 class EpochTotals:
     """Sums over the batches of one epoch (kept in checkpoints so a resumed epoch adds up the same)."""
@@ -70,6 +92,7 @@ class EpochTotals:
     firing_rate: float = 0.0
     firing_batches: int = 0
     seconds: float = 0.0
+    backward_seconds: float = 0.0  # in loss.backward() (the implicit backward's solve, or BPTT's)
     lr: float = math.nan  # the learning rate of the epoch's latest step
 
     def add(self, loss: float, correct: int, samples: int, model: torch.nn.Module) -> None:
@@ -130,6 +153,8 @@ class EpochTotals:
             "train_seconds": self.seconds,
             "train_images_per_s": self.samples / self.seconds if self.seconds > 0 else math.nan,
         }
+        if self.backward_seconds > 0:
+            out["backward_ms_mean"] = 1e3 * self.backward_seconds / n
         if self.backward_status:
             out.update(backward_evals_mean=self.backward_evals / n, backward_rel_residual_mean=self.backward_rel_residual / n,
                        backward_converged_fraction=self.backward_converged / n, backward_status=dict(self.backward_status))
@@ -361,11 +386,14 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 # DDP averages over processes; the weight makes that the whole batch's mean-loss gradient.
                 weight = distributed.loss_weight(y.shape[0], self.loader.global_batch_size(index), self.context)
+                timer = _BackwardTimer(self.device)
                 (loss * weight if weight != 1 else loss).backward()
+                timer.stop()
                 self.totals.lr = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
                 self.scheduler.step()
                 self.totals.add(loss.item(), int((logits.argmax(1) == y).sum()), y.shape[0], self.model)
+                self.totals.backward_seconds += timer.seconds()  # after .item(), which waited for the device
                 now = time.perf_counter()
                 self.totals.seconds += now - tick  # wall time including fetching the batch
                 tick = now
@@ -428,7 +456,8 @@ def format_row(row: dict[str, Any]) -> str:
     if "test_acc" in row:
         parts.append(f"test {row['test_acc']:.2%}")
     if "backward_evals_mean" in row:
-        parts.append(f"backward {row['backward_evals_mean']:.1f} VJPs, {row['backward_converged_fraction']:.0%} converged")
+        parts.append(f"backward {row['backward_evals_mean']:.1f} VJPs, {row['backward_converged_fraction']:.0%} converged"
+                     + (f", {row['backward_ms_mean']:.1f} ms" if "backward_ms_mean" in row else ""))
     if "forward_status" in row:
         parts.append("forward " + ", ".join(f"{k} {v}" for k, v in sorted(row["forward_status"].items())))
     if "firing_rate" in row:

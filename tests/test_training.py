@@ -1,6 +1,7 @@
 """The trainer and the train/eval commands: exact resume, checkpoints, metrics, clear errors."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ def metrics(run_dir):
 
 
 def comparable(rows):
-    timing = ("train_seconds", "train_images_per_s", "eval_seconds", "peak_memory_mib")
+    timing = ("train_seconds", "train_images_per_s", "backward_ms_mean", "eval_seconds", "peak_memory_mib")
     return [{k: v for k, v in row.items() if k not in timing} for row in rows]
 
 
@@ -270,3 +271,10 @@ def test_a_bad_setting_writes_nothing_and_deletes_nothing(tmp_path):
     with pytest.raises(SystemExit, match="`memory` must be"):
         main(["train", *SMALL, "--b-option", "memory=0", "--out", str(run), "--overwrite"])
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_backward_time_per_step_is_logged_within_the_step_time(tmp_path):
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    (row,) = metrics(tmp_path / "run")
+    steps = math.ceil((512 - 64) / 32)  # the synthetic training split less validation, in batches of 32
+    assert 0 < row["backward_ms_mean"] * steps / 1e3 < row["train_seconds"]
