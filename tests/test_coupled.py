@@ -167,3 +167,17 @@ def test_the_model_declares_the_coupling_to_its_backward(float64):
     model.zero_grad()
     torch.nn.functional.cross_entropy(model(x), y).backward()
     assert model.last_backward.n_evals == 6 + 2  # running statistics: independent samples
+
+
+@pytest.mark.parametrize("name, options", [("phantom", dict(steps=6)), ("phantom", dict(steps=0)),
+                                           ("spiking", dict(time_steps=40))])
+def test_fixed_budget_methods_report_true_residuals_on_a_coupled_batch(name, options):
+    """phantom and spiking run a fixed budget, not the driver's search; their coupled results too
+    must carry the residuals measured at the returned batch."""
+    g, _ = coupled_affine_map(6, 5, 0.95, seed=1)
+    result = solvers.get_solver(name)(g, torch.zeros(6, 5, dtype=torch.float64) + 0.1, max_iter=60, tol=1e-10,
+                                      coupled=True, **options)
+    abs_res, rel_res = true_residuals(g, result.z)
+    torch.testing.assert_close(result.abs_residual, abs_res, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(result.rel_residual, rel_res, rtol=1e-9, atol=1e-15)
+    assert not result.success
