@@ -372,20 +372,25 @@ def structurally_zero(model) -> set[str]:
     return {f"{name}.op.bias" for name, layer in layers if layer.bn is not None and layer.op.bias is not None}
 
 
+def input_clear_of_kinks(case, model, snapshot):
+    """An input (re-drawn up to 30 times) whose pre-activations all lie at least MARGIN from σ's
+    kinks, its labels, and those scaled currents."""
+    for attempt in range(30):
+        x, y = draw_input(case, attempt)
+        loss_value(model, x, y, snapshot)
+        scaled = scaled_currents(model)
+        if kink_margin(scaled) >= MARGIN:
+            return x, y, scaled
+    raise AssertionError(f"no input clear of the kinks for {case}")
+
+
 @functools.lru_cache(maxsize=None)
 def reference(case_name: str) -> Reference:
     """The case's input (re-drawn until clear of kinks) and the finite differences of its loss."""
     case = CASES[case_name]
     model = build(case)
     snapshot = buffers(model)
-    for attempt in range(30):
-        x, y = draw_input(case, attempt)
-        loss_value(model, x, y, snapshot)
-        scaled = scaled_currents(model)
-        if kink_margin(scaled) >= MARGIN:
-            break
-    else:
-        raise AssertionError(f"no input clear of the kinks for {case_name}")
+    x, y, scaled = input_clear_of_kinks(case, model, snapshot)
     pattern, mask_ref = active_pattern(scaled), masks(model)
     assert min(linear_units(scaled)) >= 2, "a layer with (almost) no unit in σ's linear range: choose another seed"
     named = list(model.named_parameters())
@@ -476,14 +481,7 @@ def test_random_fully_connected_networks_have_true_gradients(seed, layers, vth, 
     case = Case(spec, (6,), training=training, dropout=dropout, vth=vth, bn_backward=bn_backward, seed=seed)
     model = build(case)
     snapshot = buffers(model)
-    for attempt in range(30):
-        x, y = draw_input(case, attempt)
-        loss_value(model, x, y, snapshot)
-        scaled = scaled_currents(model)
-        if kink_margin(scaled) >= MARGIN:
-            break
-    else:
-        raise AssertionError("no input clear of the kinks")
+    x, y, scaled = input_clear_of_kinks(case, model, snapshot)
     pattern, mask_ref = active_pattern(scaled), masks(model)
     (name, direction), = directions_for(list(model.named_parameters()), seed=seed)[:1]
     fd = central_difference(model, x, y, snapshot, direction, pattern, mask_ref)
