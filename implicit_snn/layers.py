@@ -155,21 +155,9 @@ class SynapticLayer(nn.Module):
                 raise RuntimeError("BNMode.RUNNING_THEN_UPDATED needs the layer in training mode (call model.train())")
             # Copies: the normalisation's backward must see the statistics it used, not the updated ones.
             mean, var = mean.clone(), var.clone()
-            self._update_running_statistics(z)
+            with torch.no_grad():
+                bn(z.detach())  # nn.BatchNorm's own running-statistics update; its output is not needed
         return F.batch_norm(z, mean, var, bn.weight, bn.bias, training=False, momentum=0.0, eps=bn.eps)
-
-    @torch.no_grad()
-    def _update_running_statistics(self, z: torch.Tensor) -> None:
-        """Move the running statistics towards this batch's, exactly as ``nn.BatchNorm`` in training does."""
-        bn = self.bn
-        if bn.running_mean is None:
-            return
-        mean, var = output_statistics(z)
-        count = z.numel() // z.shape[1]
-        bn.num_batches_tracked.add_(1)
-        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        bn.running_mean.lerp_(mean, momentum)
-        bn.running_var.lerp_(var * (count / max(count - 1, 1)), momentum)  # unbiased, as nn.BatchNorm's
 
     def sample_mask(self, shape: Sequence[int], *, like: torch.Tensor) -> Optional[torch.Tensor]:
         """A variational dropout mask ``[B, ...]`` (Bernoulli(1−p)/(1−p)), or None when p = 0 or in eval mode."""
