@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ._checks import check_int, check_range
-from ._driver import BatchedMap, FixedPointSolver, IterState, Map, check_call
+from ._driver import BatchedMap, FixedPointSolver, IterState, Map, check_call, final_status
 from ._fixed_point import damped_step
 from ._result import ConvergenceError, SolverResult, SolverStatus
 
@@ -95,22 +95,11 @@ class Phantom(FixedPointSolver):
         )
         converged = result.residual <= tol
         result = dataclasses.replace(
-            result, converged=converged, status=_status(converged, result), tol=float(tol),
+            result, converged=converged, tol=float(tol),
+            # The driver's evidence kept: some sample diverged if it said so.
+            status=final_status(converged, ~torch.isfinite(result.residual),
+                                torch.full_like(converged, result.status is SolverStatus.DIVERGED)),
         )
         if throw and not result.success:
             raise ConvergenceError(result)
         return result
-
-
-def _status(converged: torch.Tensor, result: SolverResult) -> SolverStatus:
-    """The status against the caller's tol, keeping the driver's failure evidence (one host sync)."""
-    failed = ~converged
-    any_failed, any_nonfinite = torch.stack([failed.any(), (failed & ~torch.isfinite(result.residual)).any()]).tolist()
-    if not any_failed:
-        return SolverStatus.SUCCESS
-    if any_nonfinite:
-        return SolverStatus.NONFINITE
-    if result.status is SolverStatus.DIVERGED:  # the driver's evidence: some sample diverged
-        return SolverStatus.DIVERGED
-    return SolverStatus.MAX_ITER
-

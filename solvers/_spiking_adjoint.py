@@ -16,7 +16,7 @@ from typing import Any, Callable, Union
 import torch
 
 from ._checks import check_int, check_range
-from ._driver import BatchedMap, check_call, check_flag, final_status, first_evaluation, residual_norms
+from ._driver import BatchedMap, all_finite, check_call, check_flag, final_status, first_evaluation, residual_norms
 from ._result import ConvergenceError, SolverResult
 
 Map = Callable[[torch.Tensor], torch.Tensor]
@@ -157,10 +157,10 @@ class SpikingAdjoint:
                   coupled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the neurons: the estimate, g at it (measured), and [steps, B] residuals of the running
         estimates after 0 … steps − 1 steps (the trace but its last, measured, entry)."""
-        if not bool(torch.isfinite(z0).all()):
+        if not all_finite(z0):
             raise ValueError("`z0` contains NaN or Inf; a fixed-point solve needs a finite initial guess")
         c = g(torch.zeros_like(z0))  # the first step's input: no spikes yet, so g(0) = c
-        if not bool(torch.isfinite(c).all()):
+        if not all_finite(c):
             raise ValueError("the map returned NaN or Inf at the first spike input (zero); check its inputs")
         theta = self.thresholds(z0, c, coupled)
         fire = self.firing_level * theta
