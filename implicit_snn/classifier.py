@@ -10,7 +10,7 @@ from torch import nn
 
 from . import bptt
 from ._adjoint import ImplicitAdjoint
-from .producers import Producer, get_producer
+from .producers import Producer, couples_samples, get_producer
 
 
 class ImplicitClassifier(nn.Module):
@@ -120,9 +120,8 @@ class ImplicitClassifier(nn.Module):
         if differentiable is not None:
             f_args = differentiable(*f_args)
         linearise = getattr(self.network, "linearised_map", None)
-        couples = getattr(self.network, "couples_samples", None)
-        coupled = bool(couples(*f_args)) if couples is not None else False
-        return self.adjoint(self.network.fixed_point_map, eq.a, *f_args, linearise=linearise, coupled=coupled)
+        return self.adjoint(self.network.fixed_point_map, eq.a, *f_args, linearise=linearise,
+                            coupled=couples_samples(self.network, f_args))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` for inputs ``x`` (static ``[B, *in]`` or spikes ``[B, T, *in]``)."""

@@ -1,7 +1,7 @@
 """Equilibrium producers: black boxes that find a* for a network and an input, without grad."""
 
 from ._analytic import AnalyticProducer
-from ._base import Equilibrium, ImplicitNetwork, Producer
+from ._base import Equilibrium, ImplicitNetwork, Producer, couples_samples
 from ._registry import available_producers, describe_producers, get_producer, register_producer
 from ._spiking import IFProducer, LIFProducer, SpikingNetwork
 
@@ -11,5 +11,5 @@ register_producer("lif")(LIFProducer)
 
 __all__ = [
     "AnalyticProducer", "Equilibrium", "IFProducer", "ImplicitNetwork", "LIFProducer", "Producer", "SpikingNetwork",
-    "available_producers", "describe_producers", "get_producer", "register_producer",
+    "available_producers", "couples_samples", "describe_producers", "get_producer", "register_producer",
 ]

@@ -10,7 +10,7 @@ import torch
 from solvers import FixedPointSolver, get_solver
 from solvers._driver import check_settings
 
-from ._base import Equilibrium, ImplicitNetwork, Producer
+from ._base import Equilibrium, ImplicitNetwork, Producer, couples_samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +43,7 @@ class AnalyticProducer(Producer):
             if is_spike_train is not None and is_spike_train(x):
                 x = x.mean(dim=1)  # the analytic network sees the plain time average of a spike train
             f_args = network.map_inputs(x)
-            couples = getattr(network, "couples_samples", None)
-            coupling = {"coupled": True} if couples is not None and couples(*f_args) else {}
+            coupling = {"coupled": True} if couples_samples(network, f_args) else {}
             result = get_solver(self.f_solver)(
                 lambda a: network.fixed_point_map(a, *f_args),
                 network.initial_state(x),

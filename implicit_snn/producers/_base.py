@@ -31,6 +31,13 @@ class ImplicitNetwork(Protocol):
     def initial_state(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+def couples_samples(network: ImplicitNetwork, f_args: tuple[Any, ...]) -> bool:
+    """Whether the network says that f with these arguments mixes the samples of the batch (False
+    for a network that does not say: its samples are independent problems)."""
+    couples = getattr(network, "couples_samples", None)
+    return bool(couples(*f_args)) if couples is not None else False
+
+
 @dataclasses.dataclass(frozen=True)
 class Equilibrium:
     """A producer's output.
