@@ -223,7 +223,7 @@ def ratio_markdown(ratios: dict[str, list[dict[str, Any]]]) -> str:
         rows = [[r["model"], str(r["T"]), r["solver"], fmt(r["baseline_step_ms"]), fmt(r["current_step_ms"]),
                  _x(r["step_speedup"]), _x(r["forward_speedup"]), _x(r["backward_speedup"]),
                  f"{fmt(r['baseline_vjps'])} → {fmt(r['current_vjps'])}"] for r in ratios["baseline_speedup"]]
-        parts.append(f"### IDE speed-up over the baseline (baseline / current)\n\n" + _table(
+        parts.append("### IDE speed-up over the baseline (baseline / current)\n\n" + _table(
             ["model", "T", "solver", "baseline step ms", "current step ms", "step", "forward", "backward", "VJPs"], rows))
     if ratios["memory_vs_t"]:
         rows = [[r["model"], r["label"], fmt(r["memory_lo_mib"]), fmt(r["memory_hi_mib"]), f"T={r['T_hi']} / T={r['T_lo']}",

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import run_header, write_results  # noqa: E402
-from implicit_snn import app  # noqa: E402
-from implicit_snn._checkpoint_commands import load_checkpoint  # noqa: E402
-from implicit_snn.config import RunConfig  # noqa: E402
+from implicit_snn.app import build as app  # noqa: E402
+from implicit_snn.app.commands import load_checkpoint  # noqa: E402
+from implicit_snn.app.config import RunConfig  # noqa: E402
 
 MODES = ("batch", "simulated")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from implicit_snn._io import read_jsonl
+from implicit_snn.files import read_jsonl
 
 from common import run_header, write_results
 

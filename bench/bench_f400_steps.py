@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import models
 from implicit_snn import producers
 from implicit_snn.data import BatchLoader, load_dataset
-from implicit_snn.trainer import evaluate
+from implicit_snn.training import evaluate
 
 from common import run_header, write_results
 

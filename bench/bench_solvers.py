@@ -216,8 +216,8 @@ def _load_batch(spec: dict[str, Any]):
 
     facts: dict[str, Any] = {}
     if spec["checkpoint"] is not None:
-        from implicit_snn._checkpoint_commands import checkpoint_config, load_checkpoint
-        from implicit_snn.app import build_model, load_split
+        from implicit_snn.app.commands import checkpoint_config, load_checkpoint
+        from implicit_snn.app.build import build_model, load_split
         from implicit_snn.data import dataset_info
 
         path, ckpt = load_checkpoint(spec["checkpoint"])
@@ -416,7 +416,6 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Everything for one problem: reference, the timed rounds, then the memory pass."""
     import torch
 
-    import solvers
     from implicit_snn import ImplicitAdjoint
 
     torch.set_num_threads(spec["threads"])

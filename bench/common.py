@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from implicit_snn._io import atomic_write_text
+from implicit_snn.files import atomic_write_text
 
 
 def device_name(device: str) -> str:

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from implicit_snn._io import atomic_write_text
+from implicit_snn.files import atomic_write_text
 
 COLUMNS = ("lr", "train_loss", "test_loss", "train_acc", "test_acc")
 

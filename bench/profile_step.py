@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
 from bench.common import run_header, write_results  # noqa: E402
-from implicit_snn._allocator import retain_freed_memory  # noqa: E402
+from implicit_snn.app._allocator import retain_freed_memory  # noqa: E402
 
 PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mv", "aten::addmv_",
             "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution", "aten::conv2d")

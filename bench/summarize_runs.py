@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-from implicit_snn._io import atomic_write_text, read_jsonl
+from implicit_snn.files import atomic_write_text, read_jsonl
 
 PROTOCOLS = {"final": "final_test_acc", "val_chosen": "val_chosen_test_acc", "best_epoch": "best_epoch_test_acc",
              "last10_mean": "last10_mean_test_acc"}

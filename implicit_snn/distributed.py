@@ -53,7 +53,7 @@ def init_process_group(device: torch.device) -> Context:
     """Join the ``torchrun`` process group (NCCL on CUDA, Gloo on the CPU); one process: ``Context.single()``.
 
     Raises:
-        SystemExit: CUDA requested with fewer visible devices than processes on this node.
+        ValueError: CUDA requested with fewer visible devices than processes on this node.
     """
     if not launched_by_torchrun():
         return Context.single()
@@ -63,8 +63,8 @@ def init_process_group(device: torch.device) -> Context:
         visible = torch.cuda.device_count()
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
         if local_world > visible:
-            raise SystemExit(f"error: torchrun started {local_world} processes on this node but only {visible} CUDA "
-                             "device(s) are visible; use --nproc_per_node at most that, or --device cpu")
+            raise ValueError(f"torchrun started {local_world} processes on this node but only {visible} CUDA "
+                             "device(s) are visible; use --nproc_per_node at most that, or `device` cpu")
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from tests.helpers import default_dtype
+from tests.helpers import DEVICES, default_dtype
 
 # Derandomized in CI so that a red run is reproducible; no deadline because the first torch
 # call of a process is slow and would fail a timing deadline at random.
@@ -17,7 +17,6 @@ settings.register_profile(
 settings.register_profile("dev", deadline=None, max_examples=10, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(params=DEVICES)

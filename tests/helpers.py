@@ -1,13 +1,18 @@
-"""Problem generators shared by the tests: contractive maps with known solutions."""
+"""What the tests share: contractive maps with known solutions, small CLI runs and their files."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+from pathlib import Path
 
+import pytest
 import torch
 
-from implicit_snn.demo import TanhEquilibriumNet, matrices_with_norm
+from implicit_snn.app.cli import main
+from implicit_snn.app.rundir import RunDir
+
+from implicit_snn.app.demo import TanhEquilibriumNet, matrices_with_norm
 
 
 @dataclasses.dataclass
@@ -61,3 +66,33 @@ def default_dtype(dtype: torch.dtype):
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# A few seconds of training: the synthetic dataset, small batches, T = 3, one thread.
+SMALL = ["--dataset", "synthetic", "--val-size", "64", "--batch-size", "32", "--time-steps", "3", "--threads", "1"]
+
+
+def metrics(run_dir) -> list[dict]:
+    """The metrics rows of a run directory."""
+    return RunDir(Path(run_dir)).read_metrics()
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    """Metrics rows without the timing and memory figures, which differ between identical runs."""
+    timing = ("train_seconds", "train_images_per_s", "backward_ms_mean", "eval_seconds", "peak_memory_mib")
+    return [{k: v for k, v in row.items() if k not in timing} for row in rows]
+
+
+def cli_error(argv: list[str], capsys) -> str:
+    """Run the command line in this process on input it must refuse; returns the error it printed,
+    after checking that it is one line and that the exit status is not 0."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    code = info.value.code
+    assert code not in (0, None)
+    # Our errors exit with their message; argparse prints its own to stderr and exits with 2.
+    message = code if isinstance(code, str) else capsys.readouterr().err.strip().splitlines()[-1]
+    assert "\n" not in message.strip(), message
+    return message

@@ -8,9 +8,9 @@ import torch
 
 import models
 from implicit_snn.analysis import compare_backward, equilibrium_gap, feedback_norm
-from implicit_snn.cli import main
+from implicit_snn.app.cli import main
 
-from .test_training import SMALL
+from tests.helpers import SMALL
 
 
 def trained_like_f400(seed=0):
@@ -120,6 +120,8 @@ def test_analyze_command_reports_gap_and_solvers(tmp_path, capsys):
 
 def test_analyze_rejects_the_analytic_producer(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", *SMALL, "--epochs", "1", "--producer", "analytic", "--out", str(out)]) == 0
+    no_time_steps = [arg for arg in SMALL if arg not in ("--time-steps", "3")]
+    assert main(["train", *no_time_steps, "--epochs", "1", "--producer", "analytic", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["time_steps"] is None  # the preset's T played no part
     with pytest.raises(SystemExit, match="analyze compares the spiking simulation"):
         main(["analyze", str(out)])

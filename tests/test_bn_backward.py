@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import models
-from implicit_snn.cli import main
+from implicit_snn.app.cli import main
 
 F = torch.nn.functional
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import models
 from implicit_snn import bptt
-from implicit_snn.cli import main
+from implicit_snn.app.cli import main
 from implicit_snn.neurons import time_average
 from implicit_snn.producers import IFProducer, LIFProducer
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from implicit_snn import distributed
-from implicit_snn.cli import main
+from implicit_snn.app.cli import main
 from implicit_snn.data import ArrayDataset, BatchLoader, DatasetInfo
 from tests.ddp_worker import batch, build
-from tests.test_training import SMALL, comparable, metrics
+from tests.helpers import SMALL, comparable, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_two_processes_train_resume_exactly_and_save_the_model_they_evaluated(tm
     assert evaluated["acc"] == full[-1]["test_acc"]
     assert evaluated["loss"] == pytest.approx(full[-1]["test_loss"], rel=1e-5)
     # Resuming needs as many processes as wrote the checkpoint.
-    with pytest.raises(SystemExit, match="written by a run of 2 process.es.; resume it with as many"):
+    with pytest.raises(SystemExit, match="saved by a run of 2 process.es.; continue it with as many"):
         main(["train", *small, "--epochs", "3", "--out", str(tmp_path / "full"), "--resume"])
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from implicit_snn._allocator import retain_freed_memory
+from implicit_snn.app._allocator import retain_freed_memory
 from implicit_snn import FeedbackSNN, ImplicitClassifier, SpectralNorm, SynapticLayer
 from implicit_snn._ops import apply_op, apply_op_known, apply_op_transposed
 from implicit_snn.layers import output_statistics

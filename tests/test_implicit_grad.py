@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import solvers
 from implicit_snn import ImplicitAdjoint, implicit_grad
-from tests.conftest import DEVICES
+from tests.helpers import DEVICES
 from tests.helpers import TanhNetwork, default_dtype, relative_error
 
 BACKWARDS = {  # solver: settings that are "enough iterations" for ‖J‖ ≤ 0.9 at tol 1e-12

@@ -5,8 +5,8 @@ import stat
 
 import pytest
 
-from implicit_snn._io import atomic_file, atomic_write_text
-from implicit_snn.cli import main
+from implicit_snn.files import atomic_file, atomic_write_text
+from implicit_snn.app.cli import main
 
 
 @pytest.fixture

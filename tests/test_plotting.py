@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from implicit_snn import plotting
-from implicit_snn.cli import main
+from implicit_snn.app import plotting
+from implicit_snn.app.cli import main
 
 
 def write_run(folder, rows):

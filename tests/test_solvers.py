@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import solvers
 from solvers import SolverStatus
-from tests.conftest import DEVICES
+from tests.helpers import DEVICES
 from tests.helpers import affine_problem
 
 OURS = ["broyden", "anderson", "fixed_point", "neumann", "exact", "gmres"]

@@ -13,7 +13,7 @@ import models
 import solvers
 from implicit_snn import ImplicitAdjoint
 from solvers import SolverStatus
-from tests.conftest import DEVICES
+from tests.helpers import DEVICES
 from tests.helpers import AffineProblem, affine_problem, relative_error
 
 TINY = 1e-300  # a tolerance no residual meets: a fixed number of steps

@@ -6,25 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from implicit_snn.cli import main
-from implicit_snn.config import RunConfig, read_config_file, resolve
-from implicit_snn.trainer import step_schedule
-
-SMALL = ["--dataset", "synthetic", "--val-size", "64", "--batch-size", "32", "--time-steps", "3", "--threads", "1"]
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def comparable(rows):
-    timing = ("train_seconds", "train_images_per_s", "backward_ms_mean", "eval_seconds", "peak_memory_mib")
-    return [{k: v for k, v in row.items() if k not in timing} for row in rows]
+from implicit_snn.app.cli import main
+from implicit_snn.app.config import RunConfig, read_config_file, resolve
+from implicit_snn.training import step_schedule
+from tests.helpers import SMALL, cli_error, comparable, metrics
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
@@ -54,7 +43,7 @@ def test_default_validation_split_is_a_tenth_of_a_small_training_set(tmp_path):
     assert main(["train", *small, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["val_size"] == n_train // 10 < 5000
     assert metrics(tmp_path / "run")[0]["val_acc"] is not None
-    from implicit_snn.app import default_val_size
+    from implicit_snn.app.build import default_val_size
 
     assert resolve({}, {}).val_size is None  # resolved against the data
     assert [default_val_size(n) for n in (60000, 50000, 20000, 512)] == [5000, 5000, 2000, 51]
@@ -134,9 +123,9 @@ def test_eval_with_another_producer_and_a_sweep_over_time_steps(tmp_path, capsys
                  "--split", "val", "--batch-size", "16", "--json", str(report)]) == 0
     (row,) = json.loads(report.read_text())["results"]
     assert row["time_steps"] is None and row["forward_status"] == {"MAX_ITER": 4}  # 64 samples, 16 per batch
-    with pytest.raises(SystemExit, match="spiking producers"):
+    with pytest.raises(SystemExit, match="--time-steps does not apply to the analytic producer"):
         main(["eval", str(out), "--producer", "analytic", "--time-steps", "4"])
-    with pytest.raises(SystemExit, match="--leak applies to the lif producer only; the if producer"):
+    with pytest.raises(SystemExit, match="^error: --leak does not apply to the if producer, which takes --time-steps$"):
         main(["eval", str(out), "--producer", "if", "--leak", "0.9"])
 
 
@@ -177,7 +166,7 @@ def test_config_file_values_are_checked_with_the_setting_named(tmp_path, text, m
 
 def test_reference_quirk_settings_reach_the_model():
     """``bn_momentum`` and ``alpha_init`` from the run settings land in every batch norm and in α."""
-    from implicit_snn.app import build_model
+    from implicit_snn.app.build import build_model
 
     model = build_model(resolve({}, {"model": "f64c5", "bn_momentum": 0.19, "alpha_init": "norm"}), 10)
     momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
@@ -223,7 +212,10 @@ def test_schedule_warmup_and_milestones():
     (["train", "--dataset", "mnist", "--data-root", "/nonexistent", "--epochs", "1"], "looked"),
     (["train", "--b-solver", "broydn"], "invalid choice"),
     (["train", "--leak", "1.5"], "--leak: must be a number in (0, 1) (no leak: producer 'if'), got '1.5'"),
-    (["train", "--producer", "if", "--leak", "0.9"], "--leak applies to the lif producer only; the if producer has no leak"),
+    (["train", "--producer", "if", "--leak", "0.9"], "--leak does not apply to the if producer, which takes --time-steps"),
+    (["train", "--producer", "analytic", "--time-steps", "3"], "--time-steps does not apply to the analytic producer"),
+    (["train", "--producer", "lif", "--f_tol", "1e-3", "--f_option", "memory=3"],
+     "--f_tol, --f_option do not apply to the lif producer, which takes --time-steps, --leak"),
     (["train", "--dataset", "cifar100"], "no data folder was given"),
     (["train", "--seed", "x"], "--seed: must be an integer, got 'x'"),
     (["train", "--bn-momentum", "1.5"], "--bn-momentum: must be a number in (0, 1], got '1.5'"),
@@ -234,13 +226,22 @@ def test_schedule_warmup_and_milestones():
      "--batch-size 1 is too small: batch norm needs at least 2 samples in each process's part of a batch; use at least 2"),
     (["eval", "/nonexistent/run"], "no checkpoint"),
 ])
-def test_bad_input_is_one_clear_line(argv, message, tmp_path):
-    env = {**os.environ}
-    proc = subprocess.run([sys.executable, "-m", "implicit_snn", *argv, *(["--out", str(tmp_path / "x")] if argv[0] == "train" else [])],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert proc.returncode != 0
-    assert message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_bad_input_is_one_clear_line(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = ["--out", str(tmp_path / "x")] if argv[0] == "train" else []
+    assert message in cli_error([*argv, *out], capsys)
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_the_entry_point_prints_one_line_without_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "implicit_snn", "train", "--lr", "inf", "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "implicit-snn train: error: argument --lr: must be a number > 0, got 'inf'"
+    proc = subprocess.run([sys.executable, "-m", "implicit_snn", "train", "--model", "f4000", "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: unknown model 'f4000'")
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_eval_sweep_over_time_steps_rebins_spike_datasets(tmp_path):

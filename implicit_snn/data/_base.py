@@ -65,7 +65,7 @@ class DatasetNotFoundError(FileNotFoundError):
         if self.searched:
             found = f"looked for {wanted} in {', '.join(self.searched)}"
         else:
-            found = f"no data folder was given (no --data-root / `root`), so nothing was searched for {wanted}"
+            found = f"no data folder was given (`root`), so nothing was searched for {wanted}"
         super().__init__(f"{dataset} {split} split not found: {found}. {hint}")
 
 

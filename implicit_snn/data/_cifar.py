@@ -44,8 +44,8 @@ def find_cifar_files(name: str, split: str, root: Optional[PathLike]) -> list[Pa
             return [folder / f for f in wanted]
     size = "163 MB" if name == "cifar10" else "161 MB"
     hint = (f"Extract the python version of the archive ({folder_name}, {size}) so that "
-            f"`DIR/{folder_name}/{wanted[0]}` exists and pass `--data-root DIR` (library: `root=DIR`), "
-            "or use `download=True` where the network allows.")
+            f"DIR/{folder_name}/{wanted[0]} exists and set `root` to DIR, "
+            "or set `download` where the network allows.")
     raise DatasetNotFoundError(name, split, ", ".join(wanted), dirs, hint)
 
 

@@ -118,12 +118,12 @@ def load_idx_dataset(name: str, split: str, root: Optional[PathLike], download: 
 
 def _hint(name: str) -> str:
     if name == "fashion-mnist":
-        return ("Install Debian's package with `apt-get install dataset-fashion-mnist`, or pass "
-                "`--data-root DIR` (library: `root=DIR`) for a folder holding the four IDX files "
-                "(or `DIR/FashionMNIST/raw/`), or `download=True` where the network allows.")
+        return ("Install Debian's package with `apt-get install dataset-fashion-mnist`, or set `root` to a "
+                "folder DIR holding the four IDX files (or DIR/FashionMNIST/raw/), or set `download` where "
+                "the network allows.")
     return ("Put the four IDX files (train-/t10k-images-idx3-ubyte, train-/t10k-labels-idx1-ubyte, "
-            "gzipped or not) in `DIR` or `DIR/MNIST/raw/` and pass `--data-root DIR` (library: "
-            "`root=DIR`), or use `download=True` where the network allows.")
+            "gzipped or not) in a folder DIR or DIR/MNIST/raw/ and set `root` to DIR, or set `download` "
+            "where the network allows.")
 
 
 def _download(name: str, root: Optional[PathLike]) -> None:

@@ -16,7 +16,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
-from .._io import atomic_file
+from ..files import atomic_file
 from ._base import ArrayDataset, DatasetInfo, DatasetNotFoundError, PathLike, candidate_dirs
 
 SENSOR = 34                       # the ATIS crop used by N-MNIST: 34 x 34 pixels
@@ -120,8 +120,8 @@ def load_nmnist_dataset(split: str, root: Optional[PathLike], download: bool, ti
         return _to_dataset(frames, labels, time_steps)
     hint = ("Download the original N-MNIST (Train.zip and Test.zip, Orchard et al. 2015; "
             "https://www.garrickorchard.com/datasets/n-mnist) and unzip both into DIR so that "
-            "`DIR/Train/0/00002.bin` exists, then pass `--data-root DIR` (library: `root=DIR`); "
-            "`download=True` is not available for N-MNIST.")
+            "DIR/Train/0/00002.bin exists, then set `root` to DIR; `download` is not available "
+            "for N-MNIST.")
     raise DatasetNotFoundError("nmnist", split, f"{_SPLIT_DIR[split]}/<digit>/*.bin or {cache_name}",
                                dirs, hint)
 

@@ -2,7 +2,7 @@
 
 from ._analytic import AnalyticProducer
 from ._base import Equilibrium, ImplicitNetwork, Producer, couples_samples
-from ._registry import available_producers, describe_producers, get_producer, register_producer
+from ._registry import available_producers, describe_producers, get_producer, producer_options, register_producer
 from ._spiking import IFProducer, LIFProducer, SpikingNetwork
 
 register_producer("analytic")(AnalyticProducer)

@@ -29,10 +29,15 @@ def available_producers() -> list[str]:
     return PRODUCERS.names()
 
 
+def producer_options(name: str) -> list[str]:
+    """The options ``get_producer(name, ...)`` accepts (its constructor's parameters), in order."""
+    return list(inspect.signature(PRODUCERS.get(name)).parameters)
+
+
 def get_producer(name: str, **options: Any) -> Producer:
     """A producer built with ``options``; unknown names list the known ones, unknown options raise."""
     cls = PRODUCERS.get(name)
-    allowed = list(inspect.signature(cls).parameters)
+    allowed = producer_options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"producer {name!r} got unknown option(s) {unknown}; its options are {allowed}")

@@ -13,59 +13,81 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ._io import atomic_write_text
-from .config import RunConfig, check_leak_applies
-from .data import DatasetNotFoundError, dataset_info
+from ..data import dataset_info
+from ..files import atomic_write_text
+from .config import RunConfig, check_producer_settings
+from .errors import UsageError, checked_settings
+from .rundir import load_checkpoint as read_checkpoint, resolve_checkpoint
 
 # Settings a checkpoint command may override; the rest describe the trained model and stay.
-_OVERRIDABLE = ("producer", "leak", "f_solver", "f_max_iter", "f_tol", "b_solver", "b_max_iter", "b_tol",
-                "b_stop_mode", "b_options", "data_root", "download", "device", "threads")
+_OVERRIDABLE = ("producer", "leak", "f_solver", "f_max_iter", "f_tol", "f_stop_mode", "f_options", "b_solver",
+                "b_max_iter", "b_tol", "b_stop_mode", "b_options", "data_root", "download", "device", "threads")
 
 
 def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The run settings given on the command line (None where a flag was not given)."""
     values = {name: getattr(args, name, None) for name in RunConfig.field_names()}
-    options = getattr(args, "b_option", None)
-    values["b_options"] = dict(options) if options else None
+    for flag in ("b_option", "f_option"):
+        options = getattr(args, flag, None)
+        values[flag + "s"] = dict(options) if options else None
     return values
 
 
 def load_checkpoint(where: str) -> tuple[Path, dict[str, Any]]:
     """A checkpoint file, or a run directory's best checkpoint (else its last), loaded on the CPU."""
-    path = Path(where)
-    if path.is_dir():
-        best, last = path / "checkpoint-best.pt", path / "checkpoint-last.pt"
-        path = best if best.exists() else last
+    path = resolve_checkpoint(where)
     if not path.is_file():
-        raise SystemExit(f"error: no checkpoint at {path}")
-    return path, torch.load(path, map_location="cpu", weights_only=False)
+        raise UsageError(f"no checkpoint at {path}")
+    return path, read_checkpoint(path)
 
 
 def checkpoint_config(ckpt: dict[str, Any], settings: dict[str, Any]) -> RunConfig:
     """The checkpoint's run settings with the overridable ones replaced where given."""
     overrides = {k: v for k, v in settings.items() if v is not None and k in _OVERRIDABLE}
     config = RunConfig(**{**ckpt["config"], **overrides})
-    check_leak_applies(config.producer, "leak" in overrides)
+    check_producer_settings(config.producer, set(overrides))
     return config
 
 
 def _load_data(config: RunConfig, split: str):
-    from .app import load_split
+    from .build import load_split
 
-    try:
-        data = load_split(config, split)
-    except DatasetNotFoundError as error:
-        raise SystemExit(f"error: {error}") from None
+    data = load_split(config, split)
     if data is None:
-        raise SystemExit("error: this run has no validation split (val_size 0)")
+        raise UsageError("this run has no validation split (val_size 0)")
     return data
 
 
 def run_eval(args: argparse.Namespace, console: Console) -> int:
     """``implicit-snn eval``: a checkpoint on a split, at one or several T, as a table (and JSON)."""
-    from .app import build_model, producer_options, resolve_device
-    from .trainer import evaluate
+    from .build import build_model, producer_settings, resolve_device
+    from ..training import evaluate
 
+    with checked_settings():
+        path, ckpt, base, sweep = _eval_settings(args)
+    if base.threads:
+        torch.set_num_threads(base.threads)
+    device = resolve_device(base.device)
+    model = None
+    rows: list[dict[str, Any]] = []
+    for time_steps in sweep:
+        with checked_settings():
+            config = RunConfig(**{**base.to_dict(), "time_steps": time_steps})
+            # Spike datasets are binned into T frames, so each T needs its own data; images load once.
+            if model is None or dataset_info(config.dataset).input_kind == "spikes":
+                data = _load_data(config, args.split)
+            if model is None:
+                model = build_model(config, data.info.num_classes, data.info.in_shape)
+                model.load_state_dict(ckpt["model"])
+                model.to(device)
+            model.set_producer(config.producer or "lif", **producer_settings(config))
+        rows.append({"time_steps": time_steps, **evaluate(model, data, batch_size=args.batch_size, device=device)})
+    _print_eval(args, console, path, ckpt, base, data, rows)
+    return 0
+
+
+def _eval_settings(args: argparse.Namespace) -> tuple[Path, dict[str, Any], RunConfig, list]:
+    """The checkpoint, its settings with the command line's overrides, and the T values to evaluate."""
     path, ckpt = load_checkpoint(args.checkpoint)
     settings = cli_settings(args)
     sweep = settings.pop("time_steps") or [ckpt["config"].get("time_steps")]
@@ -75,25 +97,13 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
         # is evaluated at the analytic equilibrium like any other.
         base = dataclasses.replace(base, method="ide")
     if base.producer == "analytic" and args.time_steps:
-        raise SystemExit("error: --time_steps applies to the spiking producers (if, lif), not to analytic")
+        raise UsageError("`time_steps` does not apply to the analytic producer (it has no simulation to run for T steps)")
     if base.producer == "analytic":
         sweep = [None]
-    if base.threads:
-        torch.set_num_threads(base.threads)
-    device = resolve_device(base.device)
-    model = None
-    rows: list[dict[str, Any]] = []
-    for time_steps in sweep:
-        config = RunConfig(**{**base.to_dict(), "time_steps": time_steps})
-        # Spike datasets are binned into T frames, so each T needs its own data; images load once.
-        if model is None or dataset_info(config.dataset).input_kind == "spikes":
-            data = _load_data(config, args.split)
-        if model is None:
-            model = build_model(config, data.info.num_classes, data.info.in_shape)
-            model.load_state_dict(ckpt["model"])
-            model.to(device)
-        model.set_producer(config.producer or "lif", **producer_options(config))
-        rows.append({"time_steps": time_steps, **evaluate(model, data, batch_size=args.batch_size, device=device)})
+    return path, ckpt, base, sweep
+
+
+def _print_eval(args, console, path, ckpt, base, data, rows) -> None:
     trained = ckpt["config"].get("method", "ide")
     console.print(f"{path} on {base.dataset} {args.split} ({len(data)} samples), producer {base.producer}"
                   + (", trained by BPTT" if trained == "bptt" else ""))
@@ -110,7 +120,6 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
         report = {"checkpoint": str(path), "dataset": base.dataset, "split": args.split, "samples": len(data),
                   "producer": base.producer, "trained_method": trained, "results": rows}
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
-    return 0
 
 
 def backward_table(title: str, rows, error_label: str, time_label: str) -> Table:
@@ -138,9 +147,14 @@ def default_analysis_solvers() -> list[str]:
 
 def run_analyze(args: argparse.Namespace, console: Console) -> int:
     """``implicit-snn analyze``: feedback norm, equilibrium gap over T, backward solvers on one step."""
-    from .analysis import compare_backward, equilibrium_gap, feedback_norm
-    from .app import build_model, producer_options, resolve_device
-    from .data import BatchLoader
+    with checked_settings():
+        path, ckpt, config, device, data, model = _analyze_setup(args)
+    return _analyze(args, console, path, ckpt, config, device, data, model)
+
+
+def _analyze_setup(args: argparse.Namespace):
+    """The checkpoint, its settings, the device, the data and the trained model, for ``analyze``."""
+    from .build import build_model, producer_settings, resolve_device
 
     path, ckpt = load_checkpoint(args.checkpoint)
     settings = cli_settings(args)
@@ -149,7 +163,7 @@ def run_analyze(args: argparse.Namespace, console: Console) -> int:
     # method trained them, so the model is built for IDE.
     config = dataclasses.replace(checkpoint_config(ckpt, settings), method="ide")
     if config.producer == "analytic":
-        raise SystemExit("error: analyze compares the spiking simulation with its equilibrium; this checkpoint "
+        raise UsageError("analyze compares the spiking simulation with its equilibrium; this checkpoint "
                          "uses the analytic producer (pass --producer if or lif)")
     if dataset_info(config.dataset).input_kind == "spikes":
         # Spike datasets are binned into frames: bin into the longest T analysed.
@@ -161,12 +175,20 @@ def run_analyze(args: argparse.Namespace, console: Console) -> int:
     model = build_model(config, data.info.num_classes, data.info.in_shape)
     model.load_state_dict(ckpt["model"])
     model.to(device)
-    model.set_producer(config.producer or "lif", **producer_options(config))
+    model.set_producer(config.producer or "lif", **producer_settings(config))
+    return path, ckpt, config, device, data, model
+
+
+def _analyze(args, console, path, ckpt, config, device, data, model) -> int:
+    from ..analysis import compare_backward, equilibrium_gap, feedback_norm
+    from ..data import BatchLoader
+
     loader = BatchLoader(data, args.batch_size, shuffle=False, generator=torch.Generator())
     batches, taken = [], 0
     for x, y in loader:
-        batches.append((x.to(device), y.to(device)))
-        taken += len(y)
+        keep = min(len(y), args.samples - taken)  # exactly --samples (or the whole split if smaller)
+        batches.append((x[:keep].to(device), y[:keep].to(device)))
+        taken += keep
         if taken >= args.samples:
             break
 

@@ -13,9 +13,9 @@ import torch
 
 import solvers
 
-from ._adjoint import implicit_grad
-from .analysis import BackwardOutcome
-from .producers import get_producer
+from .._adjoint import implicit_grad
+from ..analysis import BackwardOutcome
+from ..producers import get_producer
 
 
 def matrices_with_norm(batch: int, dim: int, norm: float, *, generator: torch.Generator,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -16,17 +15,24 @@ from rich.table import Table
 import models
 import solvers
 
-from . import bptt, distributed, plotting, producers
+from .. import bptt, distributed, producers
+from ..classifier import ImplicitClassifier
+from ..data import available_datasets
+from ..distributed import Context
+from ..network import BN_BACKWARDS
+from ..spectral import SpectralNorm
+from . import plotting
 from ._allocator import retain_freed_memory
-from ._checkpoint_commands import backward_table, cli_settings, run_analyze, run_eval
-from .classifier import ImplicitClassifier
+from .commands import backward_table, cli_settings, run_analyze, run_eval
 from .config import ALLOWED, NONNEG_INT, PAPER_DEFAULTS, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
-from .data import DatasetNotFoundError, available_datasets
-from .distributed import Context
-from .network import BN_BACKWARDS
-from .spectral import SpectralNorm
+from .errors import UsageError
+from .errors import checked_settings, flag_message
+from .report import Report
+from .run import Interrupted, TrainingRun
+from .rundir import RunDir, default_run_name
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+SETTINGS = frozenset(RunConfig.field_names())  # library arguments that name a run setting
 
 
 def _typed(kind: type, allowed: tuple[Callable[[Any], bool], str]) -> Callable[[str], Any]:
@@ -85,6 +91,9 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
     _flag(parser, "f_solver", choices=names, help="forward solver of the analytic producer")
     _flag(parser, "f_max_iter", type=_setting("f_max_iter", int))
     _flag(parser, "f_tol", type=_setting("f_tol"))
+    _flag(parser, "f_stop_mode", choices=["rel", "abs"])
+    _flag(parser, "f_option", type=_option, action="append", metavar="KEY=VALUE",
+          help="forward solver option, e.g. memory=10 (repeatable)")
     _flag(parser, "b_solver", choices=names, help="backward (adjoint) solver")
     _flag(parser, "b_max_iter", type=_setting("b_max_iter", int))
     _flag(parser, "b_tol", type=_setting("b_tol"),
@@ -124,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="implicit-snn",
         description="Feedback spiking networks trained by implicit differentiation on the equilibrium state.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of usage errors too (other errors always show theirs)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a model (default: F400 on Fashion-MNIST with the paper's settings)")
@@ -206,24 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_run_dir(config: RunConfig) -> Path:
-    method = "-bptt" if config.method == "bptt" else ""  # IDE runs keep the names they always had
-    return Path("runs") / f"{config.model}-{config.dataset}-{config.producer or 'lif'}{method}-seed{config.seed}".replace(" ", "")
+    return Path("runs") / default_run_name(config.model, config.dataset, config.producer, config.method, config.seed)
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
-    from .app import resolve_device
+    from .build import resolve_device
 
-    file_values = read_config_file(args.config) if args.config else {}
-    cli_values = cli_settings(args)
-    config = resolve(file_values, cli_values)
-    given = {k for k, v in {**file_values, **cli_values}.items() if v is not None}
-    config.out = str(Path(config.out) if config.out else _default_run_dir(config))
-    if args.resume and args.overwrite:
-        raise SystemExit("error: --resume and --overwrite exclude each other")
-    if args.resume:
-        config = _resumed_config(Path(config.out), config, given)
-    # Under torchrun every process runs this; rank 0 alone prints and writes files.
-    context = distributed.init_process_group(resolve_device(config.device))
+    with checked_settings():
+        file_values = read_config_file(args.config) if args.config else {}
+        cli_values = cli_settings(args)
+        config = resolve(file_values, cli_values)
+        given = {k for k, v in {**file_values, **cli_values}.items() if v is not None}
+        config.out = str(Path(config.out) if config.out else _default_run_dir(config))
+        if args.resume and args.overwrite:
+            raise UsageError("--resume and --overwrite exclude each other")
+        if args.resume:
+            config = _resumed_config(Path(config.out), config, given)
+        # Under torchrun every process runs this; rank 0 alone prints and writes files.
+        context = distributed.init_process_group(resolve_device(config.device))
     try:
         code = _train_process(args, config, console if context.is_main else Console(quiet=True), context)
     except BaseException:
@@ -242,61 +253,61 @@ RESUME_MAY_CHANGE = ("epochs", "device", "threads", "data_root", "download")
 def _resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunConfig:
     """The run's saved settings, with the given ones that may change on resume; a given setting
     that differs from the run's is an error (it would silently not take effect)."""
-    if not (run_dir / "config.json").exists():
-        raise SystemExit(f"error: --resume: {run_dir} has no config.json; nothing to resume")
+    run = RunDir(run_dir)
+    if not run.config_file.exists():
+        raise UsageError(f"--resume: {run_dir} has no {run.CONFIG}; nothing to resume")
     # A setting added after the run was made reads as its default (what the run used).
-    saved = {**RunConfig().to_dict(), **json.loads((run_dir / "config.json").read_text())}
+    saved = {**RunConfig().to_dict(), **run.read_config()}
     saved = {k: v for k, v in saved.items() if k in RunConfig.field_names()}
     changed = {k: (saved[k], getattr(config, k)) for k in sorted(given)
                if k not in RESUME_MAY_CHANGE and k != "out" and saved[k] != getattr(config, k)}
     if changed:
-        raise SystemExit(f"error: --resume with settings that differ from the run's: {changed}; "
+        raise UsageError(f"--resume with settings that differ from the run's: {changed}; "
                          "only --epochs, --device, --threads and --data-root may change")
     kept = {k: getattr(config, k) for k in RESUME_MAY_CHANGE if k in given}
     return RunConfig(**{**saved, **kept, "out": str(run_dir)})
 
 
 def _train_process(args: argparse.Namespace, config: RunConfig, console: Console, context: Context) -> int:
-    from .app import make_trainer
-    from .trainer import Interrupted
+    from .build import make_trainer
 
-    run_dir = Path(config.out)
-    existing = run_dir / "checkpoint-last.pt"
-    if not args.resume and (existing.exists() or (run_dir / "metrics.jsonl").exists()) and not args.overwrite:
-        raise SystemExit(f"error: {run_dir} already holds a run; pass --resume to continue it, --overwrite to "
+    run_dir = RunDir(config.out)
+    if not args.resume and run_dir.existing_run_files() and not args.overwrite:
+        raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
                          "start afresh, or --out for another directory")
-    try:
-        # Model, data and solvers are built (and every setting checked) before anything is written,
-        # so a bad setting leaves no half-made run directory and --overwrite deletes nothing.
-        trainer = make_trainer(config, run_dir, console, context)
-    except DatasetNotFoundError as error:
-        raise SystemExit(f"error: {error}") from None
+    # Model, data and solvers are built (and every setting checked) before anything is written,
+    # so a bad setting leaves no half-made run directory and --overwrite deletes nothing.
+    with checked_settings():
+        trainer = make_trainer(config, context)
     distributed.barrier(context)  # every process has checked the run directory before rank 0 changes it
     if context.is_main:
         if not args.resume:
-            for name in ("checkpoint-last.pt", "checkpoint-best.pt", "metrics.jsonl", "summary.json"):
-                (run_dir / name).unlink(missing_ok=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        from ._io import atomic_write_text
-        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+            run_dir.clear()
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        run_dir.write_config(config.to_dict())
     distributed.barrier(context)
+    report = Report(console, enabled=context.is_main)
     processes = f", {context.world_size} processes" if context.distributed else ""
     if config.method == "bptt":
         surrogate = bptt.get_surrogate(config.surrogate, config.surrogate_slope)
         method = f"BPTT, {surrogate.name} surrogate slope {surrogate.slope:g}"
     else:
         method = f"backward {config.b_solver}/{config.b_max_iter}"
-    console.print(f"training {config.model} on {config.dataset} ({config.producer or 'lif'}, "
-                  f"T={config.time_steps}, {method}{processes}) → {run_dir}")
+    report.line(f"training {config.model} on {config.dataset} ({config.producer or 'lif'}, "
+                f"T={config.time_steps}, {method}{processes}) → {run_dir}")
+    run = TrainingRun(trainer, run_dir, config.to_dict(), report)
+    if args.resume:
+        with checked_settings():
+            run.resume()
     try:
-        summary = trainer.fit(resume=args.resume)
+        summary = run.fit()
     except Interrupted as stop:
-        console.print(f"interrupted: {stop}")
+        report.line(f"interrupted: {stop}")
         return 130
-    console.print(f"final test accuracy {summary['final_test_acc']:.2%}"
-                  + (f"; checkpoint chosen on validation (epoch {summary['val_chosen_epoch']}): "
-                     f"{summary['val_chosen_test_acc']:.2%}" if "val_chosen_epoch" in summary else "")
-                  + f"; best epoch {summary['best_epoch']}: {summary['best_epoch_test_acc']:.2%}")
+    report.line(f"final test accuracy {summary['final_test_acc']:.2%}"
+                + (f"; checkpoint chosen on validation (epoch {summary['val_chosen_epoch']}): "
+                   f"{summary['val_chosen_test_acc']:.2%}" if "val_chosen_epoch" in summary else "")
+                + f"; best epoch {summary['best_epoch']}: {summary['best_epoch_test_acc']:.2%}")
     return 0
 
 
@@ -312,7 +323,7 @@ def _list_solvers(console: Console) -> None:
 
 
 def _list_models(console: Console) -> None:
-    from .app import count_model
+    from .build import count_model
 
     table = Table(title="model presets (10 classes)")
     for column in ("name", "network", "default data", "neurons", "+ inputs", "parameters"):
@@ -326,11 +337,11 @@ def _list_models(console: Console) -> None:
 
 
 def _demo(args: argparse.Namespace, console: Console) -> int:
-    from .app import resolve_device
+    from .build import resolve_device
     from .demo import compare_backward_solvers
 
     if args.norm >= 1:
-        raise SystemExit(f"error: --norm must be below 1 for a contraction, got {args.norm}")
+        raise UsageError(f"--norm must be below 1 for a contraction, got {args.norm}")
     device = resolve_device(args.device)
     console.print(
         f"implicit layer f(a, x) = tanh(W a + U x + b), D={args.dim}, batch {args.batch_size}, ‖W‖₂={args.norm}, "
@@ -352,25 +363,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Piped output gets a fixed, wide layout instead of rich's 80-column default.
     console = Console() if sys.stdout.isatty() else Console(width=120)
     try:
-        if args.command == "train":
-            return _train(args, console)
-        if args.command == "eval":
-            return run_eval(args, console)
-        if args.command == "analyze":
-            return run_analyze(args, console)
-        if args.command == "plot":
+        return _run_command(args, console)
+    except UsageError as error:
+        if args.debug:
+            raise
+        raise SystemExit(f"error: {flag_message(str(error), SETTINGS)}") from None
+
+
+def _run_command(args: argparse.Namespace, console: Console) -> int:
+    if args.command == "train":
+        return _train(args, console)
+    if args.command == "eval":
+        return run_eval(args, console)
+    if args.command == "analyze":
+        return run_analyze(args, console)
+    if args.command == "plot":
+        with checked_settings():
             path = plotting.plot_runs(args.runs, args.out, metrics=args.metrics, labels=args.labels, title=args.title)
-            console.print(f"wrote {path}")
-        elif args.command == "solvers":
-            _list_solvers(console)
-        elif args.command == "models":
-            _list_models(console)
-        elif args.command == "demo":
-            return _demo(args, console)
-    except (ValueError, TypeError, KeyError, FileNotFoundError, ModuleNotFoundError) as error:
-        # Bad settings reach here from the config file and the registries: one line, no traceback.
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        raise SystemExit(f"error: {message}") from None
+        console.print(f"wrote {path}")
+    elif args.command == "solvers":
+        _list_solvers(console)
+    elif args.command == "models":
+        _list_models(console)
+    elif args.command == "demo":
+        return _demo(args, console)
     return 0
 
 

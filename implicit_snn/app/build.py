@@ -1,25 +1,20 @@
-"""Building a run from a ``RunConfig``: the model (presets from ``models``), data, optimiser, trainer.
-
-This is application code (with the CLI): the only part of ``implicit_snn`` that imports
-``models``; the library modules never do.
-"""
+"""Building a run from a ``RunConfig``: the model (presets from ``models``), data, optimizer, trainer."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from rich.console import Console
 
 import models
 
-from . import distributed
-from .config import RunConfig
-from .data import ArrayDataset, cifar_augment, dataset_info, load_dataset, split_validation
-from .distributed import Context
-from .trainer import Trainer
+from .. import distributed, producers
+from ..data import ArrayDataset, cifar_augment, dataset_info, load_dataset, split_validation
+from ..distributed import Context
+from ..training import Trainer
+from .config import PRODUCER_SETTINGS, RunConfig
+from .errors import UsageError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,22 +22,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but no CUDA device is available; use --device cpu")
+        raise UsageError("--device cuda requested but no CUDA device is available; use --device cpu")
     if name != "cpu" and not name.startswith("cuda"):
-        raise SystemExit(f"error: --device must be cpu, cuda or auto, got {name!r}")
+        raise UsageError(f"--device must be cpu, cuda or auto, got {name!r}")
     return torch.device(name)
 
 
-def producer_options(config: RunConfig) -> dict[str, Any]:
-    """The producer's options from the run settings (only those it takes)."""
-    if config.producer == "analytic":
-        return dict(f_solver=config.f_solver, f_max_iter=config.f_max_iter, f_tol=config.f_tol)
-    options: dict[str, Any] = {}
-    if config.time_steps is not None:
-        options["time_steps"] = config.time_steps
-    if config.producer == "lif" and config.leak is not None:
-        options["leak"] = config.leak
-    return options
+def producer_settings(config: RunConfig) -> dict[str, Any]:
+    """The producer's options from the run settings: those it takes that are set."""
+    takes = producers.producer_options(config.producer or "lif")
+    return {name: getattr(config, name) for name in PRODUCER_SETTINGS
+            if name in takes and getattr(config, name) is not None}
 
 
 def build_model(config: RunConfig, num_classes: int, in_shape: Optional[tuple[int, ...]] = None) -> torch.nn.Module:
@@ -50,7 +40,7 @@ def build_model(config: RunConfig, num_classes: int, in_shape: Optional[tuple[in
     options = dict(
         dropout=config.dropout, vth=config.vth, operator_norm=config.operator_norm,
         bn_momentum=config.bn_momentum, alpha_init=config.alpha_init, bn_backward=config.bn_backward,
-        producer=config.producer or "lif", producer_options=producer_options(config),
+        producer=config.producer or "lif", producer_options=producer_settings(config),
         backward=config.b_solver, b_max_iter=config.b_max_iter, b_tol=config.b_tol, b_stop_mode=config.b_stop_mode,
         backward_options=dict(config.b_options),
         method=config.method, surrogate=config.surrogate, surrogate_slope=config.surrogate_slope,
@@ -61,7 +51,7 @@ def build_model(config: RunConfig, num_classes: int, in_shape: Optional[tuple[in
         if in_shape is None:
             raise ValueError("a spec-string model needs the dataset's input shape")
         return models.from_spec(config.model, in_shape, num_classes, **options)
-    raise SystemExit(f"error: unknown model {config.model!r}; presets: {', '.join(models.available_models())}, "
+    raise UsageError(f"unknown model {config.model!r}; presets: {', '.join(models.available_models())}, "
                      "or a spec such as '400 (F400)'")
 
 
@@ -107,7 +97,7 @@ def load_split(config: RunConfig, split: str) -> Optional[ArrayDataset]:
     return {"train": train, "val": val}[split]
 
 
-def make_trainer(config: RunConfig, run_dir: Path, console: Console, context: Context = Context.single()) -> Trainer:
+def make_trainer(config: RunConfig, context: Context = Context.single()) -> Trainer:
     """Everything a training run needs, seeded from ``config.seed``; ``context`` is this process's
     place in a ``torchrun`` run (one process by default)."""
     if config.threads:
@@ -127,8 +117,8 @@ def make_trainer(config: RunConfig, run_dir: Path, console: Console, context: Co
     return Trainer(
         model, optimizer, train_data=train, val_data=val, test_data=test, epochs=config.epochs,
         batch_size=config.batch_size, test_batch_size=config.test_batch_size, milestones=list(config.milestones),
-        gamma=config.gamma, warmup_iters=config.warmup_iters, run_dir=run_dir, device=device, seed=config.seed,
-        config=config.to_dict(), augment=augment, console=console, context=context,
+        gamma=config.gamma, warmup_iters=config.warmup_iters, device=device, seed=config.seed, augment=augment,
+        context=context,
     )
 
 

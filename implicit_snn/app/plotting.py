@@ -10,7 +10,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ._io import atomic_write_bytes, read_jsonl
+from ..files import atomic_write_bytes
+from .rundir import RunDir
 
 # Metric name in metrics.jsonl → axis label; percentages are shown as such.
 METRICS: dict[str, str] = {
@@ -32,11 +33,11 @@ FORMATS = ("png", "pdf", "svg")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch rows of a run directory's ``metrics.jsonl``."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl (not a run directory, or no epoch finished yet)")
-    return read_jsonl(path)
+    """The per-epoch rows of a run directory's metrics file."""
+    run = RunDir(run_dir)
+    if not run.metrics_file.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {run.METRICS} (not a run directory, or no epoch finished yet)")
+    return run.read_metrics()
 
 
 def _series(rows: list[dict[str, Any]], metric: str) -> tuple[list[int], list[float]]:

@@ -1,35 +1,27 @@
-"""The training loop: SGD with a step schedule and warm-up, metrics, atomic checkpoints, exact resume.
+"""The training loop: SGD with a step schedule and warm-up, per-epoch metrics, resumable state.
 
 The trainer takes any classifier ``model(x) -> logits``; when the model exposes
 ``last_backward`` (a ``SolverResult``) and ``last_forward`` (producer statistics), their
-numbers are logged per epoch: backward evaluations, residuals, the fraction of converged
-samples, the status counts, and the mean firing rate.
+numbers are kept per epoch: backward evaluations, residuals, the fraction of converged
+samples, the status counts, and the mean firing rate. It writes no files and prints nothing:
+``state_dict``/``load_state_dict`` give what a checkpoint must hold to resume exactly, and the
+application (``implicit_snn.app``) decides where that goes and what is shown.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import resource
-import shutil
-import signal
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import distributed
-from ._io import atomic_file, atomic_write_text, read_jsonl
 from .data import ArrayDataset, BatchLoader
 from .distributed import Context
-
-CHECKPOINT_VERSION = 1
-
 
 def step_schedule(optimizer: torch.optim.Optimizer, *, iters_per_epoch: int, milestones: list[int], gamma: float,
                   warmup_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -54,7 +46,7 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class _BackwardTimer:
+class BackwardTimer:
     """Wall time of one backward: by the clock on a CPU, by CUDA events on a GPU (read after the
     step's own synchronisation, so that timing adds none)."""
 
@@ -189,63 +181,29 @@ def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, 
     return {"loss": totals.loss / len(dataset), "acc": totals.correct / len(dataset), **totals.forward_metrics()}
 
 
-class _StopRequest:
-    """First Ctrl-C (or SIGTERM, as from a cluster's scheduler or torchrun shutting down) asks the
-    loop to stop after the current step; a second one interrupts at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopRequest":
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-
-class Interrupted(Exception):
-    """Training stopped on request (Ctrl-C) after saving a checkpoint."""
-
-
 class Trainer:
-    """Trains a classifier for ``epochs`` epochs, writing everything into ``run_dir``.
+    """Trains a classifier epoch by epoch; the caller runs ``train_epoch`` then ``end_epoch`` until ``done``.
 
-    Files: ``metrics.jsonl`` (one JSON object per epoch), ``checkpoint-last.pt`` (every epoch,
-    and on Ctrl-C), ``checkpoint-best.pt`` (best validation accuracy), ``summary.json``.
-    Checkpoints are written to a temporary file and renamed, so a crash never leaves a broken
-    one. ``fit(resume=True)`` continues from ``checkpoint-last.pt`` and produces the same
-    metrics as an uninterrupted run: it restores model, optimiser, schedule, the loader's
-    generator (replaying the interrupted epoch's order) and torch's RNG.
+    ``state_dict()`` holds everything ``load_state_dict`` needs to continue exactly where it was
+    taken, mid-epoch included: model, optimizer, schedule, the loader's generator (the
+    interrupted epoch's order is replayed), the epoch's running totals and torch's RNG.
 
     With several processes (``context`` from ``distributed.init_process_group``, under
     ``torchrun``) every process trains a part of each ``batch_size`` batch through
-    DistributedDataParallel, the metrics are totals over all processes, rank 0 alone writes
-    files and prints, and checkpoints keep every process's RNG state (resume with as many).
+    DistributedDataParallel, the metrics are totals over all processes, and the state keeps
+    every process's RNG state (continue with as many processes).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, train_data: ArrayDataset,
                  val_data: Optional[ArrayDataset], test_data: Optional[ArrayDataset], epochs: int, batch_size: int,
-                 test_batch_size: int, milestones: list[int], gamma: float, warmup_iters: int, run_dir: str | Path,
-                 device: torch.device, seed: int, config: dict[str, Any], augment: Optional[Callable] = None,
-                 console: Optional[Console] = None, context: Context = Context.single()):
+                 test_batch_size: int, milestones: list[int], gamma: float, warmup_iters: int,
+                 device: torch.device, seed: int, augment: Optional[Callable] = None,
+                 context: Context = Context.single()):
         self.model, self.optimizer = model, optimizer
         self.context = context
         self.net = distributed.wrap_model(model, context, device)  # what training calls
         self.train_data, self.val_data, self.test_data = train_data, val_data, test_data
         self.epochs, self.test_batch_size, self.device = epochs, test_batch_size, device
-        self.run_dir = Path(run_dir)
-        self.config = config
-        self.console = console or Console()
         # Batch norm needs at least two samples in every process's part of a batch.
         least = 2 * context.world_size
         if len(train_data) < least:
@@ -253,7 +211,7 @@ class Trainer:
                              f"got {len(train_data)}")
         if batch_size < least:
             split = f" (split among {context.world_size} processes)" if context.distributed else ""
-            raise ValueError(f"--batch-size {batch_size} is too small: batch norm needs at least 2 samples in each "
+            raise ValueError(f"`batch_size` {batch_size} is too small: batch norm needs at least 2 samples in each "
                              f"process's part of a batch{split}; use at least {least}")
         # A last batch too small to give each process two samples is dropped (only that one).
         self.loader = BatchLoader(train_data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
@@ -267,19 +225,17 @@ class Trainer:
         self.totals = EpochTotals()
         self.best_val_acc = -1.0
 
-    # -- checkpoints -----------------------------------------------------------------------
     @property
-    def last_checkpoint(self) -> Path:
-        return self.run_dir / "checkpoint-last.pt"
+    def done(self) -> bool:
+        """Whether every epoch has been trained."""
+        return self.epoch >= self.epochs
 
-    def _checkpoint(self) -> dict[str, Any]:
-        """Everything ``load`` restores; every process must call it (it gathers their RNG states)."""
+    def state_dict(self) -> dict[str, Any]:
+        """Everything ``load_state_dict`` restores; every process must call it (it gathers their RNG states)."""
         rng = distributed.gather_objects(
             (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
             self.context)
         return {
-            "version": CHECKPOINT_VERSION,
-            "config": self.config,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -292,128 +248,69 @@ class Trainer:
             "rank_rng": rng[1:],  # the other processes' (torch, cuda) states
         }
 
-    def save(self, path: Path) -> None:
-        """Write a checkpoint atomically (temporary file in the same folder, then rename); rank 0 writes
-        its own model, so every process resumes from rank 0's buffers."""
-        checkpoint = self._checkpoint()
-        if self.context.is_main:
-            with atomic_file(path) as handle:
-                torch.save(checkpoint, handle)
-        distributed.barrier(self.context)  # nobody reads the file before it is complete
-
-    def load(self, path: Path) -> None:
-        """Restore everything ``save`` wrote."""
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        if ckpt.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{path} is a checkpoint of version {ckpt.get('version')}, expected {CHECKPOINT_VERSION}")
-        saved_world = ckpt.get("world_size", 1)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (written by as many processes as this run has)."""
+        saved_world = state.get("world_size", 1)
         if saved_world != self.context.world_size:
-            raise ValueError(f"{path} was written by a run of {saved_world} process(es); resume it with as many "
+            raise ValueError(f"the state was saved by a run of {saved_world} process(es); continue it with as many "
                              f"(torchrun --nproc_per_node {saved_world}), not {self.context.world_size}")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.epoch, self.batch, self.best_val_acc = ckpt["epoch"], ckpt["batch"], ckpt["best_val_acc"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.batch, self.best_val_acc = state["epoch"], state["batch"], state["best_val_acc"]
         # The saved totals are all processes' together: one process carries them on.
-        self.totals = EpochTotals(**ckpt["totals"]) if self.context.is_main else EpochTotals(lr=ckpt["totals"]["lr"])
-        self.loader_state = ckpt["loader_state"]
-        torch_rng, cuda_rng = ([(ckpt["torch_rng"], ckpt["cuda_rng"])] + ckpt.get("rank_rng", []))[self.context.rank]
+        self.totals = EpochTotals(**state["totals"]) if self.context.is_main else EpochTotals(lr=state["totals"]["lr"])
+        self.loader_state = state["loader_state"]
+        torch_rng, cuda_rng = ([(state["torch_rng"], state["cuda_rng"])] + state.get("rank_rng", []))[self.context.rank]
         torch.set_rng_state(torch_rng)
         if cuda_rng is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_rng)
 
-    def _metrics_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
+    def train_epoch(self, *, should_stop: Callable[[], bool] = lambda: False,
+                    on_batch: Optional[Callable[["Trainer"], None]] = None) -> bool:
+        """Run the rest of the current epoch; False when ``should_stop()`` turned true (checked after
+        every step, in every process together), True when the epoch's batches are done.
 
-    def _read_metrics(self) -> list[dict[str, Any]]:
-        path = self._metrics_path()
-        return read_jsonl(path) if path.exists() else []
-
-    def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        if self.context.is_main:
-            atomic_write_text(self._metrics_path(), "".join(json.dumps(row) + "\n" for row in rows))
-
-    # -- the loop --------------------------------------------------------------------------
-    def fit(self, *, resume: bool = False) -> dict[str, Any]:
-        """Train to ``epochs`` (continuing from the last checkpoint with ``resume``); returns the summary.
-
-        Raises:
-            Interrupted: after Ctrl-C, once the checkpoint is saved.
+        ``on_batch(trainer)`` is called after every step (a progress display reads ``trainer.totals``).
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            if not self.last_checkpoint.exists():
-                raise FileNotFoundError(f"--resume: no checkpoint at {self.last_checkpoint}")
-            self.load(self.last_checkpoint)
-            self.console.print(f"resumed from {self.last_checkpoint} at epoch {self.epoch + 1}, batch {self.batch}")
-        # Rows of epochs after the checkpoint (a crash between the two writes) are dropped.
-        rows = [row for row in self._read_metrics() if row["epoch"] <= self.epoch]
-        self._write_metrics(rows)
-        with _StopRequest() as stop:
-            while self.epoch < self.epochs:
-                if not self._train_epoch(stop):
-                    self.save(self.last_checkpoint)
-                    raise Interrupted(f"stopped at epoch {self.epoch + 1}, batch {self.batch}; checkpoint saved to "
-                                      f"{self.last_checkpoint}; continue with --resume")
-                row = self._end_epoch()
-                rows.append(row)
-                self._write_metrics(rows)
-                self.save(self.last_checkpoint)
-                if row.get("is_best") and self.context.is_main:
-                    shutil.copyfile(self.last_checkpoint, self.run_dir / ".checkpoint-best.pt.tmp")
-                    (self.run_dir / ".checkpoint-best.pt.tmp").replace(self.run_dir / "checkpoint-best.pt")
-        summary = summarise(rows)
-        if self.context.is_main:
-            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        return summary
-
-    def _train_epoch(self, stop: _StopRequest) -> bool:
-        """Run the rest of the current epoch; False if a stop was requested (state saved by the caller)."""
         self.loader.generator.set_state(self.loader_state)
         self.model.train()
-        total = len(self.loader)
-        with self._progress() as progress:
-            task = progress.add_task(f"epoch {self.epoch + 1}/{self.epochs}", total=total, completed=self.batch,
-                                     stats="") if progress else None
-            tick = time.perf_counter()
-            for index, (x, y) in enumerate(self.loader):
-                if index < self.batch:
-                    tick = time.perf_counter()
-                    continue  # already trained before the interruption; the loader replays its RNG draws
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                logits = self.net(x)
-                loss = F.cross_entropy(logits, y)
-                self.optimizer.zero_grad(set_to_none=True)
-                # DDP averages over processes; the weight makes that the whole batch's mean-loss gradient.
-                weight = distributed.loss_weight(y.shape[0], self.loader.global_batch_size(index), self.context)
-                timer = _BackwardTimer(self.device)
-                (loss * weight if weight != 1 else loss).backward()
-                timer.stop()
-                self.totals.lr = self.optimizer.param_groups[0]["lr"]
-                self.optimizer.step()
-                self.scheduler.step()
-                self.totals.add(loss.item(), int((logits.argmax(1) == y).sum()), y.shape[0], self.model)
-                self.totals.backward_seconds += timer.seconds()  # after .item(), which waited for the device
-                now = time.perf_counter()
-                self.totals.seconds += now - tick  # wall time including fetching the batch
-                tick = now
-                self.batch = index + 1
-                if progress:
-                    t = self.totals
-                    progress.update(task, advance=1, stats=f"loss {t.loss / t.samples:.4f} acc {t.correct / t.samples:.2%} "
-                                                           f"{t.samples / max(t.seconds, 1e-9):.0f} img/s")
-                if distributed.any_across(stop.requested, self.context, self.device):
-                    return False
+        tick = time.perf_counter()
+        for index, (x, y) in enumerate(self.loader):
+            if index < self.batch:
+                tick = time.perf_counter()
+                continue  # already trained before the interruption; the loader replays its RNG draws
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            logits = self.net(x)
+            loss = F.cross_entropy(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            # DDP averages over processes; the weight makes that the whole batch's mean-loss gradient.
+            weight = distributed.loss_weight(y.shape[0], self.loader.global_batch_size(index), self.context)
+            timer = BackwardTimer(self.device)
+            (loss * weight if weight != 1 else loss).backward()
+            timer.stop()
+            self.totals.lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.totals.add(loss.item(), int((logits.argmax(1) == y).sum()), y.shape[0], self.model)
+            self.totals.backward_seconds += timer.seconds()  # after .item(), which waited for the device
+            now = time.perf_counter()
+            self.totals.seconds += now - tick  # wall time including fetching the batch
+            tick = now
+            self.batch = index + 1
+            if on_batch is not None:
+                on_batch(self)
+            if distributed.any_across(should_stop(), self.context, self.device):
+                return False
         return True
 
-    def _progress(self):
-        if self.console.is_terminal and self.context.is_main:
-            return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
-                            console=self.console, transient=True)
-        return _NoProgress()
+    @property
+    def batches_per_epoch(self) -> int:
+        """Steps in one epoch (of this process's loader)."""
+        return len(self.loader)
 
-    def _end_epoch(self) -> dict[str, Any]:
+    def end_epoch(self) -> dict[str, Any]:
+        """Close the finished epoch: evaluate on the validation and test sets; returns the epoch's metrics row."""
         row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.totals.lr}
         row.update(self.totals.across_processes(self.context, self.device).metrics())
         # Every process evaluates (its part of) the model rank 0 will save.
@@ -433,40 +330,10 @@ class Trainer:
         self.batch = 0
         self.totals = EpochTotals()
         self.loader_state = self.loader.generator.get_state()
-        self.console.print(format_row(row))
         return row
 
 
-class _NoProgress:
-    """Stands in for a progress bar when output is not a terminal: per-epoch lines only."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-def format_row(row: dict[str, Any]) -> str:
-    """One line per epoch for the console."""
-    parts = [f"epoch {row['epoch']}", f"lr {row['lr']:.4g}", f"train loss {row['train_loss']:.4f}",
-             f"acc {row['train_acc']:.2%}"]
-    if "val_acc" in row:
-        parts.append(f"val {row['val_acc']:.2%}" + (" *" if row.get("is_best") else ""))
-    if "test_acc" in row:
-        parts.append(f"test {row['test_acc']:.2%}")
-    if "backward_evals_mean" in row:
-        parts.append(f"backward {row['backward_evals_mean']:.1f} VJPs, {row['backward_converged_fraction']:.0%} converged"
-                     + (f", {row['backward_ms_mean']:.1f} ms" if "backward_ms_mean" in row else ""))
-    if "forward_status" in row:
-        parts.append("forward " + ", ".join(f"{k} {v}" for k, v in sorted(row["forward_status"].items())))
-    if "firing_rate" in row:
-        parts.append(f"rate {row['firing_rate']:.3f}")
-    parts.append(f"{row['train_seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)")
-    return " | ".join(parts)
-
-
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Final-epoch test accuracy, that of the epoch chosen on validation, and the best epoch's (the paper's protocol)."""
     if not rows:
         return {}

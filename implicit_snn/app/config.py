@@ -13,10 +13,11 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .bptt import available_surrogates
-from .classifier import ImplicitClassifier
-from .network import BN_BACKWARDS
-from .spectral import SpectralNorm
+from .. import producers
+from ..bptt import available_surrogates
+from ..classifier import ImplicitClassifier
+from ..network import BN_BACKWARDS
+from ..spectral import SpectralNorm
 
 # The paper's settings (supplement F.3.2 and the reference scripts), per model preset.
 PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -49,6 +50,8 @@ class RunConfig:
     f_solver: str = "broyden"
     f_max_iter: int = 50
     f_tol: float = 1e-5
+    f_stop_mode: str = "rel"
+    f_options: dict = dataclasses.field(default_factory=dict)
     b_solver: str = "broyden"
     b_max_iter: int = 30
     b_tol: float = 1e-6
@@ -116,6 +119,8 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "surrogate": (lambda v: v in available_surrogates(), " or ".join(map(repr, available_surrogates()))),
     "surrogate_slope": (_optional(POS_NUMBER[0]), POS_NUMBER[1]),
     "f_solver": STR, "f_max_iter": POS_INT, "f_tol": POS_NUMBER,
+    "f_stop_mode": (lambda v: v in ("rel", "abs"), "'rel' or 'abs'"),
+    "f_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table of option = value"),
     "b_solver": STR, "b_max_iter": NONNEG_INT, "b_tol": POS_NUMBER,
     "b_stop_mode": (lambda v: v in ("rel", "abs"), "'rel' or 'abs'"),
     "b_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table of option = value"),
@@ -144,10 +149,28 @@ def check_values(config: RunConfig) -> None:
             raise ValueError(f"setting `{name}` must be {allowed}, got {value!r}")
 
 
-def check_leak_applies(producer: Optional[str], leak_given: bool) -> None:
-    """A leak set by the user with a producer that has none would be silently ignored: refuse it."""
-    if leak_given and (producer or "lif") != "lif":
-        raise ValueError(f"--leak applies to the lif producer only; the {producer} producer has no leak")
+# Run settings that are options of the producer; each applies only to producers that take it.
+PRODUCER_SETTINGS = ("time_steps", "leak", "f_solver", "f_max_iter", "f_tol", "f_stop_mode", "f_options")
+
+
+def check_producer_settings(producer: Optional[str], given: set[str]) -> None:
+    """A given setting that the producer does not take would be silently ignored: refuse it."""
+    name = producer or "lif"
+    takes = producers.producer_options(name)
+    unused = [setting for setting in PRODUCER_SETTINGS if setting in given and setting not in takes]
+    if unused:
+        own = [f"`{s}`" for s in PRODUCER_SETTINGS if s in takes]
+        raise ValueError(f"{', '.join(f'`{s}`' for s in unused)} {'does' if len(unused) == 1 else 'do'} not apply to "
+                         f"the {name} producer" + (f", which takes {', '.join(own)}" if own else ""))
+
+
+def drop_unused_producer_settings(config: "RunConfig") -> None:
+    """Unset the preset's simulation settings (T, leak) where the producer has no use for them, so
+    that the saved configuration and the log do not show a T that played no part."""
+    takes = producers.producer_options(config.producer or "lif")
+    for setting in ("time_steps", "leak"):
+        if setting not in takes:
+            setattr(config, setting, None)
 
 
 # The settings of IDE's backward (adjoint) solve, and those of BPTT alone.
@@ -238,7 +261,9 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfi
     if config.dataset is None:
         config.dataset = "fashion-mnist"
     check_values(config)
-    check_leak_applies(config.producer, "leak" in chosen)
     check_method_applies(config.method, config.producer, set(chosen))
+    check_producer_settings(config.producer, set(chosen))
+    if config.method == "ide":
+        drop_unused_producer_settings(config)
     config.milestones = list(config.milestones)
     return config
