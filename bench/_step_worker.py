@@ -16,7 +16,7 @@ machine's conditions.
 
 This module must run against old revisions of the package too (``--baseline``): it uses only
 the standard library, torch, and API that has existed from the start (``models.build_model``
-with ``producer_options``/``backward``/``b_tol``/``b_max_iter``/``backward_options``,
+with ``producer_options``/``backward``/``b_tol``/``b_max_iter``/``b_options``,
 ``FeedbackSNN``'s layers and ``fixed_point_map``, ``SynapticLayer.linear``). It does not import
 bench/common.py, which needs newer library modules.
 """
@@ -77,7 +77,7 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
                 raise Unavailable(f"models.build_model has no BPTT yet ({error})") from error
             raise
     model = models.build_model(config["model"], producer_options=producer_options, backward=config["solver"],
-                               b_tol=config["tol"], b_max_iter=30, backward_options=dict(config["solver_options"]))
+                               b_tol=config["tol"], b_max_iter=30, b_options=dict(config["solver_options"]))
     if method == "peer":
         try:
             import peers  # bench/peers.py: external SNN libraries' versions of the presets

@@ -36,7 +36,7 @@ def parameter_gradient(model, state, x, y, tol: float, max_iter: int) -> torch.T
     # Every training-mode forward moves the spectral norm's power iteration and batch norm's
     # running statistics: start each gradient from the same buffers.
     model.load_state_dict(state)
-    model.set_backward("broyden", max_iter=max_iter, tol=tol)
+    model.set_backward("broyden", b_max_iter=max_iter, b_tol=tol)
     torch.manual_seed(0)  # the same dropout mask for every tolerance
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
@@ -83,14 +83,14 @@ def main() -> None:
     reference_residual = float(model.last_backward.rel_residual.max())
     grad_error = {t: float((parameter_gradient(model, state, x0, y0, t, 30) - exact).norm() / exact.norm()) for t in args.tols}
 
-    model.set_backward("broyden", max_iter=30, tol=args.tols[0])
+    model.set_backward("broyden", b_max_iter=30, b_tol=args.tols[0])
     timed_sgd_steps(model, state, batches[:3], device)  # warm-up
     medians: dict[float, list[float]] = {t: [] for t in args.tols}
     vjps: dict[float, float] = {}
     losses: dict[float, float] = {}
     for _ in range(args.rounds):
         for tol in args.tols:
-            model.set_backward("broyden", max_iter=30, tol=tol)
+            model.set_backward("broyden", b_max_iter=30, b_tol=tol)
             counts: list[int] = []
             times, losses[tol] = timed_sgd_steps(model, state, batches, device,
                                                  on_step=lambda: counts.append(model.last_backward.n_evals))

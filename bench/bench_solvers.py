@@ -315,7 +315,7 @@ def step_gradient(problem: Problem, adjoint, device: str, memory: Optional["Memo
     model, net = problem.model, problem.model.network
     model.load_state_dict(problem.state)  # the same buffers for every method (batch-norm statistics)
     f_args = net.differentiable_args(*problem.f_args)
-    a = adjoint(net.fixed_point_map, problem.a_star, *f_args, linearise=net.linearised_map, coupled=problem.coupled)
+    a = adjoint(net.fixed_point_map, problem.a_star, *f_args, linearize=net.linearised_map, coupled=problem.coupled)
     loss = F.cross_entropy(model.classifier(a.flatten(1)), problem.y)
     params = [p for p in model.parameters() if p.requires_grad]
     if memory is not None:
@@ -428,7 +428,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     # The reference: float64, GMRES to 1e-10.
     ref_problem = in_float64(problem)
-    ref_adjoint = ImplicitAdjoint(REFERENCE["solver"], max_iter=REFERENCE["max_iter"], tol=REFERENCE["tol"],
+    ref_adjoint = ImplicitAdjoint(REFERENCE["solver"], b_max_iter=REFERENCE["max_iter"], b_tol=REFERENCE["tol"],
                                   restart=REFERENCE["restart"])
     ref_grad, ref_ms, ref_result, _ = step_gradient(ref_problem, ref_adjoint, device)
     ref_v = ref_result.z.detach()
@@ -444,7 +444,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
 
     def adjoint_for(config):
-        return ImplicitAdjoint(config["solver"], max_iter=config["max_iter"], tol=config["tol"], **config["options"])
+        return ImplicitAdjoint(config["solver"], b_max_iter=config["max_iter"], b_tol=config["tol"], **config["options"])
 
     # Warm-up, untimed: the model's code paths and the cheapest solves.
     for config in configs[:2]:

@@ -13,12 +13,11 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from solvers import FixedPointSolver, SolverResult, get_solver
-from solvers._driver import check_settings
+from solvers import SolverResult, check_settings, configure, get_solver
 
 OnBackward = Callable[[SolverResult], None]
-#: ``linearise(a, *args) -> (f(a, *args) with graph, jt)`` with ``jt(v, add=None) = J_f(a)ᵀ v (+ add)``.
-Linearise = Callable[..., tuple[torch.Tensor, Callable[..., torch.Tensor]]]
+#: ``linearize(a, *args) -> (f(a, *args) with graph, jt)`` with ``jt(v, add=None) = J_f(a)ᵀ v (+ add)``.
+Linearize = Callable[..., tuple[torch.Tensor, Callable[..., torch.Tensor]]]
 VJP_MODES = ("auto", "autograd")
 
 
@@ -26,52 +25,53 @@ class ImplicitAdjoint:
     """The backward method: solve the adjoint system with a registry solver.
 
     Args:
-        solver: a registered solver name (``"broyden"``, ``"anderson"``, ...) or a solver object.
-        max_iter: cap on solver steps (each about one VJP of f).
-        tol: tolerance of the adjoint solve, in ``stop_mode``.
-        stop_mode: ``"rel"`` (default) or ``"abs"`` residual.
+        backward: a registered solver name (``"broyden"``, ``"anderson"``, ...) or a solver object.
+        b_max_iter: cap on solver steps (each about one VJP of f).
+        b_tol: tolerance of the adjoint solve, in ``b_stop_mode``.
+        b_stop_mode: ``"rel"`` (default) or ``"abs"`` residual.
         on_backward: called with the ``SolverResult`` after every backward solve.
-        vjp: ``"auto"`` takes J_fᵀv from the explicit operator of a ``linearise`` callable when
+        vjp: ``"auto"`` takes J_fᵀv from the explicit operator of a ``linearize`` callable when
             one is given (``FeedbackSNN.linearised_map``), else from autograd; ``"autograd"``
             always differentiates f's graph (the reference the explicit operator is tested on).
-        **solver_options: options of the solver (checked now for the registry's own solvers).
+        **options: the solver's own options (e.g. ``memory=10``) and the driver's call options
+            (``throw``, ``check_every``, ``return_best``, ``divergence_factor``), split by name and
+            checked now (``solvers.configure``): an unknown name is a ``ValueError`` listing what
+            this solver accepts, and a call option it cannot honour is refused.
 
     Attributes:
+        solver: the solver, its own options applied; ``call_options``: what each solve passes it.
+        max_iter, tol, stop_mode: the settings of each solve.
         last_result: the ``SolverResult`` of the most recent backward solve (None before any).
     """
 
     def __init__(
         self,
-        solver: Any = "broyden",
+        backward: Any = "broyden",
         *,
-        max_iter: int = 30,
-        tol: float = 1e-6,
-        stop_mode: str = "rel",
+        b_max_iter: int = 30,
+        b_tol: float = 1e-6,
+        b_stop_mode: str = "rel",
         on_backward: Optional[OnBackward] = None,
         vjp: str = "auto",
-        **solver_options: Any,
+        **options: Any,
     ):
-        check_settings(max_iter, tol, stop_mode)
+        check_settings(b_max_iter, b_tol, b_stop_mode, prefix="b_")
         if vjp not in VJP_MODES:
             raise ValueError(f"`vjp` must be one of {VJP_MODES}, got {vjp!r}")
         self.vjp = vjp
-        self.solver = get_solver(solver)
-        if isinstance(self.solver, FixedPointSolver):
-            self.solver = self.solver.with_options(**solver_options)
-            solver_options = {}
-        self.solver_options = solver_options
-        self.max_iter = max_iter
-        self.tol = tol
-        self.stop_mode = stop_mode
+        self.solver, self.call_options = configure(get_solver(backward), options)
+        self.max_iter = b_max_iter
+        self.tol = b_tol
+        self.stop_mode = b_stop_mode
         self.on_backward = on_backward
         self.last_result: Optional[SolverResult] = None
 
     def __repr__(self) -> str:
-        return (f"ImplicitAdjoint(solver={self.solver!r}, max_iter={self.max_iter}, tol={self.tol}, "
-                f"stop_mode={self.stop_mode!r}, vjp={self.vjp!r})")
+        return (f"ImplicitAdjoint(backward={self.solver!r}, b_max_iter={self.max_iter}, b_tol={self.tol}, "
+                f"b_stop_mode={self.stop_mode!r}, vjp={self.vjp!r}, options={self.call_options!r})")
 
     def __call__(self, f: Callable[..., torch.Tensor], a_star: torch.Tensor, *args: Any,
-                 linearise: Optional[Linearise] = None, coupled: bool = False) -> torch.Tensor:
+                 linearize: Optional[Linearize] = None, coupled: bool = False) -> torch.Tensor:
         """A tensor equal to ``a_star`` whose gradient is the implicit one.
 
         Args:
@@ -79,7 +79,7 @@ class ImplicitAdjoint:
                 callable (an nn.Module or a closure over parameters).
             a_star: the equilibrium ``[B, ...]``, computed by anything; it is not differentiated.
             *args: further inputs of f; gradients reach those that require grad.
-            linearise: optionally, f with its transposed Jacobian as an explicit operator
+            linearize: optionally, f with its transposed Jacobian as an explicit operator
                 (``FeedbackSNN.linearised_map``), used instead of f when ``vjp="auto"``.
             coupled: f mixes the samples of the batch (batch statistics in training,
                 ``FeedbackSNN.couples_samples``): the adjoint is then solved as one problem for
@@ -96,11 +96,11 @@ class ImplicitAdjoint:
         if not torch.is_grad_enabled():
             return a_star
         jt = None
-        if linearise is not None and self.vjp == "auto":
+        if linearize is not None and self.vjp == "auto":
             # The operator gives Jᵀv, so f's graph needs no path to a: the one backward through
             # it then skips the product that would compute a gradient nobody reads.
             z = a_star
-            fz, jt = linearise(z, *args)
+            fz, jt = linearize(z, *args)
         else:
             z = a_star.clone().requires_grad_()
             fz = f(z, *args)
@@ -128,7 +128,7 @@ class ImplicitAdjoint:
         coupling = {"coupled": True} if coupled else {}
         result = self.solver(
             adjoint_map, grad, max_iter=self.max_iter, tol=self.tol, stop_mode=self.stop_mode,
-            **coupling, **self.solver_options,
+            **coupling, **self.call_options,
         )
         self.last_result = result
         if self.on_backward is not None:
@@ -165,9 +165,9 @@ def implicit_grad(
     b_tol: float = 1e-6,
     b_stop_mode: str = "rel",
     on_backward: Optional[OnBackward] = None,
-    linearise: Optional[Linearise] = None,
+    linearize: Optional[Linearize] = None,
     coupled: bool = False,
-    **solver_options: Any,
+    **options: Any,
 ) -> torch.Tensor:
     """Attach the implicit gradient of the fixed point a* = f(a*, *args) to ``a_star``.
 
@@ -175,16 +175,17 @@ def implicit_grad(
     ``args`` is vᵀ ∂f(a*, args)/∂θ, v = (I − J_f(a*)ᵀ)⁻¹ ∂L/∂a, v found by the solver
     ``backward`` (a registry name or a solver object) within ``b_max_iter`` steps to ``b_tol``.
     ``on_backward`` receives the backward solve's ``SolverResult`` (evaluations, residuals,
-    convergence) for logging; an ``ImplicitAdjoint`` keeps it as ``last_result``. ``linearise``
+    convergence) for logging; an ``ImplicitAdjoint`` keeps it as ``last_result``. ``linearize``
     optionally gives f with an explicit transposed Jacobian, and ``coupled`` says that f mixes the
-    samples (see ``ImplicitAdjoint.__call__``).
+    samples (see ``ImplicitAdjoint.__call__``). ``options`` are the solver's own options and the
+    driver's call options ``throw``, ``check_every``, ``return_best``, ``divergence_factor``, in one
+    namespace, checked before anything runs (see ``ImplicitAdjoint``).
 
     Example:
         >>> a = solvers.get_solver("anderson")(lambda z: f(z, x), z0, max_iter=50, tol=1e-6).z
         >>> loss(implicit_grad(f, a, x)).backward()
     """
     adjoint = ImplicitAdjoint(
-        backward, max_iter=b_max_iter, tol=b_tol, stop_mode=b_stop_mode, on_backward=on_backward,
-        **solver_options,
+        backward, b_max_iter=b_max_iter, b_tol=b_tol, b_stop_mode=b_stop_mode, on_backward=on_backward, **options,
     )
-    return adjoint(f, a_star, *args, linearise=linearise, coupled=coupled)
+    return adjoint(f, a_star, *args, linearize=linearize, coupled=coupled)

@@ -184,12 +184,12 @@ def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor
         raise ValueError(f"`repeats` must be an int >= 1, got {repeats!r}")
     with _preserved(model) as state:
         model.train()
-        model.set_backward(reference, max_iter=reference_max_iter, tol=reference_tol)
+        model.set_backward(reference, b_max_iter=reference_max_iter, b_tol=reference_tol)
         ref_grad, _ = _training_step_gradient(model, state, x, y, seed)
         ref_result = model.last_backward
         rows = []
         for name in names:
-            model.set_backward(name, max_iter=max_iter, tol=tol)
+            model.set_backward(name, b_max_iter=max_iter, b_tol=tol)
             timed = [_training_step_gradient(model, state, x, y, seed) for _ in range(repeats)]
             grad, elapsed = timed[0][0], statistics.median(t for _, t in timed)
             summary = model.last_backward.summary()

@@ -31,7 +31,10 @@ class ImplicitClassifier(nn.Module):
         num_classes: outputs of the classifier.
         producer: a registered producer name or a ``Producer``; ``producer_options`` build it.
         backward: a registered solver name or solver object for the adjoint solve.
-        b_max_iter, b_tol, b_stop_mode, backward_options: settings of the adjoint solve.
+        b_max_iter, b_tol, b_stop_mode, b_options: settings of the adjoint solve; ``b_options``
+            holds the solver's own options and the driver's call options (``throw``,
+            ``check_every``, ``return_best``, ``divergence_factor``) in one dict, and
+            ``ImplicitAdjoint``'s ``vjp``, all checked now (see ``ImplicitAdjoint``).
         method: ``"ide"`` (implicit differentiation, default) or ``"bptt"``.
         surrogate, surrogate_slope, detach_reset: BPTT's surrogate derivative (``"sigmoid"`` or
             ``"rectangular"``; slope None: the surrogate's default, 4 for sigmoid, 1 for
@@ -46,7 +49,7 @@ class ImplicitClassifier(nn.Module):
     def __init__(self, network: nn.Module, num_classes: int, *, producer: Any = "lif",
                  producer_options: Optional[dict[str, Any]] = None, backward: Any = "broyden",
                  b_max_iter: int = 30, b_tol: float = 1e-6, b_stop_mode: str = "rel",
-                 backward_options: Optional[dict[str, Any]] = None, method: str = "ide",
+                 b_options: Optional[dict[str, Any]] = None, method: str = "ide",
                  surrogate: str = "sigmoid", surrogate_slope: Optional[float] = None, detach_reset: bool = False):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -54,7 +57,7 @@ class ImplicitClassifier(nn.Module):
         self.network = network
         self.classifier = nn.Linear(math.prod(network.layer_shapes[-1]), num_classes)
         self.set_producer(producer, **(producer_options or {}))
-        self.set_backward(backward, max_iter=b_max_iter, tol=b_tol, stop_mode=b_stop_mode, **(backward_options or {}))
+        self.set_backward(backward, b_max_iter=b_max_iter, b_tol=b_tol, b_stop_mode=b_stop_mode, b_options=b_options)
         self.set_method(method, surrogate=surrogate, surrogate_slope=surrogate_slope, detach_reset=detach_reset)
         self.last_forward: dict[str, Any] = {}
 
@@ -84,10 +87,14 @@ class ImplicitClassifier(nn.Module):
             bptt.spiking_settings(self.producer)
         self.method, self.surrogate, self.detach_reset = method, chosen, detach_reset
 
-    def set_backward(self, solver: Any = "broyden", *, max_iter: int = 30, tol: float = 1e-6,
-                     stop_mode: str = "rel", **options: Any) -> None:
-        """Use another backward solver or settings (checked now, not at the first backward)."""
-        self.adjoint = ImplicitAdjoint(solver, max_iter=max_iter, tol=tol, stop_mode=stop_mode, **options)
+    def set_backward(self, backward: Any = "broyden", *, b_max_iter: int = 30, b_tol: float = 1e-6,
+                     b_stop_mode: str = "rel", b_options: Optional[dict[str, Any]] = None) -> None:
+        """Use another backward solver or settings, named as in the constructor (checked now, not at
+        the first backward)."""
+        if b_options is not None and not isinstance(b_options, dict):
+            raise TypeError(f"`b_options` must be a dict, got {type(b_options).__name__}")
+        self.adjoint = ImplicitAdjoint(backward, b_max_iter=b_max_iter, b_tol=b_tol, b_stop_mode=b_stop_mode,
+                                       **(b_options or {}))
 
     @property
     def fixed_point_map(self):
@@ -119,8 +126,8 @@ class ImplicitClassifier(nn.Module):
         differentiable = getattr(self.network, "differentiable_args", None)
         if differentiable is not None:
             f_args = differentiable(*f_args)
-        linearise = getattr(self.network, "linearised_map", None)
-        return self.adjoint(self.network.fixed_point_map, eq.a, *f_args, linearise=linearise,
+        linearize = getattr(self.network, "linearised_map", None)
+        return self.adjoint(self.network.fixed_point_map, eq.a, *f_args, linearize=linearize,
                             coupled=couples_samples(self.network, f_args))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ PRESETS: dict[str, tuple[str, tuple[int, ...], dict[str, Any]]] = {
     # reference's update converges to (2I − Jᵀ)⁻¹g instead, its bug B2).
     "f64c5_nmnist": ("64C5s (F64C5)", (2, 34, 34),
                      dict(producer="lif", producer_options=dict(time_steps=30, leak=0.95), input_padding=2,
-                          backward="fixed_point", backward_options=dict(damping=0.5))),
+                          backward="fixed_point", b_options=dict(damping=0.5))),
     "alexnet_f": ("96C3s-256C3-384C3s-384C3-256C3 (F96C3u)", (3, 32, 32),
                   dict(producer="lif", producer_options=dict(time_steps=30, leak=0.99))),
     "cifarnet_f": ("128C3s-256C3-512C3s-1024C3-512C3 (F128C3u)", (3, 32, 32),
@@ -36,6 +36,8 @@ def _make_builder(name: str):
         merged = {**defaults, **options}
         if "producer_options" in options and "producer" not in options:
             merged["producer_options"] = {**defaults.get("producer_options", {}), **options["producer_options"]}
+        if "backward" in options and "b_options" not in options and options["backward"] != defaults.get("backward"):
+            merged.pop("b_options", None)  # the preset's solver options belong to the preset's solver
         return from_spec(spec, in_shape, num_classes, **merged)
 
     build.__doc__ = f"The paper's {spec} on {'x'.join(map(str, in_shape))} inputs."

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import torch
 
-from solvers._names import Registry
+from solvers import Registry
 
 Builder = Callable[..., torch.nn.Module]
 MODELS: Registry[Builder] = Registry("model")

@@ -1,16 +1,18 @@
 """Fixed-point solvers for batched problems z = g(z), behind one registry.
 
 Every solver is called as ``solver(g, z0, *, max_iter, tol, stop_mode="rel", **options)`` and
-returns a ``SolverResult`` with per-sample residuals and convergence flags. Knows nothing of
-spiking networks.
+returns a ``SolverResult`` with per-sample residuals and convergence flags; ``options`` are the
+solver's own options and the call options ``CALL_OPTIONS``, which ``configure`` splits and
+validates once. Knows nothing of spiking networks.
 """
 
 from ._anderson import Anderson
 from ._broyden import Broyden
-from ._driver import BatchedMap, FixedPointSolver, IterState
+from ._driver import CALL_OPTIONS, BatchedMap, FixedPointSolver, IterState, check_settings, configure
 from ._exact import Exact
 from ._fixed_point import FixedPoint
 from ._gmres import GMRES
+from ._names import Registry
 from ._neumann import Neumann
 from ._phantom import Phantom
 from ._registry import available_solvers, describe_solvers, get_solver, register_solver
@@ -35,8 +37,8 @@ for _name, _solver in [
 del _name, _solver
 
 __all__ = [
-    "Anderson", "BatchedMap", "Broyden", "ConvergenceError", "Exact", "FixedPoint",
-    "FixedPointSolver", "GMRES", "IterState", "Neumann", "Phantom", "SolverResult", "SolverStatus",
+    "CALL_OPTIONS", "Anderson", "BatchedMap", "Broyden", "ConvergenceError", "Exact", "FixedPoint",
+    "FixedPointSolver", "GMRES", "IterState", "Neumann", "Phantom", "Registry", "SolverResult", "SolverStatus",
     "SpikingAdjoint", "TorchDEQSolver",
-    "available_solvers", "describe_solvers", "get_solver", "register_solver",
+    "available_solvers", "check_settings", "configure", "describe_solvers", "get_solver", "register_solver",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from typing import ClassVar
+
 import torch
 
 from . import _workspace
@@ -36,6 +38,8 @@ class Anderson(FixedPointSolver):
             100·eps of the dtype, enough to keep the Gram system solvable.
         damping: β in (0, 1], the mixing weight of the images.
     """
+
+    NAME: ClassVar[str] = "anderson"
 
     memory: int = 6
     regularization: float | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from typing import ClassVar
+
 import torch
 
 from . import _workspace
@@ -50,6 +52,8 @@ class Broyden(FixedPointSolver):
     Args:
         memory: number of rank-one updates kept (memory use is 2·B·D·memory numbers).
     """
+
+    NAME: ClassVar[str] = "broyden"
 
     memory: int = 30
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 import torch
 
@@ -71,16 +71,64 @@ def residuals(z: torch.Tensor, gz: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return abs_res, rel_res
 
 
-def check_settings(max_iter: Any, tol: Any, stop_mode: Any, check_every: Any = 1) -> None:
-    """Reject bad solve settings with a one-line message naming what is allowed."""
+#: The driver's call options besides the settings ``max_iter``, ``tol``, ``stop_mode``: every
+#: solver honours each of them or refuses it with a one-line ``ValueError``. An options dict of
+#: an entry point (``implicit_grad``, ``ImplicitAdjoint``, ``b_options``, ``f_options``) may mix
+#: them with the solver's own options; ``configure`` splits them by name.
+CALL_OPTIONS = ("throw", "check_every", "return_best", "divergence_factor")
+
+
+def check_settings(max_iter: Any, tol: Any, stop_mode: Any, check_every: Any = 1, *, prefix: str = "") -> None:
+    """Reject bad solve settings with a one-line message naming what is allowed.
+
+    ``prefix`` is put before the names in the messages (``"b_"``: ``b_max_iter``, ``b_tol``, ...).
+    """
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"`max_iter` must be an int >= 0, got {max_iter!r}")
+        raise ValueError(f"`{prefix}max_iter` must be an int >= 0, got {max_iter!r}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0 or not math.isfinite(tol):
-        raise ValueError(f"`tol` must be a finite number > 0, got {tol!r}")
+        raise ValueError(f"`{prefix}tol` must be a finite number > 0, got {tol!r}")
     if stop_mode not in STOP_MODES:
-        raise ValueError(f"`stop_mode` must be one of {STOP_MODES}, got {stop_mode!r}")
+        raise ValueError(f"`{prefix}stop_mode` must be one of {STOP_MODES}, got {stop_mode!r}")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"`check_every` must be an int >= 1, got {check_every!r}")
+
+
+def check_call_options(owner: str, *, throw: Any = False, check_every: Any = 1, return_best: Any = True,
+                       divergence_factor: Any = 1e6) -> None:
+    """Reject a bad value of a call option with a one-line ``ValueError`` naming it and ``owner``."""
+    for name, value in (("throw", throw), ("return_best", return_best)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{owner}: `{name}` must be True or False, got {value!r}")
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"{owner}: `check_every` must be an int >= 1, got {check_every!r}")
+    factor = divergence_factor
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+        raise ValueError(f"{owner}: `divergence_factor` must be a number > 0 (inf: never), got {factor!r}")
+
+
+def unknown_options(owner: str, unknown: list[str], own: list[str], calls: tuple[str, ...]) -> ValueError:
+    """The one-line error for option names a solver does not know, listing exactly those it accepts."""
+    return ValueError(
+        f"{owner} got unknown option(s) {unknown}; it accepts its options {own} "
+        f"and the call options {list(calls)}"
+    )
+
+
+def configure(solver: Any, options: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Split one options dict into the solver's own options and the driver's call options.
+
+    Returns the solver with its own options applied and the call options (``CALL_OPTIONS``) to
+    pass to every call of it, both validated now: an unknown name is a ``ValueError`` listing
+    exactly what this solver accepts, and a call option the solver cannot honour is refused with
+    its reason. A solver without ``split_options`` (a user's own callable) gets every option at
+    each call, unchecked.
+    """
+    if not isinstance(options, Mapping):
+        raise TypeError(f"solver options must be a dict, got {type(options).__name__}")
+    split = getattr(solver, "split_options", None)
+    if split is None:
+        return solver, dict(options)
+    return split(dict(options))
 
 
 def check_call(z0: Any, max_iter: Any, tol: Any, stop_mode: Any, check_every: Any) -> None:
@@ -139,8 +187,38 @@ class FixedPointSolver(abc.ABC):
     Subclasses are frozen dataclasses whose fields are their options, validated in
     ``__post_init__``. An instance is called as
     ``solver(g, z0, *, max_iter, tol, stop_mode="rel", **options) -> SolverResult``, where
-    ``options`` override the fields for that call (unknown names raise ``TypeError``).
+    ``options`` are the call options (``CALL_OPTIONS``) and overrides of the fields for that
+    call (unknown names raise ``ValueError``).
     """
+
+    #: The name in messages (the registry's name of the built-in solvers).
+    NAME: ClassVar[str] = ""
+    #: The call options this solver honours (the others of ``CALL_OPTIONS`` it refuses).
+    ACCEPTED_CALL_OPTIONS: ClassVar[tuple[str, ...]] = CALL_OPTIONS
+
+    @property
+    def owner(self) -> str:
+        """The solver's name in messages."""
+        return self.NAME or type(self).__name__
+
+    @property
+    def option_names(self) -> list[str]:
+        """The solver's own options (its fields)."""
+        return [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+
+    def check_call_options(self, **calls: Any) -> None:
+        """Reject call options this solver cannot honour, or bad values, with a one-line ``ValueError``."""
+        check_call_options(self.owner, **calls)
+
+    def split_options(self, options: dict[str, Any]) -> tuple["FixedPointSolver", dict[str, Any]]:
+        """``configure`` for this solver: (a copy with its own options applied, the call options)."""
+        own_names = self.option_names
+        unknown = sorted(set(options) - set(own_names) - set(CALL_OPTIONS))
+        if unknown:
+            raise unknown_options(self.owner, unknown, own_names, self.ACCEPTED_CALL_OPTIONS)
+        calls = {name: value for name, value in options.items() if name in CALL_OPTIONS}
+        self.check_call_options(**calls)
+        return self.with_options(**{n: v for n, v in options.items() if n in own_names}), calls
 
     @abc.abstractmethod
     def init(self, g: BatchedMap, z0: torch.Tensor, gz0: torch.Tensor) -> IterState:
@@ -157,15 +235,11 @@ class FixedPointSolver(abc.ABC):
         """
 
     def with_options(self, **options: Any) -> "FixedPointSolver":
-        """A copy with some options changed; unknown option names raise ``TypeError``."""
-        names = [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        """A copy with some of its own options changed; unknown option names raise ``ValueError``."""
+        names = self.option_names
         unknown = sorted(set(options) - set(names))
         if unknown:
-            raise TypeError(
-                f"{type(self).__name__} got unknown option(s) {unknown}; its options are {names} "
-                "plus the call arguments max_iter, tol, stop_mode, throw, check_every, "
-                "return_best, divergence_factor, coupled"
-            )
+            raise unknown_options(self.owner, unknown, names, self.ACCEPTED_CALL_OPTIONS)
         return dataclasses.replace(self, **options) if options else self  # type: ignore[type-var]
 
     def __call__(
@@ -208,12 +282,14 @@ class FixedPointSolver(abc.ABC):
             A ``SolverResult``; its residuals are measured at the returned ``z``.
 
         Raises:
-            ValueError: ``z0`` or ``g(z0)`` is not finite, or an argument is out of range.
-            TypeError: an unknown option name.
+            ValueError: ``z0`` or ``g(z0)`` is not finite, an argument is out of range, or an
+                unknown option name.
             ConvergenceError: only with ``throw=True``, when some sample did not converge.
         """
         check_call(z0, max_iter, tol, stop_mode, check_every)
         check_flag("coupled", coupled)
+        self.check_call_options(throw=throw, check_every=check_every, return_best=return_best,
+                                divergence_factor=divergence_factor)
         solver = self.with_options(**options)
         with torch.no_grad():
             result = _iterate(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from typing import ClassVar
+
 import torch
 
 from ._checks import check_int
@@ -30,6 +32,8 @@ class Exact(FixedPointSolver):
     Args:
         max_size: the largest number of unknowns per sample D accepted (A has B·D² entries).
     """
+
+    NAME: ClassVar[str] = "exact"
 
     max_size: int = 4096
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from typing import ClassVar
+
 import torch
 
 from ._checks import check_range
@@ -18,6 +20,8 @@ class FixedPoint(FixedPointSolver):
         damping: β in (0, 1]; 1 is plain iteration. Smaller values make the iteration
             converge for some non-contractive maps whose Jacobian has eigenvalues below 1.
     """
+
+    NAME: ClassVar[str] = "fixed_point"
 
     damping: float = 1.0
 

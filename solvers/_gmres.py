@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from typing import ClassVar
+
 import torch
 
 from . import _workspace
@@ -60,6 +62,8 @@ class GMRES(FixedPointSolver):
     Args:
         restart: Krylov dimension m before a restart (memory use is about 2·B·D·m numbers).
     """
+
+    NAME: ClassVar[str] = "gmres"
 
     restart: int = 30
 

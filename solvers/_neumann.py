@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from typing import ClassVar
+
 import torch
 
 from ._checks import check_range
@@ -25,16 +27,19 @@ class Neumann(FixedPointSolver):
     iteration with damping α, and every reported residual is evaluated, not extrapolated.
 
     Args:
-        step_size: α in (0, 1]; below 1 it damps the series (Richardson preconditioning).
+        damping: α in (0, 1]; below 1 it damps the series (Richardson preconditioning), as
+            ``fixed_point``'s ``damping``.
     """
 
-    step_size: float = 1.0
+    NAME: ClassVar[str] = "neumann"
+
+    damping: float = 1.0
 
     def __post_init__(self) -> None:
-        check_range("neumann", "step_size", self.step_size, 0.0, 1.0)
+        check_range("neumann", "damping", self.damping, 0.0, 1.0)
 
     def init(self, g: BatchedMap, z0: torch.Tensor, gz0: torch.Tensor) -> IterState:
         return IterState(z0, gz0)
 
     def step(self, g: BatchedMap, state: IterState) -> IterState:
-        return damped_step(g, state, self.step_size)  # the next partial sum S + α (g(S) − S)
+        return damped_step(g, state, self.damping)  # the next partial sum S + α (g(S) − S)

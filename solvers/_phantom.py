@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar, Optional
 
 import torch
 
 from ._checks import check_int, check_range
-from ._driver import BatchedMap, FixedPointSolver, IterState, Map, check_call, final_status
+from ._driver import (
+    BatchedMap, FixedPointSolver, IterState, Map, _iterate, check_call, check_call_options, check_flag, final_status,
+)
 from ._fixed_point import damped_step
 from ._result import ConvergenceError, SolverResult, SolverStatus
 
@@ -34,13 +36,16 @@ class Phantom(FixedPointSolver):
     ``SUCCESS`` only when every measured residual meets ``tol``; otherwise ``NONFINITE`` when
     one overflowed, ``DIVERGED`` when one grew beyond ``divergence_factor`` times its initial
     value (the budget is spent all the same), else ``MAX_ITER``. The returned z is always the
-    last iterate (``return_best`` cannot be True): that is the estimator.
+    last iterate (``return_best`` cannot be True): that is the estimator. ``check_every`` is
+    refused: there is nothing to check before the end of the budget.
 
     Args:
         steps: k, the number of damped steps (0 is the Jacobian-free gradient).
         damping: λ in (0, 1]; 1 (torchdeq's default ``tau``) is the plain truncated Neumann
             series, torchdeq recommends 0.5–0.7 for multiscale DEQs.
     """
+
+    NAME: ClassVar[str] = "phantom"
 
     steps: int = 5
     damping: float = 1.0
@@ -55,6 +60,21 @@ class Phantom(FixedPointSolver):
     def step(self, g: BatchedMap, state: IterState) -> IterState:
         return damped_step(g, state, self.damping)
 
+    #: ``check_every`` is refused: the budget is never cut short, so there is nothing to check early.
+    ACCEPTED_CALL_OPTIONS: ClassVar[tuple[str, ...]] = ("throw", "return_best", "divergence_factor")
+
+    def check_call_options(self, *, throw: Any = False, check_every: Any = None, return_best: Any = False,
+                           divergence_factor: Any = 1e6) -> None:
+        """Refuse ``check_every`` (whatever its value) and ``return_best=True``; check the others."""
+        if check_every is not None:
+            raise ValueError(
+                "phantom: `check_every` cannot be honoured: a fixed budget of `steps` is checked once, at its end; "
+                "leave it out"
+            )
+        check_call_options(self.owner, throw=throw, return_best=return_best, divergence_factor=divergence_factor)
+        if return_best:
+            raise ValueError("phantom: `return_best` must be False: phantom returns its last iterate by definition")
+
     def __call__(  # type: ignore[override]
         self,
         g: Map,
@@ -64,35 +84,36 @@ class Phantom(FixedPointSolver):
         tol: float,
         stop_mode: str = "rel",
         throw: bool = False,
-        check_every: int = 1,
+        check_every: Optional[int] = None,
         return_best: bool = False,
         divergence_factor: float = 1e6,
+        coupled: bool = False,
         **options: Any,
     ) -> SolverResult:
         """Take exactly ``steps`` damped steps of ``z = g(z)`` from ``z0: [B, ...]``.
 
         Arguments as for every solver, except: ``max_iter`` must be at least ``steps`` (the
-        budget is ``steps``, not ``max_iter``); ``check_every`` is accepted and has nothing to
-        do (the budget is never cut short, so only the end is checked); ``return_best`` must
-        be False; ``tol`` only decides ``converged`` and the status.
+        budget is ``steps``, not ``max_iter``); ``check_every`` is refused (the budget is never
+        cut short, so only the end is checked); ``return_best`` must be False; ``tol`` only
+        decides ``converged`` and the status.
         """
-        check_call(z0, max_iter, tol, stop_mode, check_every)
-        names = {field.name for field in dataclasses.fields(self)}
-        solver = self.with_options(**{name: value for name, value in options.items() if name in names})
-        others = {name: value for name, value in options.items() if name not in names}
-        if return_best:
-            raise ValueError("phantom: `return_best` must be False: phantom returns its last iterate by definition")
+        check_call(z0, max_iter, tol, stop_mode, 1)
+        check_flag("coupled", coupled)
+        self.check_call_options(throw=throw, check_every=check_every, return_best=return_best,
+                                divergence_factor=divergence_factor)
+        solver = self.with_options(**options)
         if solver.steps > max_iter:
             raise ValueError(
                 f"phantom: `steps`={solver.steps} exceeds `max_iter`={max_iter}; "
                 "raise `max_iter` or lower `steps`"
             )
         # One check, after the last step: the driver then stops only at the end of the budget.
-        result = FixedPointSolver.__call__(
-            solver, g, z0, max_iter=solver.steps, tol=_NEVER, stop_mode=stop_mode,
-            check_every=max(solver.steps, 1), return_best=False, divergence_factor=divergence_factor,
-            **others,
-        )
+        with torch.no_grad():
+            result = _iterate(
+                solver, g, z0, max_iter=solver.steps, tol=_NEVER, stop_mode=stop_mode,
+                check_every=max(solver.steps, 1), return_best=False, divergence_factor=divergence_factor,
+                coupled=coupled,
+            )
         converged = result.residual <= tol
         result = dataclasses.replace(
             result, converged=converged, tol=float(tol),

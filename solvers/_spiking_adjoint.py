@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Union
+from typing import Any, Callable, ClassVar, Optional, Union
 
 import torch
 
 from ._checks import check_int, check_range
-from ._driver import BatchedMap, all_finite, check_call, check_flag, final_status, first_evaluation, residual_norms
+from ._driver import (
+    CALL_OPTIONS, BatchedMap, all_finite, check_call, check_call_options, check_flag, final_status, first_evaluation,
+    residual_norms, unknown_options,
+)
 from ._result import ConvergenceError, SolverResult
 
 Map = Callable[[torch.Tensor], torch.Tensor]
@@ -88,16 +91,47 @@ class SpikingAdjoint:
         return ("SPIDE: spiking solve of an affine problem, ternary spikes for `time_steps` steps, "
                 "error O(θ/T) (Xiao et al. 2023)")
 
+    #: ``check_every`` is refused (nothing is checked before the end) and so is
+    #: ``return_best=True`` (the estimate is the spike rate of the whole run).
+    ACCEPTED_CALL_OPTIONS: ClassVar[tuple[str, ...]] = ("throw", "return_best", "divergence_factor")
+
+    @property
+    def option_names(self) -> list[str]:
+        """The solver's own options (its fields)."""
+        return [f.name for f in dataclasses.fields(self)]
+
     def with_options(self, **options: Any) -> "SpikingAdjoint":
-        """A copy with some options changed; unknown option names raise ``TypeError``."""
-        names = [f.name for f in dataclasses.fields(self)]
+        """A copy with some options changed; unknown option names raise ``ValueError``."""
+        names = self.option_names
         unknown = sorted(set(options) - set(names))
         if unknown:
-            raise TypeError(
-                f"SpikingAdjoint got unknown option(s) {unknown}; its options are {names} plus the "
-                "call arguments max_iter, tol, stop_mode, throw, check_every, coupled"
-            )
+            raise unknown_options(OWNER, unknown, names, self.ACCEPTED_CALL_OPTIONS)
         return dataclasses.replace(self, **options) if options else self
+
+    def check_call_options(self, *, throw: Any = False, check_every: Any = None, return_best: Any = False,
+                           divergence_factor: Any = 1e6) -> None:
+        """Refuse ``check_every`` (whatever its value) and ``return_best=True``; check the others."""
+        if check_every is not None:
+            raise ValueError(
+                f"{OWNER}: `check_every` cannot be honoured: the simulation has no convergence checks, "
+                "only its end is measured; leave it out"
+            )
+        check_call_options(OWNER, throw=throw, return_best=return_best, divergence_factor=divergence_factor)
+        if return_best:
+            raise ValueError(
+                f"{OWNER}: `return_best` must be False: the estimate is the spike rate of the whole run, "
+                "there is no best iterate to return"
+            )
+
+    def split_options(self, options: dict[str, Any]) -> tuple["SpikingAdjoint", dict[str, Any]]:
+        """``configure`` for this solver: (a copy with its own options applied, the call options)."""
+        names = self.option_names
+        unknown = sorted(set(options) - set(names) - set(CALL_OPTIONS))
+        if unknown:
+            raise unknown_options(OWNER, unknown, names, self.ACCEPTED_CALL_OPTIONS)
+        calls = {name: value for name, value in options.items() if name in CALL_OPTIONS}
+        self.check_call_options(**calls)
+        return self.with_options(**{n: v for n, v in options.items() if n in names}), calls
 
     def thresholds(self, z0: torch.Tensor, c: torch.Tensor, coupled: bool = False) -> torch.Tensor:
         """θ as [B, 1] (or [1, 1]) for [B, D] tensors ``z0`` and ``c = g(0)``."""
@@ -111,52 +145,65 @@ class SpikingAdjoint:
 
     def __call__(
         self, g: Map, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = "rel",
-        throw: bool = False, check_every: int = 1, coupled: bool = False, **options: Any,
+        throw: bool = False, check_every: Optional[int] = None, return_best: bool = False,
+        divergence_factor: float = 1e6, coupled: bool = False, **options: Any,
     ) -> SolverResult:
         """Solve ``z = g(z)`` for an affine ``g`` by spikes; the registry's solver contract.
 
-        ``check_every`` is accepted for the common signature and unused (there are no checks
-        before the end). ``coupled=True`` (g mixes the samples) uses one threshold for the batch;
+        ``check_every`` is refused (there are no checks before the end), and so is
+        ``return_best=True`` (the estimate is the rate of the whole run). A sample counts as
+        diverged when its absolute residual, at any step of the run (the running estimates' by
+        linearity, the last one measured), exceeds ``divergence_factor`` times that at the start,
+        z = 0 (‖c‖). ``coupled=True`` (g mixes the samples) uses one threshold for the batch;
         the simulation is elementwise, and g always sees the whole batch, so nothing else changes.
 
         Returns:
             A ``SolverResult`` whose residuals are measured at the returned ``z`` with one
             evaluation of g (counted in ``n_evals``); ``SUCCESS`` only if they meet ``tol``.
         """
-        check_call(z0, max_iter, tol, stop_mode, check_every)
+        check_call(z0, max_iter, tol, stop_mode, 1)
         check_flag("coupled", coupled)
+        self.check_call_options(throw=throw, check_every=check_every, return_best=return_best,
+                                divergence_factor=divergence_factor)
         solver = self.with_options(**options)
         with torch.no_grad():
-            result = solver._solve(g, z0, min(solver.time_steps, max_iter), float(tol), stop_mode, coupled)
+            result = solver._solve(g, z0, min(solver.time_steps, max_iter), float(tol), stop_mode, coupled,
+                                   float(divergence_factor))
         if throw and not result.success:
             raise ConvergenceError(result)
         return result
 
     def _solve(self, g_user: Map, z0: torch.Tensor, steps: int, tol: float, stop_mode: str,
-               coupled: bool) -> SolverResult:
+               coupled: bool, divergence_factor: float = 1e6) -> SolverResult:
         shape = z0.shape
         g = BatchedMap(g_user, shape)  # g always gets the whole batch, so a coupled map is fine
         z0f = z0.detach().reshape(shape[0], -1)
         pick = 0 if stop_mode == "abs" else 1
         if steps == 0:  # as every solver: the initial guess, measured
             z, gz, trace = z0f, first_evaluation(g, z0f), z0f.new_empty(0, shape[0])
+            start = peak = None
         else:
-            z, gz, trace = self._simulate(g, z0f, steps, pick, coupled)
+            z, gz, trace, start, peak = self._simulate(g, z0f, steps, pick, coupled)
         abs_res, rel_res = residual_norms(gz - z, gz)
         best = (abs_res, rel_res)[pick]
         converged = best <= tol
+        if start is None:
+            diverged = torch.zeros_like(converged)
+        else:
+            diverged = torch.maximum(peak, abs_res) > divergence_factor * start
         return SolverResult(
             z=z.reshape(shape).to(z0.dtype), n_evals=g.n_evals, n_steps=steps,
             abs_residual=abs_res, rel_residual=rel_res, converged=converged,
             trace=torch.cat([trace, best[None]]).amax(dim=1),
-            status=final_status(converged, ~torch.isfinite(best), torch.zeros_like(converged)),
+            status=final_status(converged, ~torch.isfinite(best), diverged),
             stop_mode=stop_mode, tol=tol,
         )
 
     def _simulate(self, g: BatchedMap, z0: torch.Tensor, steps: int, pick: int,
-                  coupled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the neurons: the estimate, g at it (measured), and [steps, B] residuals of the running
-        estimates after 0 … steps − 1 steps (the trace but its last, measured, entry)."""
+                  coupled: bool) -> tuple[torch.Tensor, ...]:
+        """Run the neurons: the estimate, g at it (measured), [steps, B] residuals of the running
+        estimates after 0 … steps − 1 steps (the trace but its last, measured, entry), and [B]
+        absolute residuals: at the start (z = 0, ‖c‖) and the largest of the running estimates'."""
         if not all_finite(z0):
             raise ValueError("`z0` contains NaN or Inf; a fixed-point solve needs a finite initial guess")
         c = g(torch.zeros_like(z0))  # the first step's input: no spikes yet, so g(0) = c
@@ -189,12 +236,15 @@ class SpikingAdjoint:
             if t < steps:
                 y = g(x)
         z = count * (theta / steps)
-        trace = residual_norms(c, c)[pick, None]  # at z = 0, where g(0) − 0 = c
+        start = residual_norms(c, c)  # at z = 0, where g(0) − 0 = c
+        trace, peak = start[pick, None], start[0]
         if scaled:
             numerators = torch.stack(scaled)
+            counts = torch.arange(1, steps, dtype=u.dtype, device=u.device)[:, None]
+            absolute = numerators / counts  # t'·‖g(z_t') − z_t'‖ over t'
+            peak = torch.maximum(peak, absolute.amax(dim=0))
             if inputs is None:
-                denominators = torch.arange(1, steps, dtype=u.dtype, device=u.device)[:, None]
+                trace = torch.cat([trace, absolute])
             else:
-                denominators = torch.stack(scales).clamp_min_(torch.finfo(u.dtype).tiny)
-            trace = torch.cat([trace, numerators / denominators])
-        return z, g(z), trace
+                trace = torch.cat([trace, numerators / torch.stack(scales).clamp_min_(torch.finfo(u.dtype).tiny)])
+        return z, g(z), trace, start[0], peak

@@ -137,7 +137,7 @@ def test_training_step_gradients_equal_the_autograd_path(kind, training):
 
 def test_vjp_option_is_checked():
     with pytest.raises(ValueError, match="`vjp` must be one of"):
-        models.build_model("f400", backward_options=dict(vjp="explicit"))
+        models.build_model("f400", b_options=dict(vjp="explicit"))
 
 
 OPS = {

@@ -210,7 +210,7 @@ def build(case: Case, *, backward: str = "broyden", vjp: str = "auto", alpha: fl
             case.spec, case.in_shape, 3, dropout=case.dropout, batch_norm=case.batch_norm, vth=case.vth,
             operator_norm=case.operator_norm, bn_backward=case.bn_backward, producer="analytic",
             producer_options=FORWARD, backward=backward, b_tol=B_TOL, b_max_iter=B_MAX_ITER,
-            backward_options=dict(vjp=vjp))
+            b_options=dict(vjp=vjp))
     model.train(case.training)
     randomise_(model, alpha=alpha, seed=case.seed)
     inner = BatchStatisticsProducer() if needs_batch_statistics_producer(case) else model.producer

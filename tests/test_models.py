@@ -102,7 +102,7 @@ def test_producer_and_backward_can_be_swapped_after_construction(producer):
     model = models.build_model("f400", producer_options=dict(time_steps=3))
     options = dict(time_steps=3) if producer != "analytic" else dict(f_max_iter=60)
     model.set_producer(producer, **options)
-    model.set_backward("anderson", max_iter=20, tol=1e-5, memory=4)
+    model.set_backward("anderson", b_max_iter=20, b_tol=1e-5, b_options={"memory": 4})
     model.train()
     model(torch.randn(4, 1, 28, 28)).sum().backward()
     assert model.last_backward.n_evals <= 21

@@ -73,7 +73,7 @@ def test_producer_registry():
         producers.get_producer("analytc")
     with pytest.raises(TypeError, match="unknown option.*f_solvr.*its options are"):
         producers.get_producer("analytic", f_solvr="anderson")
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(ValueError, match="unknown option"):
         producers.get_producer("analytic", f_solver="anderson", f_options={"mem": 3})
     with pytest.raises(ValueError, match="already registered"):
         producers.register_producer("analytic")(producers.AnalyticProducer)

@@ -159,13 +159,13 @@ def test_bad_calls_are_rejected(name):
         solver(problem, problem.zeros(), max_iter=10, tol=1e-6, stop_mode="max")
     with pytest.raises(ValueError, match="shaped like its input"):
         solver(lambda z: z[:, :2], problem.zeros(), max_iter=10, tol=1e-6)
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(ValueError, match="unknown option"):
         solver(problem, problem.zeros(), max_iter=10, tol=1e-6, dampnig=0.5)
 
 
 @pytest.mark.parametrize("name, option", [
     ("fixed_point", {"damping": 0.0}), ("fixed_point", {"damping": 1.5}), ("anderson", {"memory": 0}),
-    ("anderson", {"regularization": -1.0}), ("broyden", {"memory": 0}), ("neumann", {"step_size": 2.0}),
+    ("anderson", {"regularization": -1.0}), ("broyden", {"memory": 0}), ("neumann", {"damping": 2.0}),
     ("exact", {"max_size": 0}),
 ])
 def test_bad_option_values_fail_with_the_option_named(name, option):

@@ -243,7 +243,7 @@ def test_bad_option_values_fail_with_the_option_named(option, value):
 
 def test_bad_calls_are_rejected():
     problem = affine_problem((2, 4), 0.5)
-    with pytest.raises(TypeError, match="unknown option.*time_step'.*its options are"):
+    with pytest.raises(ValueError, match="unknown option.*time_step'.*it accepts its options"):
         SPIKING(problem, problem.zeros(), max_iter=10, tol=1e-6, time_step=5)
     with pytest.raises(ValueError, match="batched with shape"):
         SPIKING(problem, torch.zeros(4, dtype=torch.float64), max_iter=10, tol=1e-6)
@@ -309,11 +309,11 @@ def test_implicit_adjoint_by_spikes_gives_the_exact_parameter_gradient_direction
         torch.nn.functional.cross_entropy(model(x), y).backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
-    model.set_backward("exact", max_iter=2, tol=1e-12)
+    model.set_backward("exact", b_max_iter=2, b_tol=1e-12)
     reference = gradient()
     cosines = {}
     for steps in (20, 250, 1000):
-        model.set_backward("spiking", max_iter=steps, tol=1e-9, time_steps=steps)
+        model.set_backward("spiking", b_max_iter=steps, b_tol=1e-9, b_options={"time_steps": steps})
         cosines[steps] = cosine(gradient(), reference)
         assert model.last_backward.n_evals == steps + 1
         assert model.last_backward.status is SolverStatus.MAX_ITER  # tol 1e-9 is out of reach, and said so
@@ -336,7 +336,7 @@ def test_spiking_backward_in_training_mode_through_one_forward(float64):
     model, so both backwards differentiate the same forward graph."""
     model, x, y = feedback_snn(train=True)
     switch = Switch()
-    model.set_backward(switch, max_iter=250, tol=1e-12)
+    model.set_backward(switch, b_max_iter=250, b_tol=1e-12)
     loss = torch.nn.functional.cross_entropy(model(x), y)
     params = [p for p in model.parameters() if p.requires_grad]
 

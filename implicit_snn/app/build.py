@@ -42,7 +42,7 @@ def build_model(config: RunConfig, num_classes: int, in_shape: Optional[tuple[in
         bn_momentum=config.bn_momentum, alpha_init=config.alpha_init, bn_backward=config.bn_backward,
         producer=config.producer or "lif", producer_options=producer_settings(config),
         backward=config.b_solver, b_max_iter=config.b_max_iter, b_tol=config.b_tol, b_stop_mode=config.b_stop_mode,
-        backward_options=dict(config.b_options),
+        b_options=dict(config.b_options),
         method=config.method, surrogate=config.surrogate, surrogate_slope=config.surrogate_slope,
     )
     if config.model in models.available_models():

@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from solvers import FixedPointSolver, get_solver
-from solvers._driver import check_settings
+from solvers import check_settings, configure, get_solver
 
 from ._base import Equilibrium, ImplicitNetwork, Producer, couples_samples
 
@@ -22,7 +21,9 @@ class AnalyticProducer(Producer):
         f_max_iter: cap on forward solver steps.
         f_tol: forward tolerance, in ``f_stop_mode``.
         f_stop_mode: ``"rel"`` or ``"abs"``.
-        f_options: options of the forward solver, e.g. ``{"memory": 10}``.
+        f_options: the forward solver's own options, e.g. ``{"memory": 10}``, and the driver's
+            call options (``throw``, ``check_every``, ``return_best``, ``divergence_factor``), in
+            one dict split by name (``solvers.configure``) and checked when the producer is built.
     """
 
     f_solver: Any = "broyden"
@@ -32,10 +33,8 @@ class AnalyticProducer(Producer):
     f_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_settings(self.f_max_iter, self.f_tol, self.f_stop_mode)
-        solver = get_solver(self.f_solver)
-        if isinstance(solver, FixedPointSolver):
-            solver.with_options(**self.f_options)  # unknown or bad options fail here, not mid-training
+        check_settings(self.f_max_iter, self.f_tol, self.f_stop_mode, prefix="f_")
+        configure(get_solver(self.f_solver), self.f_options)  # unknown or bad options fail here, not mid-training
 
     def __call__(self, network: ImplicitNetwork, x: torch.Tensor) -> Equilibrium:
         with torch.no_grad():
@@ -44,10 +43,11 @@ class AnalyticProducer(Producer):
                 x = x.mean(dim=1)  # the analytic network sees the plain time average of a spike train
             f_args = network.map_inputs(x)
             coupling = {"coupled": True} if couples_samples(network, f_args) else {}
-            result = get_solver(self.f_solver)(
+            solver, call_options = configure(get_solver(self.f_solver), self.f_options)
+            result = solver(
                 lambda a: network.fixed_point_map(a, *f_args),
                 network.initial_state(x),
-                max_iter=self.f_max_iter, tol=self.f_tol, stop_mode=self.f_stop_mode, **coupling, **self.f_options,
+                max_iter=self.f_max_iter, tol=self.f_tol, stop_mode=self.f_stop_mode, **coupling, **call_options,
             )
         stats = {f"forward_{key}": value for key, value in result.summary().items()}
         return Equilibrium(a=result.z, f_args=f_args, stats=stats, extras={"solver_result": result})

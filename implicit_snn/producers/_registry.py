@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, TypeVar
 
-from solvers._names import Registry
+from solvers import Registry
 
 from ._base import Producer
 
