@@ -12,8 +12,10 @@ import torch
 
 from implicit_snn import data
 from implicit_snn.data import _idx
+from implicit_snn.data._registry import DATASETS
 
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
+BUILT_INS = ["fashion-mnist", "mnist", "cifar10", "cifar100", "nmnist", "synthetic"]
 
 
 # ----------------------------------------------------------------------------- file writers
@@ -51,7 +53,7 @@ def tiny_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- registry
 
 def test_registry_names_info_and_argument_errors():
-    assert data.available_datasets() == ["fashion-mnist", "mnist", "cifar10", "cifar100", "nmnist", "synthetic"]
+    assert data.available_datasets() == BUILT_INS
     assert data.dataset_info("fashion-mnist") == data.DatasetInfo("fashion-mnist", (1, 28, 28), 10, "constant", None)
     assert data.dataset_info("cifar100").num_classes == 100
     assert data.dataset_info("cifar10").in_shape == (3, 32, 32)
@@ -70,6 +72,88 @@ def test_registry_names_info_and_argument_errors():
         data.load_dataset("mnist", "train", seed=1)
     with pytest.raises(ValueError, match="`time_steps` must be a positive integer"):
         data.load_dataset("synthetic", "train", time_steps=0)
+
+
+@pytest.fixture
+def user_datasets():
+    """Forget every dataset a test registers, so the registry is as the package left it."""
+    before = set(data.available_datasets())
+    yield
+    for name in set(data.available_datasets()) - before:
+        DATASETS.remove(name)
+    assert data.available_datasets() == BUILT_INS
+
+
+def test_a_registered_dataset_loads_both_splits_end_to_end(user_datasets):
+    rng = np.random.default_rng(0)
+    arrays = {split: (rng.standard_normal((n, 2, 3)).astype(np.float32), rng.integers(0, 4, n))
+              for split, n in (("train", 6), ("test", 4))}
+    tiny_info = data.DatasetInfo("test-tiny", (2, 3), 4, "constant")
+    seen = []
+
+    @data.register_dataset("test-tiny", info=tiny_info)
+    def load_tiny(split, root, download, time_steps, *, scale=1.0):
+        """Six and four random 2x3 samples held in memory (a user's own dataset).
+
+        More text that describe_datasets leaves out.
+        """
+        seen.append((split, root, download, time_steps, scale))
+        inputs, labels = arrays[split]
+        return data.ArrayDataset(torch.from_numpy(scale * inputs), torch.from_numpy(labels), tiny_info)
+
+    assert data.available_datasets() == BUILT_INS + ["test-tiny"]
+    assert data.describe_datasets()["test-tiny"] == "Six and four random 2x3 samples held in memory (a user's own dataset)."
+    assert data.dataset_options("test-tiny") == ["scale"]
+    assert data.dataset_info("test-tiny") == data.dataset_info("test-tiny", time_steps=7, scale=2.0) == tiny_info
+    train = data.load_dataset("test-tiny", "train")
+    test = data.load_dataset("test-tiny", "test", root="somewhere", download=1, time_steps=5, scale=-2.0)
+    assert seen == [("train", None, False, 30, 1.0), ("test", "somewhere", True, 5, -2.0)]
+    assert train.info == test.info == tiny_info and (len(train), len(test)) == (6, 4)
+    assert torch.equal(train.inputs, torch.from_numpy(arrays["train"][0]))
+    assert torch.equal(test.inputs, torch.from_numpy(-2.0 * arrays["test"][0]))
+    assert train.labels.tolist() == arrays["train"][1].tolist() and test.labels.dtype == torch.int64
+    x, y = next(iter(data.BatchLoader(train, batch_size=4, shuffle=False)))
+    assert x.shape == (4, 2, 3) and y.tolist() == arrays["train"][1][:4].tolist()
+    for call in (lambda: data.load_dataset("test-tiny", "train", scal=2.0),
+                 lambda: data.dataset_info("test-tiny", scal=2.0)):
+        with pytest.raises(TypeError, match=r"dataset 'test-tiny' has no option\(s\) scal; its options are: scale$"):
+            call()
+    with pytest.raises(TypeError) as info:
+        data.load_dataset("test-tiny", "train", seed=0)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="`split` must be 'train' or 'test'"):
+        data.load_dataset("test-tiny", "validation")
+    with pytest.raises(KeyError, match="did you mean 'test-tiny'.*known datasets: fashion-mnist, .*, test-tiny"):
+        data.dataset_info("test-tin")
+    assert len(seen) == 2                                  # no refused call reached the loader
+
+
+def test_register_dataset_refuses_taken_names_bad_loaders_and_bad_info(user_datasets):
+    info = data.DatasetInfo("test-spikes", (1, 2), 2, "spikes", 3)
+
+    def load(split, root, download, time_steps):
+        """A spike dataset whose info follows ``time_steps``."""
+        inputs = torch.ones(2, time_steps, 1, 2, dtype=torch.uint8)
+        return data.ArrayDataset(inputs, torch.tensor([0, 1]), data.dataset_info("test-spikes", time_steps=time_steps))
+
+    data.register_dataset("test-spikes", info=info, description="spikes, one line")(load)
+    assert data.describe_datasets()["test-spikes"] == "spikes, one line"
+    assert data.dataset_info("test-spikes", time_steps=9).sample_shape == (9, 1, 2)
+    assert data.load_dataset("test-spikes", "test", time_steps=4).inputs.shape == (2, 4, 1, 2)
+    for taken in ("test-spikes", "fashion-mnist"):
+        with pytest.raises(ValueError, match=f"a dataset named '{taken}' is already registered"):
+            data.register_dataset(taken, info=info)(load)
+    with pytest.raises(ValueError, match="non-empty string"):
+        data.register_dataset("", info=info)(load)
+    with pytest.raises(TypeError, match="needs a loader callable as load\\(split, root, download, time_steps"):
+        data.register_dataset("test-two-args", info=info)(lambda split, root: None)
+    with pytest.raises(TypeError, match="`info` to be a DatasetInfo or a callable"):
+        data.register_dataset("test-no-info", info=(1, 28, 28))
+    data.register_dataset("test-not-arrays", info=info)(lambda split, root, download, time_steps: (None, None))
+    with pytest.raises(TypeError, match="'test-not-arrays'.s loader returned tuple, expected an ArrayDataset"):
+        data.load_dataset("test-not-arrays", "train")
+    assert data.available_datasets() == BUILT_INS + ["test-spikes", "test-not-arrays"]
+    assert data.available_datasets()[0] == "fashion-mnist"
 
 
 # ----------------------------------------------------------------------------- IDX

@@ -3,7 +3,8 @@
 ``load_dataset(name, split)`` returns an ``ArrayDataset`` (``inputs``, ``labels``, ``info``);
 ``BatchLoader`` iterates over it with an explicit ``torch.Generator``; ``split_validation``
 carves a fixed validation set from a training split; ``cifar_augment`` is the CIFAR training
-augmentation, applied per batch by the loader.
+augmentation, applied per batch by the loader. ``register_dataset`` adds a dataset of one's own
+under a name, after the built-ins below.
 
 Where each dataset is looked for (``root`` is ``--data-root`` on the command line):
 
@@ -29,11 +30,13 @@ from ._cifar import CIFAR_MEAN, CIFAR_STD
 from ._idx import MNIST_MEAN, MNIST_STD, read_idx
 from ._loader import BatchLoader, split_validation
 from ._nmnist import decode_events, events_to_frames
-from ._registry import available_datasets, dataset_info, dataset_options, describe_datasets, load_dataset
+from ._registry import (available_datasets, dataset_info, dataset_options, describe_datasets, load_dataset,
+                        register_dataset)
+from . import _builtins  # noqa: F401  (registers the built-in datasets)
 
 __all__ = [
     "ArrayDataset", "BatchLoader", "CIFAR_MEAN", "CIFAR_STD", "DatasetInfo", "DatasetNotFoundError",
     "MNIST_MEAN", "MNIST_STD", "available_datasets", "cifar_augment", "dataset_info", "dataset_options",
     "decode_events", "describe_datasets", "events_to_frames", "load_dataset", "random_crop_flip",
-    "read_idx", "split_validation",
+    "read_idx", "register_dataset", "split_validation",
 ]

@@ -1,68 +1,94 @@
-"""Dataset names to loaders: ``available_datasets``, ``dataset_info``, ``load_dataset``."""
+"""Dataset names to loaders: ``register_dataset``, ``available_datasets``, ``dataset_info``, ``load_dataset``."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
 import inspect
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
+
+from solvers._names import Registry
 
 from ._base import ArrayDataset, DatasetInfo, PathLike, _is_positive_int, check_split
-from ._cifar import load_cifar_dataset
-from ._idx import load_idx_dataset
-from ._nmnist import load_nmnist_dataset
-from ._synthetic import load_synthetic_dataset, synthetic_info
+
+Loader = Callable[..., ArrayDataset]       # load(split, root, download, time_steps, *, option=default, ...)
+InfoFn = Callable[..., DatasetInfo]        # info(time_steps, **options)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
-    load: Callable[..., ArrayDataset]          # load(split, root, download, time_steps, **options)
-    info: Callable[..., DatasetInfo]           # info(time_steps, **options)
+    load: Loader
+    info: InfoFn
     description: str
 
 
-def _fixed(info: DatasetInfo, spikes: bool = False) -> Callable[..., DatasetInfo]:
-    return lambda time_steps, **_: dataclasses.replace(info, time_steps=time_steps) if spikes else info
+class _InOrder(Registry[_Entry]):
+    """A ``Registry`` that lists names in registration order, so that the default comes first."""
+
+    def names(self) -> list[str]:
+        return list(self._items)
 
 
-def _drop_time_steps(load):
-    return lambda split, root, download, time_steps: load(split, root, download)
+DATASETS: _InOrder = _InOrder("dataset")
 
 
-_DATASETS: dict[str, _Entry] = {
-    "fashion-mnist": _Entry(_drop_time_steps(functools.partial(load_idx_dataset, "fashion-mnist")),
-                            _fixed(DatasetInfo("fashion-mnist", (1, 28, 28), 10, "constant")),
-                            "Fashion-MNIST, 60k/10k 28x28 grey images (the default)"),
-    "mnist": _Entry(_drop_time_steps(functools.partial(load_idx_dataset, "mnist")),
-                    _fixed(DatasetInfo("mnist", (1, 28, 28), 10, "constant")),
-                    "MNIST, 60k/10k 28x28 grey digits"),
-    "cifar10": _Entry(_drop_time_steps(functools.partial(load_cifar_dataset, "cifar10")),
-                      _fixed(DatasetInfo("cifar10", (3, 32, 32), 10, "constant")),
-                      "CIFAR-10, 50k/10k 32x32 colour images, 10 classes"),
-    "cifar100": _Entry(_drop_time_steps(functools.partial(load_cifar_dataset, "cifar100")),
-                       _fixed(DatasetInfo("cifar100", (3, 32, 32), 100, "constant")),
-                       "CIFAR-100, 50k/10k 32x32 colour images, 100 fine classes"),
-    "nmnist": _Entry(load_nmnist_dataset, _fixed(DatasetInfo("nmnist", (2, 34, 34), 10, "spikes", 30), True),
-                     "N-MNIST, 60k/10k event recordings binned into [T, 2, 34, 34] spike frames"),
-    "synthetic": _Entry(load_synthetic_dataset, synthetic_info,
-                        "generated class prototypes plus noise, 512/256 samples (smoke tests)"),
-}
+def register_dataset(name: str, *, info: Union[DatasetInfo, InfoFn],
+                     description: Optional[str] = None) -> Callable[[Loader], Loader]:
+    """Decorator registering a loader as the dataset ``name`` (a taken name is an error).
+
+    The loader is called as ``load(split, root, download, time_steps, **options)`` and returns an
+    ``ArrayDataset``; its keyword-only parameters are the dataset's options (``dataset_options``),
+    and any other keyword given to ``load_dataset`` is refused before it is called.
+
+    Args:
+        name: the name ``load_dataset`` and ``--dataset`` take; datasets are listed in the order
+            they were registered.
+        info: the dataset's ``DatasetInfo``, or ``info(time_steps, **options) -> DatasetInfo`` when
+            it depends on the options (it is given the same options as the loader). A spike
+            dataset's fixed ``DatasetInfo`` takes the ``time_steps`` asked for.
+        description: one line for ``describe_datasets``; the first line of the loader's docstring
+            if not given.
+
+    Raises:
+        ValueError: ``name`` is taken or not a non-empty string.
+        TypeError: the loader cannot be called as above, or ``info`` is neither of the two.
+    """
+    if isinstance(info, DatasetInfo):
+        info = _fixed(info)
+    elif not callable(info):
+        raise TypeError(f"register_dataset({name!r}) needs `info` to be a DatasetInfo or a callable, got {info!r}")
+
+    def decorate(load: Loader) -> Loader:
+        try:
+            inspect.signature(load).bind_partial("train", None, False, 1)
+        except (TypeError, ValueError):
+            raise TypeError(f"register_dataset({name!r}) needs a loader callable as "
+                            f"load(split, root, download, time_steps, **options), got {load!r}") from None
+        text = description if description is not None else (inspect.getdoc(load) or "")
+        DATASETS.add(name, _Entry(load, info, (text.strip().splitlines() or [""])[0]))
+        return load
+
+    return decorate
+
+
+def _fixed(info: DatasetInfo) -> InfoFn:
+    if info.input_kind == "spikes":
+        return lambda time_steps, **_: dataclasses.replace(info, time_steps=time_steps)
+    return lambda time_steps, **_: info
 
 
 def available_datasets() -> list[str]:
-    """Names accepted by ``load_dataset``, in a fixed order (the default first)."""
-    return list(_DATASETS)
+    """Names accepted by ``load_dataset``, in registration order (the default first)."""
+    return DATASETS.names()
 
 
 def describe_datasets() -> dict[str, str]:
-    """One line per dataset."""
-    return {name: entry.description for name, entry in _DATASETS.items()}
+    """One line per dataset, in registration order."""
+    return DATASETS.describe()
 
 
 def dataset_options(name: str) -> list[str]:
     """The dataset-specific keyword options ``load_dataset(name, ...)`` accepts."""
-    params = inspect.signature(_entry(name).load).parameters.values()
+    params = inspect.signature(DATASETS.get(name).load).parameters.values()
     return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
@@ -70,13 +96,14 @@ def dataset_info(name: str, *, time_steps: int = 30, **options) -> DatasetInfo:
     """What ``load_dataset(name, split, time_steps=time_steps, **options).info`` will be, without loading.
 
     ``time_steps`` only matters for spike datasets (``info.time_steps`` is None otherwise);
-    ``options`` only matter for ``synthetic`` (``shape``, ``num_classes``, ``input_kind``).
+    ``options`` only matter where the info depends on them, e.g. synthetic's ``shape``,
+    ``num_classes``, ``input_kind``.
 
     Raises:
         KeyError: unknown name (the message lists the known ones).
         TypeError: an option the dataset does not have.
     """
-    entry = _entry(name)
+    entry = DATASETS.get(name)
     _check_options(name, options, time_steps)
     return entry.info(time_steps, **options)
 
@@ -86,7 +113,7 @@ def load_dataset(name: str, split: str, *, root: Optional[PathLike] = None, down
     """Load one split of a dataset into memory.
 
     Args:
-        name: one of ``available_datasets()``.
+        name: one of ``available_datasets()`` (the built-ins and any ``register_dataset`` added).
         split: "train" or "test" (use ``split_validation`` for a validation set).
         root: folder with the dataset's files; see each dataset's search order in the package
             docstring. Fashion-MNIST is also found in Debian's ``/usr/share/datasets/fashion-mnist``.
@@ -101,23 +128,17 @@ def load_dataset(name: str, split: str, *, root: Optional[PathLike] = None, down
     Raises:
         KeyError: unknown name (the message lists the known ones).
         ValueError: bad split, bad option value, or a corrupt file.
-        TypeError: an option the dataset does not have.
+        TypeError: an option the dataset does not have, or a loader that returned no ArrayDataset.
         DatasetNotFoundError: the files are missing (the message lists where it looked and how
             to get them).
     """
-    entry = _entry(name)
+    entry = DATASETS.get(name)
     check_split(split)
     _check_options(name, options, time_steps)
-    return entry.load(split, root, bool(download), time_steps, **options)
-
-
-def _entry(name: str) -> _Entry:
-    try:
-        return _DATASETS[name]
-    except (KeyError, TypeError):
-        close = difflib.get_close_matches(name, _DATASETS, n=1) if isinstance(name, str) else []
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown dataset {name!r}{hint} known datasets: {', '.join(_DATASETS)}") from None
+    dataset = entry.load(split, root, bool(download), time_steps, **options)
+    if not isinstance(dataset, ArrayDataset):
+        raise TypeError(f"dataset {name!r}'s loader returned {type(dataset).__name__}, expected an ArrayDataset")
+    return dataset
 
 
 def _check_options(name: str, options: dict, time_steps) -> None:
