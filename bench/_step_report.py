@@ -27,7 +27,7 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
 
 # -- summaries -------------------------------------------------------------------------------
 
-def summarise(entry: dict[str, Any]) -> dict[str, Any]:
+def summarize(entry: dict[str, Any]) -> dict[str, Any]:
     """Per-round medians and their median for each time; VJPs, convergence, memory, floor."""
     rounds = entry["rounds"]
     if not rounds:
@@ -81,7 +81,7 @@ def configuration_record(entry: dict[str, Any]) -> dict[str, Any]:
         record["error"] = entry["error"]
     if entry.get("info"):
         record["info"] = entry["info"]
-    record.update(summarise(entry))
+    record.update(summarize(entry))
     return record
 
 

@@ -208,10 +208,10 @@ def floor(model: Any, x: torch.Tensor, config: dict[str, Any]) -> dict[str, Any]
         fz = network.fixed_point_map(z, *f_args)
     v = torch.randn(fz.shape, generator=torch.Generator().manual_seed(4)).to(fz)
     result["vjp_ms"] = _median_ms(lambda: torch.autograd.grad(fz, z, v, retain_graph=True), device, repeats)
-    if hasattr(network, "linearised_map"):
+    if hasattr(network, "linearized_map"):
         try:
             with torch.enable_grad():
-                _, jt = network.linearised_map(z, *f_args)
+                _, jt = network.linearized_map(z, *f_args)
             result["jt_ms"] = _median_ms(lambda: jt(v), device, repeats)
             (reference,) = torch.autograd.grad(fz, z, v, retain_graph=True)
             result["jt_rel_diff"] = float((jt(v) - reference).norm() / reference.norm().clamp_min(1e-30))

@@ -4,7 +4,7 @@ For each problem (a preset, trained from a CLI checkpoint or at initialisation),
 step's equilibrium is fixed: train mode, a seeded batch, the model's own producer run once (so
 every method sees the same dropout masks, batch statistics and a*), and the adjoint problem
 v = J_f(a*)ᵀ v + ∂L/∂a built exactly as ``ImplicitClassifier.equilibrium`` builds it
-(``differentiable_args``, ``linearised_map``, ``coupled=network.couples_samples(...)``). The
+(``differentiable_args``, ``linearized_map``, ``coupled=network.couples_samples(...)``). The
 reference is the parameter gradient of that step with the adjoint solved by GMRES to a relative
 residual of 1e-10 in float64 (model, a* and f's arguments converted); its residual is reported
 as the solver measured it and as recomputed with autograd VJPs. Every method then gives the
@@ -315,7 +315,7 @@ def step_gradient(problem: Problem, adjoint, device: str, memory: Optional["Memo
     model, net = problem.model, problem.model.network
     model.load_state_dict(problem.state)  # the same buffers for every method (batch-norm statistics)
     f_args = net.differentiable_args(*problem.f_args)
-    a = adjoint(net.fixed_point_map, problem.a_star, *f_args, linearize=net.linearised_map, coupled=problem.coupled)
+    a = adjoint(net.fixed_point_map, problem.a_star, *f_args, linearize=net.linearized_map, coupled=problem.coupled)
     loss = F.cross_entropy(model.classifier(a.flatten(1)), problem.y)
     params = [p for p in model.parameters() if p.requires_grad]
     if memory is not None:

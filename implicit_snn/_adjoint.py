@@ -31,7 +31,7 @@ class ImplicitAdjoint:
         b_stop_mode: ``"rel"`` (default) or ``"abs"`` residual.
         on_backward: called with the ``SolverResult`` after every backward solve.
         vjp: ``"auto"`` takes J_fᵀv from the explicit operator of a ``linearize`` callable when
-            one is given (``FeedbackSNN.linearised_map``), else from autograd; ``"autograd"``
+            one is given (``FeedbackSNN.linearized_map``), else from autograd; ``"autograd"``
             always differentiates f's graph (the reference the explicit operator is tested on).
         **options: the solver's own options (e.g. ``memory=10``) and the driver's call options
             (``throw``, ``check_every``, ``return_best``, ``divergence_factor``), split by name and
@@ -80,7 +80,7 @@ class ImplicitAdjoint:
             a_star: the equilibrium ``[B, ...]``, computed by anything; it is not differentiated.
             *args: further inputs of f; gradients reach those that require grad.
             linearize: optionally, f with its transposed Jacobian as an explicit operator
-                (``FeedbackSNN.linearised_map``), used instead of f when ``vjp="auto"``.
+                (``FeedbackSNN.linearized_map``), used instead of f when ``vjp="auto"``.
             coupled: f mixes the samples of the batch (batch statistics in training,
                 ``FeedbackSNN.couples_samples``): the adjoint is then solved as one problem for
                 the whole batch (the solver's ``coupled=True``), the only way its reported

@@ -126,7 +126,7 @@ class ImplicitClassifier(nn.Module):
         differentiable = getattr(self.network, "differentiable_args", None)
         if differentiable is not None:
             f_args = differentiable(*f_args)
-        linearize = getattr(self.network, "linearised_map", None)
+        linearize = getattr(self.network, "linearized_map", None)
         return self.adjoint(self.network.fixed_point_map, eq.a, *f_args, linearize=linearize,
                             coupled=couples_samples(self.network, f_args))
 

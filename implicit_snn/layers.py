@@ -86,7 +86,7 @@ class SynapticLayer(nn.Module):
         self.dropout = float(dropout)
         self.spectral = spectral
         if spectral is not None:
-            spectral.initialise_(op)
+            spectral.initialize_(op)
 
     def effective_weight(self, *, update: bool) -> torch.Tensor:
         """The weight in use: the op's own, or its spectrally normalised version (one power step if ``update``)."""
@@ -135,10 +135,10 @@ class SynapticLayer(nn.Module):
                stats: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """Batch norm and dropout applied to the op's output ``z``: ``forward`` is ``finish(linear(x))``."""
         if self.bn is not None:
-            z = self._normalise(z, bn_mode, stats)
+            z = self._normalize(z, bn_mode, stats)
         return z if mask is None else z * mask
 
-    def _normalise(self, z: torch.Tensor, mode: BNMode, stats: Optional[Sequence[torch.Tensor]]) -> torch.Tensor:
+    def _normalize(self, z: torch.Tensor, mode: BNMode, stats: Optional[Sequence[torch.Tensor]]) -> torch.Tensor:
         bn = self.bn
         if mode is BNMode.BATCH:
             if not bn.training:

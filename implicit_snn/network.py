@@ -27,12 +27,12 @@ statistics at the equilibrium. In eval mode all layers use running statistics.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ._linearised import BatchNormBackward, Stage, TransposedJacobian
+from ._linearized import BatchNormBackward, Stage, TransposedJacobian
 from ._ops import apply_op_known
 from .layers import BNMode, SynapticLayer, output_statistics
 from .neurons import rate_and_slope
@@ -219,9 +219,14 @@ class FeedbackSNN(nn.Module):
         """f(a_N, x̄): the last layer's rates implied by last-layer rates ``a`` and input ``x̄``."""
         return self._evaluate(a, x_bar, state, None)
 
-    forward = fixed_point_map
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Not a simulation and not a classifier: calling the network itself is refused, so that
+        ``net(x)`` cannot be mistaken for either."""
+        raise TypeError("a FeedbackSNN is not called directly: simulate it with a producer (producers.get_producer"
+                        "('lif')(net, x)), classify with ImplicitClassifier(net, ...), or evaluate f with "
+                        "net.fixed_point_map(a, x_bar, state)")
 
-    def linearised_map(self, a: torch.Tensor, x_bar: torch.Tensor, state: PassState) -> tuple[torch.Tensor, TransposedJacobian]:
+    def linearized_map(self, a: torch.Tensor, x_bar: torch.Tensor, state: PassState) -> tuple[torch.Tensor, TransposedJacobian]:
         """f(a_N, x̄) with its graph, and J_f(a)ᵀ as an explicit operator (see ``TransposedJacobian``).
 
         The same evaluation as ``fixed_point_map``; the operator's products equal the VJPs of the

@@ -63,7 +63,7 @@ class SpectralNorm(nn.Module):
     def _matrix_mode(self, op: OpModule) -> bool:
         return not self.operator_norm or isinstance(op, nn.Linear)
 
-    def initialise_(self, op: OpModule, *, warmup_iterations: int = 100) -> None:
+    def initialize_(self, op: OpModule, *, warmup_iterations: int = 100) -> None:
         """Draw the power-iteration vectors for ``op``, converge them, and set α (``alpha_init``)."""
         weight = op.weight.detach()
         gen = torch.Generator().manual_seed(0)

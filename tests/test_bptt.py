@@ -77,7 +77,7 @@ def _channels(t, like):
     return t.view(1, -1, *([1] * (like.dim() - 2)))
 
 
-def _normalise(z, bn, mean, var):
+def _normalize(z, bn, mean, var):
     return (z - _channels(mean, z)) / torch.sqrt(_channels(var, z) + bn.eps) * _channels(bn.weight, z) \
         + _channels(bn.bias, z)
 
@@ -132,7 +132,7 @@ def reference_unroll(model, x, masks, u0, *, time_steps, leak, smooth, detach_re
             expected_running["input"] = (mean.detach(), unbiased)
         else:
             mean, var = in_bn.running_mean, in_bn.running_var
-        drives = [_normalise(z, in_bn, mean, var) for z in zs]
+        drives = [_normalize(z, in_bn, mean, var) for z in zs]
     else:
         z = _op(net.input_layer.op, flat(x))
         if training:
@@ -140,7 +140,7 @@ def reference_unroll(model, x, masks, u0, *, time_steps, leak, smooth, detach_re
             expected_running["input"] = (mean.detach(), unbiased)
         else:
             mean, var = in_bn.running_mean, in_bn.running_var
-        drives = [_normalise(z, in_bn, mean, var)] * time_steps
+        drives = [_normalize(z, in_bn, mean, var)] * time_steps
     if input_mask is not None:
         drives = [d * input_mask for d in drives]
 
@@ -164,7 +164,7 @@ def reference_unroll(model, x, masks, u0, *, time_steps, leak, smooth, detach_re
                     step_stats[index - 1].append((mean.detach(), unbiased))
                 else:
                     mean, var = layer.bn.running_mean, layer.bn.running_var
-                current = _normalise(z, layer.bn, mean, var)
+                current = _normalize(z, layer.bn, mean, var)
                 if forward_masks[index - 1] is not None:
                     current = current * forward_masks[index - 1]
             u_mem[index] = u_mem[index] + current

@@ -134,7 +134,7 @@ def test_backward_on_a_batch_norm_network_in_training_is_true(name, vjp, float64
     eq = model.producer(net, x)
     f_args = net.differentiable_args(*eq.f_args)
     assert net.couples_samples(*f_args)
-    a = model.adjoint(net.fixed_point_map, eq.a, *f_args, linearize=net.linearised_map, coupled=True)
+    a = model.adjoint(net.fixed_point_map, eq.a, *f_args, linearize=net.linearized_map, coupled=True)
     params = list(net.parameters())
     got = torch.autograd.grad(torch.nn.functional.cross_entropy(model.classifier(a), y), params, allow_unused=True)
     result = model.adjoint.last_result

@@ -49,7 +49,7 @@ def test_explicit_transposed_jacobian_equals_autograd_vjps(kind, training):
     model, x = build(kind, training=training)
     a, args = equilibrium_and_args(model, x)
     z = a.clone().requires_grad_()
-    fz, jt = model.network.linearised_map(z, *args)
+    fz, jt = model.network.linearized_map(z, *args)
     reference = model.network.fixed_point_map(z, *args)
     assert torch.equal(fz, reference)
     gen = torch.Generator().manual_seed(1)
@@ -67,7 +67,7 @@ def test_batch_statistics_couple_the_samples_and_the_operator_knows():
     model, x = build("linear-2-layer", training=True, dropout=0.0)
     a, args = equilibrium_and_args(model, x)
     z = a.clone().requires_grad_()
-    fz, jt = model.network.linearised_map(z, *args)
+    fz, jt = model.network.linearized_map(z, *args)
     v = torch.zeros_like(fz)
     v[0] = 1.0
     cross = jt(v)[1:]
@@ -88,7 +88,7 @@ def test_feedback_with_batch_norm_is_a_per_channel_scale():
     x = torch.randn(6, 4, dtype=torch.float64)
     a, args = equilibrium_and_args(model, x)
     z = a.clone().requires_grad_()
-    fz, jt = net.linearised_map(z, *args)
+    fz, jt = net.linearized_map(z, *args)
     v = torch.randn_like(fz)
     (expected,) = torch.autograd.grad(fz, z, v)
     assert torch.allclose(jt(v), expected, rtol=0, atol=1e-12)

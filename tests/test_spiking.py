@@ -218,3 +218,10 @@ def test_wrong_input_shapes_are_clear_errors():
         producers.get_producer("if", time_steps=3)(net, torch.randn(2, 5))
     with pytest.raises(ValueError, match="fewer than time_steps"):
         producers.get_producer("if", time_steps=8)(net, torch.rand(2, 4, 3))
+
+
+def test_calling_the_network_itself_is_refused():
+    # f is fixed_point_map; a call net(x) would read as a simulation or a classifier and be neither.
+    net = tiny_network((4,))
+    with pytest.raises(TypeError, match="not called directly"):
+        net(torch.zeros(2, 3))

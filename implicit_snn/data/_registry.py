@@ -6,7 +6,7 @@ import dataclasses
 import inspect
 from typing import Callable, Optional, Union
 
-from solvers._names import Registry
+from solvers import Registry
 
 from ._base import ArrayDataset, DatasetInfo, PathLike, _is_positive_int, check_split
 

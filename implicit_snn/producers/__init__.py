@@ -11,5 +11,6 @@ register_producer("lif")(LIFProducer)
 
 __all__ = [
     "AnalyticProducer", "Equilibrium", "IFProducer", "ImplicitNetwork", "LIFProducer", "Producer", "SpikingNetwork",
-    "available_producers", "couples_samples", "describe_producers", "get_producer", "register_producer",
+    "available_producers", "couples_samples", "describe_producers", "get_producer", "producer_options",
+    "register_producer",
 ]
