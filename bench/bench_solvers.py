@@ -234,7 +234,7 @@ def _load_batch(spec: dict[str, Any]):
                      trained_time_steps=config.time_steps, trained_test_acc=summary.get("final_test_acc"))
     else:
         model = models.build_model(spec["model"])
-        in_shape = tuple(models.PRESETS[spec["model"]][1])
+        in_shape = tuple(models.get_preset(spec["model"]).in_shape)
         if in_shape == (1, 28, 28):
             data = load_dataset("fashion-mnist", "train", root=spec["data_root"])
             facts["dataset"] = "fashion-mnist"

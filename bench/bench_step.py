@@ -143,9 +143,8 @@ def parse_solver(text: str) -> dict[str, Any]:
 def preset_facts(name: str) -> dict[str, Any]:
     """Input shape, leak of the preset's own producer, and whether it is a conv net."""
     import models
-    spec, in_shape, defaults = models.PRESETS[name]
-    leak = defaults.get("producer_options", {}).get("leak", 0.95)
-    return {"input_shape": list(in_shape), "leak": leak, "conv": "C" in spec.split("(")[0],
+    preset = models.get_preset(name)
+    return {"input_shape": list(preset.in_shape), "leak": preset.leak, "conv": "C" in preset.spec.split("(")[0],
             "spike_input": name in SPIKE_INPUT}
 
 

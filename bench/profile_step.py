@@ -61,7 +61,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         options.update(b_tol=args.b_tol)
     model = models.build_model(args.model, **options).train()
-    shape = models.PRESETS[args.model][1] if hasattr(models, "PRESETS") else (1, 28, 28)
+    shape = models.get_preset(args.model).in_shape
     x, y = torch.rand(args.batch, *shape), torch.randint(0, 10, (args.batch,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 

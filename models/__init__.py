@@ -7,9 +7,9 @@ Presets: ``f400`` (Fashion-MNIST), ``f64c5`` (MNIST), ``f64c5_nmnist`` (N-MNIST 
 from ._registry import available_models, build_model, describe_models, register_model
 from ._spec import NetworkSpec, build_network, from_spec, parse_spec
 from . import _presets  # noqa: F401  (registers the presets)
-from ._presets import PRESETS
+from ._presets import PRESETS, Preset, get_preset
 
 __all__ = [
-    "NetworkSpec", "PRESETS", "available_models", "build_model", "build_network", "describe_models", "from_spec",
-    "parse_spec", "register_model",
+    "NetworkSpec", "PRESETS", "Preset", "available_models", "build_model", "build_network", "describe_models", "from_spec",
+    "get_preset", "parse_spec", "register_model",
 ]

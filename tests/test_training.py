@@ -10,7 +10,10 @@ import sys
 import pytest
 import torch
 
+import models
+
 from implicit_snn.app.cli import main
+from implicit_snn.app.build import build_model
 from implicit_snn.app.config import RunConfig, read_config_file, resolve
 from implicit_snn.training import step_schedule
 from tests.helpers import SMALL, cli_error, comparable, metrics
@@ -166,8 +169,6 @@ def test_config_file_values_are_checked_with_the_setting_named(tmp_path, text, m
 
 def test_reference_quirk_settings_reach_the_model():
     """``bn_momentum`` and ``alpha_init`` from the run settings land in every batch norm and in α."""
-    from implicit_snn.app.build import build_model
-
     model = build_model(resolve({}, {"model": "f64c5", "bn_momentum": 0.19, "alpha_init": "norm"}), 10)
     momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
     assert momenta == {0.19}
@@ -193,6 +194,19 @@ def test_paper_defaults_per_model():
     nmnist = resolve({}, {"model": "f64c5_nmnist"})
     assert nmnist.b_solver == "fixed_point" and nmnist.b_options == {"damping": 0.5}
     assert resolve({}, {"model": "f64c5_nmnist", "b_solver": "broyden"}).b_options == {}
+
+
+@pytest.mark.parametrize("name", models.available_models())
+def test_run_settings_and_model_builders_read_one_preset_table(name):
+    preset = models.get_preset(name)
+    config = resolve({}, {"model": name})
+    model = build_model(config, num_classes=10, in_shape=preset.in_shape)
+    direct = models.build_model(name)
+    assert (config.dataset, config.time_steps, config.leak) == (preset.dataset, preset.time_steps, preset.leak)
+    for built in (model, direct):
+        assert (built.producer.time_steps, built.producer.leak) == (preset.time_steps, preset.leak)
+        assert type(built.adjoint.solver).__name__ == {"fixed_point": "FixedPoint", None: "Broyden"}[preset.backward]
+    assert config.milestones == preset.schedule.get("milestones", [30, 60, 90])
 
 
 def test_schedule_warmup_and_milestones():

@@ -24,7 +24,7 @@ from ..spectral import SpectralNorm
 from . import plotting
 from ._allocator import retain_freed_memory
 from .commands import backward_table, cli_settings, run_analyze, run_eval
-from .config import ALLOWED, NONNEG_INT, PAPER_DEFAULTS, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
+from .config import ALLOWED, NONNEG_INT, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
 from .errors import UsageError
 from .errors import checked_settings, flag_message
 from .report import Report
@@ -329,9 +329,9 @@ def _list_models(console: Console) -> None:
     for column in ("name", "network", "default data", "neurons", "+ inputs", "parameters"):
         table.add_column(column, no_wrap=column != "network")
     for name in models.available_models():
-        spec, in_shape, _ = models.PRESETS[name]
+        preset = models.get_preset(name)
         neurons, inputs, params = count_model(name)
-        table.add_row(name, spec, PAPER_DEFAULTS.get(name, {}).get("dataset", ""), f"{neurons:,}",
+        table.add_row(name, preset.spec, preset.dataset, f"{neurons:,}",
                       f"{neurons + inputs:,}", f"{params:,}")
     console.print(table)
 

@@ -13,23 +13,17 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import models
+
 from .. import producers
 from ..bptt import available_surrogates
 from ..classifier import ImplicitClassifier
 from ..network import BN_BACKWARDS
 from ..spectral import SpectralNorm
 
-# The paper's settings (supplement F.3.2 and the reference scripts), per model preset.
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "f400": dict(dataset="fashion-mnist", producer="lif", time_steps=5, leak=0.95),
-    "f64c5": dict(dataset="mnist", producer="lif", time_steps=30, leak=0.95),
-    "f64c5_nmnist": dict(dataset="nmnist", producer="lif", time_steps=30, leak=0.95,
-                         b_solver="fixed_point", b_options={"damping": 0.5}),
-    "alexnet_f": dict(dataset="cifar10", producer="lif", time_steps=30, leak=0.99, milestones=[50, 75],
-                      warmup_iters=400),
-    "cifarnet_f": dict(dataset="cifar10", producer="lif", time_steps=30, leak=0.99, milestones=[50, 75],
-                       warmup_iters=400),
-}
+def paper_defaults(model: str) -> dict[str, Any]:
+    """The paper's run settings for a preset (from ``models``' preset table); {} for a spec string."""
+    return models.get_preset(model).run_settings() if model in models.PRESETS else {}
 
 
 @dataclasses.dataclass
@@ -251,7 +245,7 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfi
               **{k: v for k, v in cli_values.items() if v is not None}}
     check_keys(chosen, "settings")
     model = chosen.get("model", RunConfig.model)
-    paper = PAPER_DEFAULTS.get(model, {})
+    paper = paper_defaults(model)
     merged = {**paper, **chosen}
     if "b_options" in chosen and "b_solver" not in chosen and "b_options" in paper:
         merged["b_options"] = chosen["b_options"]
