@@ -4,12 +4,16 @@ The core pieces: ``implicit_grad`` / ``ImplicitAdjoint`` (the gradient bridge, i
 how the equilibrium was found) and the ``producers`` registry (how it is found).
 """
 
-from . import analysis, data, producers
-from ._adjoint import ImplicitAdjoint, implicit_grad
-from .classifier import ImplicitClassifier
-from .layers import BNMode, SynapticLayer, unit_norm_init_
-from .network import FeedbackSNN, PassState
-from .spectral import SpectralNorm
+from ._siblings import require_sibling_package
+
+require_sibling_package("solvers")
+
+from . import analysis, data, producers  # noqa: E402
+from ._adjoint import ImplicitAdjoint, implicit_grad  # noqa: E402
+from .classifier import ImplicitClassifier  # noqa: E402
+from .layers import BNMode, SynapticLayer, unit_norm_init_  # noqa: E402
+from .network import FeedbackSNN, PassState  # noqa: E402
+from .spectral import SpectralNorm  # noqa: E402
 
 __version__ = "0.1.0"
 

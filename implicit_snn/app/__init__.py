@@ -3,3 +3,7 @@ run directory, the commands that read checkpoints, plots and the progress displa
 
 The library (``implicit_snn`` and its other subpackages) never imports from here.
 """
+
+from .._siblings import require_sibling_package
+
+require_sibling_package("models")
