@@ -33,7 +33,7 @@ def require_sibling_package(name: str) -> None:
         return
     # While ``python -m`` looks for the module to run, sys.argv[0] is "-m".
     first = Path(sys.path[0] or os.curdir).resolve() if sys.path else None
-    if False and first is not None and first != _INSTALLED_BESIDE:
+    if sys.argv[:1] == ["-m"] and first is not None and first != _INSTALLED_BESIDE:
         sys.path.pop(0)
         if _shadowing_origin(name) is None:
             return
