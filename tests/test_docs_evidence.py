@@ -1,0 +1,49 @@
+"""Every run file or benchmark result that the README or docs/ cite is in the repository."""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# A cited path: under docs/runs/, docs/figures/ or bench/results/, up to a space, quote or bracket.
+CITED = re.compile(r"(?:docs/runs|docs/figures|bench/results)/(?:[^\s`'\"()\[\]|,;{]|\{[^}]*\})*")
+
+
+def _expand(path: str) -> list[str]:
+    """Shell-style alternatives {a,b} expanded; placeholders <name> and the letters S, K, N
+    standing for a seed (…-seedS) read as wildcards."""
+    path = path.rstrip(".:")
+    path = re.sub(r"<[^>]*>", "*", path)
+    path = re.sub(r"seed[SKN]\b", "seed*", path)
+    parts = re.split(r"\{([^}]*)\}", path)
+    choices = [[p] if i % 2 == 0 else p.split(",") for i, p in enumerate(parts)]
+    return ["".join(c) for c in itertools.product(*choices)]
+
+
+def cited_paths() -> list[tuple[str, str]]:
+    found = []
+    for doc in DOCS:
+        for match in CITED.finditer(doc.read_text(encoding="utf-8")):
+            found += [(doc.name, path) for path in _expand(match.group(0)) if path.rstrip("/*")]
+    return sorted(set(found))
+
+
+def test_the_docs_cite_evidence():
+    assert len(cited_paths()) > 30  # the check below looks at something
+
+
+@pytest.mark.parametrize("doc, path", cited_paths())
+def test_every_cited_file_exists(doc, path):
+    # The clean clone CI tests holds only committed files, so existing here means committed.
+    assert glob.glob(str(ROOT / path)), f"{doc} cites {path}, which is not in the repository"
+
+
+def test_the_docs_link_only_inside_the_repository():
+    for doc in DOCS:
+        assert "../shared" not in doc.read_text(encoding="utf-8"), f"{doc.name} links outside the repository"
