@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from implicit_snn.files import read_jsonl
+from implicit_snn.app.rundir import RunDir
 
 from common import run_header, write_results
 
@@ -37,7 +37,7 @@ def train_one_epoch(tree: Path, out: Path, threads: int, extra: list[str]) -> di
     command = [sys.executable, "-m", "implicit_snn", "train", "--epochs", "1", "--threads", str(threads),
                "--out", str(out), "--overwrite", *extra]
     subprocess.run(command, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
-    return read_jsonl(out / "metrics.jsonl")[-1]
+    return RunDir(out).read_metrics()[-1]
 
 
 def main() -> None:

@@ -218,6 +218,7 @@ def _load_batch(spec: dict[str, Any]):
     if spec["checkpoint"] is not None:
         from implicit_snn.app.commands import checkpoint_config, load_checkpoint
         from implicit_snn.app.build import build_model, load_split
+        from implicit_snn.app.rundir import RunDir
         from implicit_snn.data import dataset_info
 
         path, ckpt = load_checkpoint(spec["checkpoint"])
@@ -226,10 +227,9 @@ def _load_batch(spec: dict[str, Any]):
         model = build_model(config, info.num_classes, info.in_shape)
         model.load_state_dict(ckpt["model"])
         data = load_split(config, "train")
-        run_dir = path.parent
-        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-        config_file = run_dir / "config.json"
-        facts["checkpoint_config"] = json.loads(config_file.read_text()) if config_file.exists() else None
+        run_dir = RunDir(path.parent)
+        summary = run_dir.read_summary() if run_dir.summary_file.exists() else {}
+        facts["checkpoint_config"] = run_dir.read_config() if run_dir.config_file.exists() else None
         facts.update(checkpoint=str(path), dataset=config.dataset, trained_epochs=ckpt.get("epoch"),
                      trained_time_steps=config.time_steps, trained_test_acc=summary.get("final_test_acc"))
     else:

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from implicit_snn.files import atomic_write_text
+from implicit_snn.app.rundir import RunDir
 
 COLUMNS = ("lr", "train_loss", "test_loss", "train_acc", "test_acc")
 
@@ -55,8 +55,9 @@ def main() -> None:
     rows = read_log(args.log)
     if not rows:
         raise SystemExit(f"error: {args.log} holds no epochs")
-    atomic_write_text(args.out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-    atomic_write_text(args.out / "summary.json", json.dumps(summary(rows), indent=2) + "\n")
+    run = RunDir(args.out)
+    run.write_metrics(rows)
+    run.write_summary(summary(rows))
     print(json.dumps(summary(rows)))
 
 

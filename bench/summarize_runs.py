@@ -18,7 +18,8 @@ import json
 import statistics
 from pathlib import Path
 
-from implicit_snn.files import atomic_write_text, read_jsonl
+from implicit_snn.app.rundir import RunDir
+from implicit_snn.files import atomic_write_text
 
 PROTOCOLS = {"final": "final_test_acc", "val_chosen": "val_chosen_test_acc", "best_epoch": "best_epoch_test_acc",
              "last10_mean": "last10_mean_test_acc"}
@@ -26,16 +27,15 @@ PROTOCOLS = {"final": "final_test_acc", "val_chosen": "val_chosen_test_acc", "be
 
 def read_summary(run_dir: Path) -> dict:
     """The run's ``summary.json``; a missing one (unfinished run) is a clear error."""
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        raise SystemExit(f"error: {path} not found: is the run finished?")
-    return json.loads(path.read_text())
+    run = RunDir(run_dir)
+    if not run.summary_file.is_file():
+        raise SystemExit(f"error: {run.summary_file} not found: is the run finished?")
+    return run.read_summary()
 
 
 def mean_backward_vjps(run_dir: Path) -> float | None:
     """Backward VJPs per training step, averaged over the run's epochs (None without that metric)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = read_jsonl(path) if path.is_file() else []
+    rows = RunDir(run_dir).read_metrics()
     values = [row["backward_evals_mean"] for row in rows if row.get("backward_evals_mean") is not None]
     return statistics.fmean(values) if values else None
 
