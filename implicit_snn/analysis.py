@@ -82,12 +82,12 @@ def _relative(difference: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
 
 @torch.no_grad()
 def equilibrium_gap(model: ImplicitClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                    time_steps: Sequence[int], *, solver: str = "broyden", max_iter: int = 100,
-                    tol: float = 1e-6) -> list[EquilibriumGap]:
+                    time_steps: Sequence[int], *, f_solver: str = "broyden", f_max_iter: int = 100,
+                    f_tol: float = 1e-6) -> list[EquilibriumGap]:
     """For each T, the gap between the spiking producer's a_T and f's equilibrium a* (eval mode).
 
-    a* is found by ``solver`` on f with the same inputs from the network's initial state (so for
-    static inputs it is the same a* at every T); ``solve_converged`` says whether it met ``tol``
+    a* is found by ``f_solver`` on f with the same inputs from the network's initial state (so for
+    static inputs it is the same a* at every T); ``solve_converged`` says whether it met ``f_tol``
     (relative residual), so an unreliable a* shows.
     """
     if not hasattr(model.producer, "time_steps"):
@@ -99,7 +99,7 @@ def equilibrium_gap(model: ImplicitClassifier, batches: Iterable[tuple[torch.Ten
     rows = []
     with _preserved(model):
         model.eval()
-        network, solve = model.network, solvers.get_solver(solver)
+        network, solve = model.network, solvers.get_solver(f_solver)
         for steps in time_steps:
             producer = dataclasses.replace(model.producer, time_steps=int(steps))
             totals = dict(n=0, rate=0.0, residual=0.0, distance=0.0, agree=0, sim_ok=0, eq_ok=0, converged=0)
@@ -109,7 +109,7 @@ def equilibrium_gap(model: ImplicitClassifier, batches: Iterable[tuple[torch.Ten
                 def f(a: torch.Tensor) -> torch.Tensor:
                     return network.fixed_point_map(a, *eq.f_args)
 
-                result = solve(f, network.initial_state(x), max_iter=max_iter, tol=tol)
+                result = solve(f, network.initial_state(x), max_iter=f_max_iter, tol=f_tol)
                 pred_sim = model.classifier(eq.a.flatten(1)).argmax(1)
                 pred_eq = model.classifier(result.z.flatten(1)).argmax(1)
                 totals["n"] += len(y)
@@ -169,8 +169,8 @@ def _training_step_gradient(model: ImplicitClassifier, state: dict[str, torch.Te
     return flat, elapsed
 
 
-def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor, names: Sequence[str], *,
-                     max_iter: int = 30, tol: float = 1e-6, reference: str = "broyden",
+def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor, backwards: Sequence[str], *,
+                     b_max_iter: int = 30, b_tol: float = 1e-6, reference: str = "broyden",
                      reference_max_iter: int = 200, reference_tol: float = 1e-7,
                      seed: int = 0, repeats: int = 3) -> tuple[list[BackwardOutcome], solvers.SolverResult]:
     """Each backward solver on the same training step (train mode, same dropout masks and weights).
@@ -188,8 +188,8 @@ def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor
         ref_grad, _ = _training_step_gradient(model, state, x, y, seed)
         ref_result = model.last_backward
         rows = []
-        for name in names:
-            model.set_backward(name, b_max_iter=max_iter, b_tol=tol)
+        for name in backwards:
+            model.set_backward(name, b_max_iter=b_max_iter, b_tol=b_tol)
             timed = [_training_step_gradient(model, state, x, y, seed) for _ in range(repeats)]
             grad, elapsed = timed[0][0], statistics.median(t for _, t in timed)
             summary = model.last_backward.summary()

@@ -71,8 +71,8 @@ def test_backward_solvers_compared_on_the_same_training_step():
     model, x, y = trained_like_f400()
     model.eval()  # compare_backward switches to train mode itself and restores eval after
     before = snapshot(model)
-    rows, reference = compare_backward(model, x, y, ["broyden", "fixed_point"], max_iter=30, tol=1e-6)
-    starved, _ = compare_backward(model, x, y, ["fixed_point"], max_iter=1, tol=1e-6)
+    rows, reference = compare_backward(model, x, y, ["broyden", "fixed_point"], b_max_iter=30, b_tol=1e-6)
+    starved, _ = compare_backward(model, x, y, ["fixed_point"], b_max_iter=1, b_tol=1e-6)
     assert_unchanged(model, before)
     assert reference.success
     for row in rows:

@@ -349,8 +349,8 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
         "dW error against the dense implicit-function-theorem gradient"
     )
     rows = compare_backward_solvers(
-        args.b_solver, dim=args.dim, batch=args.batch_size, norm=args.norm, max_iter=args.b_max_iter,
-        tol=args.b_tol, dtype=DTYPES[args.dtype], device=str(device), seed=args.seed,
+        args.b_solver, dim=args.dim, batch=args.batch_size, norm=args.norm, b_max_iter=args.b_max_iter,
+        b_tol=args.b_tol, dtype=DTYPES[args.dtype], device=str(device), seed=args.seed,
     )
     console.print(backward_table("backward solvers", rows, "dW error", "ms"))
     return 0

@@ -193,14 +193,14 @@ def _analyze(args, console, path, ckpt, config, device, data, model) -> int:
             break
 
     norm = feedback_norm(model)
-    gaps = equilibrium_gap(model, batches, args.time_steps, solver=args.f_solver or "broyden",
-                           max_iter=args.f_max_iter or 100, tol=args.f_tol or 1e-6)
+    gaps = equilibrium_gap(model, batches, args.time_steps, f_solver=args.f_solver or "broyden",
+                           f_max_iter=args.f_max_iter or 100, f_tol=args.f_tol or 1e-6)
     x, y = batches[0]
     step_batch = min(config.batch_size, len(y))
     names = args.b_solver or default_analysis_solvers()
     outcomes, reference = compare_backward(
-        model, x[:step_batch], y[:step_batch], names, max_iter=config.b_max_iter, tol=config.b_tol, seed=config.seed,
-        repeats=args.repeats)
+        model, x[:step_batch], y[:step_batch], names, b_max_iter=config.b_max_iter, b_tol=config.b_tol,
+        seed=config.seed, repeats=args.repeats)
 
     console.print(f"{path}: {config.model} on {config.dataset} {args.split}, producer {config.producer}, "
                   f"trained at T={ckpt['config'].get('time_steps')}, device {device}")

@@ -86,7 +86,7 @@ class TanhEquilibriumNet(torch.nn.Module):
 
 def compare_backward_solvers(
     names: Sequence[str], *, dim: int = 200, in_dim: int = 50, batch: int = 16, norm: float = 0.9,
-    max_iter: int = 30, tol: float = 1e-6, dtype: torch.dtype = torch.float32, device: str = "cpu",
+    b_max_iter: int = 30, b_tol: float = 1e-6, dtype: torch.dtype = torch.float32, device: str = "cpu",
     seed: int = 0,
 ) -> list[BackwardOutcome]:
     """Train-step style comparison: analytic equilibrium, then each backward solver on the same loss;
@@ -104,7 +104,7 @@ def compare_backward_solvers(
         for name in names:
             results: list[solvers.SolverResult] = []
             start = time.perf_counter()
-            out = implicit_grad(net, eq.a, *eq.f_args, backward=name, b_max_iter=max_iter, b_tol=tol,
+            out = implicit_grad(net, eq.a, *eq.f_args, backward=name, b_max_iter=b_max_iter, b_tol=b_tol,
                                 on_backward=results.append)
             (grad_w,) = torch.autograd.grad((out * grad_a).sum(), net.weight)
             if grad_w.is_cuda:
