@@ -153,3 +153,5 @@ def test_the_command_line_runs_with_the_plugin(tmp_path):
         "tanh64", "analytic", "secant", "secant")
     config = json.loads((tmp_path / "runs" / "polished" / "config.json").read_text())
     assert (config["producer"], config["time_steps"]) == ("lif_polished", 5)
+    # The page's claim: the plugin model's checkpoint is evaluated by a process that imported the plugin.
+    assert "accuracy" in run(["run_cli.py", "eval", "runs/tanh64"])
