@@ -328,12 +328,19 @@ def _list_models(console: Console) -> None:
     table = Table(title="model presets (10 classes)")
     for column in ("name", "network", "default data", "neurons", "+ inputs", "parameters"):
         table.add_column(column, no_wrap=column != "network")
-    for name in models.available_models():
-        preset = models.get_preset(name)
+    for name, preset in models.PRESETS.items():
         neurons, inputs, params = count_model(name)
         table.add_row(name, preset.spec, preset.dataset, f"{neurons:,}",
                       f"{neurons + inputs:,}", f"{params:,}")
     console.print(table)
+    others = {name: line for name, line in models.describe_models().items() if name not in models.PRESETS}
+    if others:
+        table = Table(title="other registered models")
+        table.add_column("name", no_wrap=True)
+        table.add_column("description")
+        for name, line in others.items():
+            table.add_row(name, line)
+        console.print(table)
 
 
 def _demo(args: argparse.Namespace, console: Console) -> int:

@@ -158,13 +158,16 @@ def check_producer_settings(producer: Optional[str], given: set[str]) -> None:
                          f"the {name} producer" + (f", which takes {', '.join(own)}" if own else ""))
 
 
-def drop_unused_producer_settings(config: "RunConfig") -> None:
-    """Unset the preset's simulation settings (T, leak) where the producer has no use for them, so
-    that the saved configuration and the log do not show a T that played no part."""
-    takes = producers.producer_options(config.producer or "lif")
+def settle_producer_settings(config: "RunConfig") -> None:
+    """The simulation settings (T, leak) as they will run: the producer's own default where unset,
+    and unset where the producer has no use for them, so that the saved configuration and the log
+    show the T that ran and never one that played no part."""
+    defaults = producers.producer_defaults(config.producer or "lif")
     for setting in ("time_steps", "leak"):
-        if setting not in takes:
+        if setting not in defaults:
             setattr(config, setting, None)
+        elif getattr(config, setting) is None:
+            setattr(config, setting, defaults[setting])
 
 
 # The settings of IDE's backward (adjoint) solve, and those of BPTT alone.
@@ -257,7 +260,6 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfi
     check_values(config)
     check_method_applies(config.method, config.producer, set(chosen))
     check_producer_settings(config.producer, set(chosen))
-    if config.method == "ide":
-        drop_unused_producer_settings(config)
+    settle_producer_settings(config)
     config.milestones = list(config.milestones)
     return config

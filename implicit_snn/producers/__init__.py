@@ -2,7 +2,8 @@
 
 from ._analytic import AnalyticProducer
 from ._base import Equilibrium, ImplicitNetwork, Producer, couples_samples
-from ._registry import available_producers, describe_producers, get_producer, producer_options, register_producer
+from ._registry import (available_producers, describe_producers, get_producer, producer_defaults, producer_options,
+                        register_producer)
 from ._spiking import IFProducer, LIFProducer, SpikingNetwork
 
 register_producer("analytic")(AnalyticProducer)
@@ -11,6 +12,6 @@ register_producer("lif")(LIFProducer)
 
 __all__ = [
     "AnalyticProducer", "Equilibrium", "IFProducer", "ImplicitNetwork", "LIFProducer", "Producer", "SpikingNetwork",
-    "available_producers", "couples_samples", "describe_producers", "get_producer", "producer_options",
+    "available_producers", "couples_samples", "describe_producers", "get_producer", "producer_defaults", "producer_options",
     "register_producer",
 ]

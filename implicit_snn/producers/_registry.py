@@ -34,6 +34,12 @@ def producer_options(name: str) -> list[str]:
     return list(inspect.signature(PRODUCERS.get(name)).parameters)
 
 
+def producer_defaults(name: str) -> dict[str, Any]:
+    """The options of ``get_producer(name, ...)`` that have a default, with that default."""
+    parameters = inspect.signature(PRODUCERS.get(name)).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
 def get_producer(name: str, **options: Any) -> Producer:
     """A producer built with ``options``; unknown names list the known ones, unknown options raise."""
     cls = PRODUCERS.get(name)
