@@ -13,7 +13,7 @@ import torch
 from implicit_snn.app.cli import main
 from implicit_snn.app.config import RunConfig, read_config_file, resolve
 from implicit_snn.training import step_schedule
-from tests.helpers import SMALL, cli_error, comparable, metrics
+from tests.helpers import SMALL, cli_error, comparable, metrics, write_nmnist
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
@@ -245,8 +245,6 @@ def test_the_entry_point_prints_one_line_without_a_traceback(tmp_path):
 
 
 def test_eval_sweep_over_time_steps_rebins_spike_datasets(tmp_path):
-    from .test_data import write_nmnist
-
     write_nmnist(tmp_path / "NMNIST")
     out, report = tmp_path / "run", tmp_path / "sweep.json"
     assert main(["train", "--dataset", "nmnist", "--data-root", str(tmp_path), "--model", "8 (F8)", "--val-size", "0",
