@@ -26,9 +26,7 @@ def test_every_preset_is_registered():
 @pytest.mark.parametrize("name, classes", sorted(REFERENCE_PARAMETERS))
 def test_parameter_counts_match_the_reference(name, classes):
     model = models.build_model(name, num_classes=classes)
-    expected = REFERENCE_PARAMETERS[(name, classes)]
-    assert abs(model.num_parameters() - expected) <= 0.005 * expected
-    assert model.num_parameters() == expected  # in fact exactly
+    assert model.num_parameters() == REFERENCE_PARAMETERS[(name, classes)]  # exactly
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_NEURONS))
