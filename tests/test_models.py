@@ -38,7 +38,8 @@ def test_neuron_counts_match_the_paper(name):
     assert model.network.num_neurons + inputs == REFERENCE_NEURONS[name]
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE_NEURONS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "cifarnet_f" else name
+                                  for name in sorted(REFERENCE_NEURONS)])  # CIFARNet-F: ~6 s
 def test_a_few_training_steps_on_a_fixed_batch_decrease_the_loss(name, device):
     torch.manual_seed(0)
     model = models.build_model(name, producer_options=dict(time_steps=4)).to(device).train()

@@ -241,6 +241,7 @@ def test_bad_input_is_one_clear_line(argv, message, tmp_path, capsys, monkeypatc
     assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_the_entry_point_prints_one_line_without_a_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "implicit_snn", "train", "--lr", "inf", "--out", str(tmp_path / "x")],
                           capture_output=True, text=True, cwd=tmp_path)
