@@ -57,6 +57,13 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).norm() / expected.norm())
 
 
+def true_residuals(g, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample ‖g(z) − z‖ and ‖g(z) − z‖ / ‖g(z)‖, measured here (what a solver must report)."""
+    gz = g(z)
+    abs_res = (gz - z).reshape(z.shape[0], -1).norm(dim=1)
+    return abs_res, abs_res / gz.reshape(z.shape[0], -1).norm(dim=1)
+
+
 @contextlib.contextmanager
 def default_dtype(dtype: torch.dtype):
     """Temporarily set torch's default dtype (for hypothesis tests, which cannot use fixtures)."""
@@ -96,3 +103,31 @@ def cli_error(argv: list[str], capsys) -> str:
     message = code if isinstance(code, str) else capsys.readouterr().err.strip().splitlines()[-1]
     assert "\n" not in message.strip(), message
     return message
+
+
+# N-MNIST files written by hand: 5-byte events in the dataset's digit folders.
+
+def event(x: int, y: int, p: int, ts: int) -> bytes:
+    return bytes([x, y, (p << 7) | ((ts >> 16) & 0x7F), (ts >> 8) & 0xFF, ts & 0xFF])
+
+
+# (x, y, polarity, ts): expected (t, polarity, y, x) with 3 ms bins and T = 4.
+NMNIST_EVENTS = {
+    ("Train", 3, "00001.bin"): [(0, 0, 1, 0),            # ts = 0 is kept (the reference drops it)
+                                (33, 5, 0, 2999),        # last microsecond of frame 0
+                                (10, 20, 1, 3000),       # first of frame 1
+                                (10, 20, 1, 3500),       # same bin: count 2
+                                (7, 8, 0, 11999),        # last frame (3) is filled
+                                (7, 8, 1, 12000),        # past the last frame: dropped
+                                (1, 2, 1, 0x7FFFFF)],    # largest timestamp: dropped
+    ("Train", 3, "00000.bin"): [(4, 4, 0, 6000)],
+    ("Train", 7, "00005.bin"): [(33, 33, 1, 9001)],
+    ("Test", 0, "00009.bin"): [(2, 3, 0, 100)],
+}
+
+
+def write_nmnist(base: Path) -> None:
+    for (split, digit, name), events in NMNIST_EVENTS.items():
+        folder = base / split / str(digit)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"".join(event(*e) for e in events))

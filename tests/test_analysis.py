@@ -37,6 +37,7 @@ def assert_unchanged(model, before):
     assert (model.training, model.producer, model.adjoint) == (training, producer, adjoint)
 
 
+@pytest.mark.slow
 def test_if_rates_converge_to_the_equilibrium_and_lif_rates_stay_within_a_bounded_error():
     model, x, y = trained_like_f400()
     before = snapshot(model)
@@ -67,6 +68,7 @@ def test_the_gap_needs_a_spiking_producer():
         equilibrium_gap(model, [(x, y)], [5])
 
 
+@pytest.mark.slow
 def test_backward_solvers_compared_on_the_same_training_step():
     model, x, y = trained_like_f400()
     model.eval()  # compare_backward switches to train mode itself and restores eval after
@@ -84,6 +86,7 @@ def test_backward_solvers_compared_on_the_same_training_step():
     assert abs(rows[0].grad_error - rows[1].grad_error) < 1e-4
 
 
+@pytest.mark.slow
 def test_feedback_norm_is_the_true_norm_for_linear_and_conv_feedback():
     model, _, _ = trained_like_f400()
     report = feedback_norm(model)

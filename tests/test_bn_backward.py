@@ -13,6 +13,7 @@ import torch
 
 import models
 from implicit_snn.app.cli import main
+from tests.helpers import metrics
 
 F = torch.nn.functional
 
@@ -153,4 +154,8 @@ def test_the_cli_saves_the_choice(tmp_path):
             "--threads", "1", "--time-steps", "3", "--bn-backward", "simulated", "--out", str(out)]
     assert main(argv) == 0
     assert json.loads((out / "config.json").read_text())["bn_backward"] == "simulated"
-    assert main(["eval", str(out)]) == 0
+    report = tmp_path / "eval.json"
+    assert main(["eval", str(out), "--json", str(report)]) == 0
+    (row,) = json.loads(report.read_text())["results"]
+    (trained,) = metrics(out)
+    assert row["acc"] == trained["test_acc"] and row["loss"] == pytest.approx(trained["test_loss"])

@@ -15,8 +15,7 @@ from implicit_snn import bptt
 from implicit_snn.app.cli import main
 from implicit_snn.neurons import time_average
 from implicit_snn.producers import IFProducer, LIFProducer
-
-SMALL = ["--dataset", "synthetic", "--val-size", "64", "--batch-size", "32", "--time-steps", "3", "--threads", "1"]
+from tests.helpers import SMALL, comparable, metrics
 
 
 # -- surrogates ---------------------------------------------------------------------------
@@ -430,18 +429,16 @@ def test_train_resume_and_eval_with_bptt(tmp_path, capsys):
     assert "BPTT, rectangular surrogate slope 2" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert (config["method"], config["surrogate"], config["surrogate_slope"]) == ("bptt", "rectangular", 2.0)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     assert "backward_evals_mean" not in rows[0] and rows[0]["firing_rate"] > 0
     assert main(["train", "--epochs", "2", "--threads", "1", "--out", str(out), "--resume"]) == 0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     assert len(rows) == 2 and json.loads((out / "config.json").read_text())["method"] == "bptt"
     # The resumed run is the uninterrupted one.
     whole = tmp_path / "whole"
     assert main(["train", *SMALL, "--epochs", "2", "--method", "bptt", "--surrogate", "rectangular",
                  "--surrogate-slope", "2", "--out", str(whole)]) == 0
-    timing = ("train_seconds", "train_images_per_s", "backward_ms_mean", "eval_seconds", "peak_memory_mib")
-    comparable = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]
-    assert comparable(rows) == comparable([json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()])
+    assert comparable(rows) == comparable(metrics(whole))
     with pytest.raises(SystemExit, match=r"differ from the run's: \{'method': \('bptt', 'ide'\)\}"):
         main(["train", *SMALL, "--epochs", "3", "--method", "ide", "--out", str(out), "--resume"])
     report = tmp_path / "eval.json"
@@ -449,7 +446,14 @@ def test_train_resume_and_eval_with_bptt(tmp_path, capsys):
     result = json.loads(report.read_text())
     assert result["trained_method"] == "bptt"
     assert result["results"][0]["acc"] == rows[-1]["test_acc"]  # eval is the trainer's evaluation
+    assert result["results"][0]["loss"] == pytest.approx(rows[-1]["test_loss"])
+    # At the analytic equilibrium a BPTT-trained model evaluates like any other: no T, one solve per batch.
     assert main(["eval", str(out), "--producer", "analytic", "--f-max-iter", "2", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    (row,) = result["results"]
+    assert (result["producer"], result["trained_method"], result["samples"]) == ("analytic", "bptt", 256)
+    assert row["time_steps"] is None and "firing_rate" not in row
+    assert row["forward_status"] == {"MAX_ITER": math.ceil(256 / 200)}  # 2 iterations are too few; batches of 200
 
 
 def test_runs_without_a_method_setting_still_load(tmp_path):
@@ -463,8 +467,14 @@ def test_runs_without_a_method_setting_still_load(tmp_path):
         ckpt = torch.load(out / name, weights_only=False)
         ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k in old}
         torch.save(ckpt, out / name)
-    assert main(["eval", str(out)]) == 0
+    report = tmp_path / "eval.json"
+    assert main(["eval", str(out), "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["trained_method"] == "ide"  # a missing method reads as the default
+    assert result["results"][0]["loss"] == pytest.approx(metrics(out)[-1]["test_loss"])
     assert main(["train", "--epochs", "2", "--threads", "1", "--out", str(out), "--resume"]) == 0
+    assert [row["epoch"] for row in metrics(out)] == [1, 2]
+    assert json.loads(config_path.read_text())["method"] == "ide"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -13,6 +13,7 @@ import torch
 import models
 import solvers
 from solvers import SolverStatus
+from tests.helpers import true_residuals
 
 OURS = ["broyden", "anderson", "fixed_point", "neumann", "exact"]
 BASELINES = ["torchdeq_broyden", "torchdeq_anderson", "torchdeq_fixed_point_iter"]
@@ -29,12 +30,6 @@ def coupled_affine_map(batch, dim, norm, seed=0):
     c = torch.randn(n, generator=generator, dtype=torch.float64)
     solution = torch.linalg.solve(torch.eye(n, dtype=torch.float64) - a, c).reshape(batch, dim)
     return (lambda z: (a @ z.reshape(n) + c).reshape(batch, dim)), solution
-
-
-def true_residuals(g, z):
-    gz = g(z)
-    abs_res = (gz - z).flatten(1).norm(dim=1)
-    return abs_res, abs_res / gz.flatten(1).norm(dim=1)
 
 
 @pytest.mark.parametrize("name", OURS + BASELINES + OPTIONAL)

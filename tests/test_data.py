@@ -13,6 +13,7 @@ import torch
 from implicit_snn import data
 from implicit_snn.data import _idx
 from implicit_snn.data._registry import DATASETS
+from tests.helpers import event, write_nmnist
 
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
 BUILT_INS = ["fashion-mnist", "mnist", "cifar10", "cifar100", "nmnist", "synthetic"]
@@ -31,10 +32,6 @@ def write_idx_split(folder: Path, split: str, images: np.ndarray, labels: np.nda
     for name, arr, magic in parts:
         payload = idx_bytes(arr, magic)
         (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(payload) if gz else payload)
-
-
-def event(x: int, y: int, p: int, ts: int) -> bytes:
-    return bytes([x, y, (p << 7) | ((ts >> 16) & 0x7F), (ts >> 8) & 0xFF, ts & 0xFF])
 
 
 @pytest.fixture
@@ -303,28 +300,7 @@ def test_cifar100_uses_fine_labels_and_rejects_a_bad_pickle(tmp_path):
 
 
 # ----------------------------------------------------------------------------- N-MNIST
-
-# (x, y, polarity, ts): expected (t, polarity, y, x) with 3 ms bins and T = 4.
-NMNIST_EVENTS = {
-    ("Train", 3, "00001.bin"): [(0, 0, 1, 0),            # ts = 0 is kept (the reference drops it)
-                                (33, 5, 0, 2999),        # last microsecond of frame 0
-                                (10, 20, 1, 3000),       # first of frame 1
-                                (10, 20, 1, 3500),       # same bin: count 2
-                                (7, 8, 0, 11999),        # last frame (3) is filled
-                                (7, 8, 1, 12000),        # past the last frame: dropped
-                                (1, 2, 1, 0x7FFFFF)],    # largest timestamp: dropped
-    ("Train", 3, "00000.bin"): [(4, 4, 0, 6000)],
-    ("Train", 7, "00005.bin"): [(33, 33, 1, 9001)],
-    ("Test", 0, "00009.bin"): [(2, 3, 0, 100)],
-}
-
-
-def write_nmnist(base: Path) -> None:
-    for (split, digit, name), events in NMNIST_EVENTS.items():
-        folder = base / split / str(digit)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(b"".join(event(*e) for e in events))
-
+# (helpers.NMNIST_EVENTS: the events write_nmnist writes, and the frames they fall in)
 
 def test_nmnist_event_decoding_keeps_polarity_out_of_the_timestamp():
     x, y, p, ts = data.decode_events(event(33, 17, 1, 0x4ABCDE) + event(0, 1, 0, 0x7FFFFF) + event(5, 6, 1, 0))

@@ -25,6 +25,7 @@ def torchrun(*argv: str) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fc", "conv"])
 def test_ddp_gradient_is_the_whole_batch_gradient_of_the_parts(tmp_path, kind):
     """Two processes' averaged implicit gradient equals the gradient of the batch's mean loss when each
@@ -46,6 +47,7 @@ def test_ddp_gradient_is_the_whole_batch_gradient_of_the_parts(tmp_path, kind):
         assert float((got[name] - grad).norm()) <= 1e-9 * float(grad.norm()) + 1e-14, name
 
 
+@pytest.mark.slow
 def test_two_processes_train_resume_exactly_and_save_the_model_they_evaluated(tmp_path):
     # 256 test samples in batches of 255 leave the second process no part of the last batch.
     small = [*SMALL, "--device", "cpu", "--test-batch-size", "255"]

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import models
-from implicit_snn import ImplicitClassifier
-from implicit_snn.producers import AnalyticProducer
+from implicit_snn.producers import AnalyticProducer, IFProducer, LIFProducer
 
 # Trainable parameters of the reference implementation, counted by instantiating it.
 REFERENCE_PARAMETERS = {
@@ -27,9 +26,7 @@ def test_every_preset_is_registered():
 @pytest.mark.parametrize("name, classes", sorted(REFERENCE_PARAMETERS))
 def test_parameter_counts_match_the_reference(name, classes):
     model = models.build_model(name, num_classes=classes)
-    expected = REFERENCE_PARAMETERS[(name, classes)]
-    assert abs(model.num_parameters() - expected) <= 0.005 * expected
-    assert model.num_parameters() == expected  # in fact exactly
+    assert model.num_parameters() == REFERENCE_PARAMETERS[(name, classes)]  # exactly
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_NEURONS))
@@ -41,7 +38,8 @@ def test_neuron_counts_match_the_paper(name):
     assert model.network.num_neurons + inputs == REFERENCE_NEURONS[name]
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE_NEURONS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "cifarnet_f" else name
+                                  for name in sorted(REFERENCE_NEURONS)])  # CIFARNet-F: ~6 s
 def test_a_few_training_steps_on_a_fixed_batch_decrease_the_loss(name, device):
     torch.manual_seed(0)
     model = models.build_model(name, producer_options=dict(time_steps=4)).to(device).train()
@@ -60,7 +58,8 @@ def test_a_few_training_steps_on_a_fixed_batch_decrease_the_loss(name, device):
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0], losses
-    assert model.last_backward is not None and model.last_backward.n_evals >= 1
+    result = model.last_backward  # the last step's backward solve: per-sample residuals, within its budget
+    assert result.rel_residual.shape == (2,) and 1 <= result.n_evals <= model.adjoint.max_iter + 1
     assert 0.0 <= float(model.last_forward["firing_rate"]) <= 1.0
 
 
@@ -106,9 +105,12 @@ def test_producer_and_backward_can_be_swapped_after_construction(producer):
     model.train()
     model(torch.randn(4, 1, 28, 28)).sum().backward()
     assert model.last_backward.n_evals <= 21
+    forward = model.last_forward
     if producer == "analytic":
-        assert isinstance(model.producer, AnalyticProducer)
-        assert model.last_forward["forward_status"] in ("SUCCESS", "MAX_ITER")
+        assert type(model.producer) is AnalyticProducer and forward["forward_n_evals"] <= 61
+        assert (forward["forward_status"] == "SUCCESS") == (forward["forward_rel_residual_max"] <= model.producer.f_tol)
+    else:
+        assert type(model.producer) is {"if": IFProducer, "lif": LIFProducer}[producer] and forward["time_steps"] == 3
 
 
 def test_eval_mode_is_deterministic_and_builds_no_graph():
@@ -190,4 +192,5 @@ def test_unknown_preset_and_bad_options():
         models.build_model("f40")
     with pytest.raises(TypeError, match="unknown option"):
         models.build_model("f400", producer_options=dict(tme_steps=3))
-    assert isinstance(models.build_model("f400"), ImplicitClassifier)
+    model = models.build_model("f400", producer_options=dict(time_steps=2)).eval()  # the registry still works
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)

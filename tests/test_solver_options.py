@@ -11,6 +11,7 @@ import torch
 import solvers
 from implicit_snn import ImplicitAdjoint, implicit_grad, producers
 from solvers import ConvergenceError, SolverStatus
+from tests.helpers import relative_error
 
 B, D = 3, 8
 DRIVER = ["broyden", "anderson", "fixed_point", "neumann", "exact", "gmres"]
@@ -96,10 +97,6 @@ def expect_refusal(entry, name, option, value):
     assert "\n" not in str(info.value)
 
 
-def relative(z, exact):
-    return float((z - exact).norm() / exact.norm())
-
-
 @pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("name", ALL)
 def test_throw(entry, name):
@@ -154,8 +151,8 @@ def test_return_best(entry, name):
     last, _ = solve(entry, name, options={"return_best": False, **own}, **settings)
     if name in TORCHDEQ:
         # The adapter measures the returned point with one more (noisy) evaluation: compare the points.
-        assert relative(best.z, exact) < 1e-3
-        assert not relative(last.z, exact) < 10 * relative(best.z, exact)  # NaN counts as far, too
+        assert relative_error(best.z, exact) < 1e-3
+        assert not relative_error(last.z, exact) < 10 * relative_error(best.z, exact)  # NaN counts as far, too
     else:
         # Anderson gives noisy residuals no weight, so its last point stays good: compare the
         # residuals measured at the returned points (the best one's before the noise).

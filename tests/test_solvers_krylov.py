@@ -14,7 +14,7 @@ import solvers
 from implicit_snn import ImplicitAdjoint
 from solvers import SolverStatus
 from tests.helpers import DEVICES
-from tests.helpers import AffineProblem, affine_problem, relative_error
+from tests.helpers import AffineProblem, affine_problem, relative_error, true_residuals
 
 TINY = 1e-300  # a tolerance no residual meets: a fixed number of steps
 
@@ -34,12 +34,6 @@ def random_problem(batch, dim, radius, *, seed=0, dtype=torch.float64, device="c
     a *= radius / torch.linalg.eigvals(a).abs().amax(dim=1)[:, None, None]
     c = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
     return Affine(a.to(dtype=dtype, device=device), c.to(dtype=dtype, device=device), (batch, dim))
-
-
-def true_residuals(problem, z):
-    gz = problem(z)
-    abs_res = (gz - z).reshape(z.shape[0], -1).norm(dim=1)
-    return abs_res, abs_res / gz.reshape(z.shape[0], -1).norm(dim=1)
 
 
 def counting(g):
