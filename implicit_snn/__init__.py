@@ -8,7 +8,7 @@ from ._siblings import require_sibling_package
 
 require_sibling_package("solvers")
 
-from . import analysis, data, producers  # noqa: E402
+from . import analysis, data, producers, training  # noqa: E402
 from ._adjoint import ImplicitAdjoint, implicit_grad  # noqa: E402
 from .classifier import ImplicitClassifier  # noqa: E402
 from .layers import BNMode, SynapticLayer, unit_norm_init_  # noqa: E402
@@ -19,5 +19,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BNMode", "FeedbackSNN", "ImplicitAdjoint", "ImplicitClassifier", "PassState", "SpectralNorm", "SynapticLayer",
-    "analysis", "data", "implicit_grad", "producers", "unit_norm_init_", "__version__",
+    "analysis", "data", "implicit_grad", "producers", "training", "unit_norm_init_", "__version__",
 ]
