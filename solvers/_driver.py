@@ -131,6 +131,18 @@ def configure(solver: Any, options: Mapping[str, Any]) -> tuple[Any, dict[str, A
     return split(dict(options))
 
 
+def split_solver_options(solver: Any, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``split_options`` of any solver with ``option_names``, ``owner``, ``ACCEPTED_CALL_OPTIONS``,
+    ``check_call_options`` and ``with_options``: unknown names refused, call options checked."""
+    own_names = solver.option_names
+    unknown = sorted(set(options) - set(own_names) - set(CALL_OPTIONS))
+    if unknown:
+        raise unknown_options(solver.owner, unknown, own_names, solver.ACCEPTED_CALL_OPTIONS)
+    calls = {name: value for name, value in options.items() if name in CALL_OPTIONS}
+    solver.check_call_options(**calls)
+    return solver.with_options(**{n: v for n, v in options.items() if n in own_names}), calls
+
+
 def check_call(z0: Any, max_iter: Any, tol: Any, stop_mode: Any, check_every: Any) -> None:
     """Reject a bad initial guess or bad settings before any work is done."""
     if not isinstance(z0, torch.Tensor):
@@ -212,13 +224,7 @@ class FixedPointSolver(abc.ABC):
 
     def split_options(self, options: dict[str, Any]) -> tuple["FixedPointSolver", dict[str, Any]]:
         """``configure`` for this solver: (a copy with its own options applied, the call options)."""
-        own_names = self.option_names
-        unknown = sorted(set(options) - set(own_names) - set(CALL_OPTIONS))
-        if unknown:
-            raise unknown_options(self.owner, unknown, own_names, self.ACCEPTED_CALL_OPTIONS)
-        calls = {name: value for name, value in options.items() if name in CALL_OPTIONS}
-        self.check_call_options(**calls)
-        return self.with_options(**{n: v for n, v in options.items() if n in own_names}), calls
+        return split_solver_options(self, options)
 
     @abc.abstractmethod
     def init(self, g: BatchedMap, z0: torch.Tensor, gz0: torch.Tensor) -> IterState:

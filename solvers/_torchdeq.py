@@ -22,8 +22,8 @@ from typing import Any, Optional
 import torch
 
 from ._driver import (
-    CALL_OPTIONS, BatchedMap, check_call, check_call_options, check_flag, final_status, first_evaluation, residuals,
-    unknown_options,
+    BatchedMap, check_call, check_call_options, check_flag, final_status, first_evaluation, residuals,
+    split_solver_options, unknown_options,
 )
 from ._result import ConvergenceError, SolverResult
 
@@ -80,13 +80,7 @@ class TorchDEQSolver:
 
     def split_options(self, options: dict[str, Any]) -> tuple["TorchDEQSolver", dict[str, Any]]:
         """``configure`` for this solver: (a copy with torchdeq's options set, the call options)."""
-        allowed = self.option_names
-        unknown = sorted(set(options) - set(allowed) - set(CALL_OPTIONS))
-        if unknown:
-            raise unknown_options(self.owner, unknown, allowed, self.ACCEPTED_CALL_OPTIONS)
-        calls = {name: value for name, value in options.items() if name in CALL_OPTIONS}
-        self.check_call_options(**calls)
-        return self.with_options(**{n: v for n, v in options.items() if n in allowed}), calls
+        return split_solver_options(self, options)
 
     @property
     def description(self) -> str:
