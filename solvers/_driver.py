@@ -106,11 +106,20 @@ def check_call_options(owner: str, *, throw: Any = False, check_every: Any = 1, 
         raise ValueError(f"{owner}: `divergence_factor` must be a number > 0 (inf: never), got {factor!r}")
 
 
+# The arguments every solve takes itself, which an options dict must not carry.
+SOLVE_SETTINGS = ("max_iter", "tol", "stop_mode", "coupled")
+
+
 def unknown_options(owner: str, unknown: list[str], own: list[str], calls: tuple[str, ...]) -> ValueError:
-    """The one-line error for option names a solver does not know, listing exactly those it accepts."""
+    """The one-line error for option names a solver does not know, listing exactly those it accepts
+    (and saying where a solve's own settings go, if one of them was passed as an option)."""
+    settings = [name for name in unknown if name in SOLVE_SETTINGS]
+    where = (f"; {', '.join(f'`{n}`' for n in settings)} {'is' if len(settings) == 1 else 'are'} not an option but "
+             "a setting of the solve itself (`b_max_iter`, `b_tol`, `b_stop_mode` for the backward; `f_max_iter`, "
+             "`f_tol`, `f_stop_mode` for the analytic forward)") if settings else ""
     return ValueError(
         f"{owner} got unknown option(s) {unknown}; it accepts its options {own} "
-        f"and the call options {list(calls)}"
+        f"and the call options {list(calls)}{where}"
     )
 
 

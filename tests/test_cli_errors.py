@@ -87,3 +87,8 @@ def test_analyze_measures_exactly_the_samples_asked_for(tmp_path):
     assert main(["analyze", str(out), "--samples", "37", "--batch-size", "16", "--time-steps", "2",
                  "--b_solver", "broyden", "--repeats", "1", "--json", str(report)]) == 0
     assert json.loads(report.read_text())["equilibrium_gap"][0]["samples"] == 37
+
+
+def test_a_solve_setting_passed_as_an_option_says_which_flag_sets_it(tmp_path, capsys):
+    message = cli_error(["train", *SMALL, "--b_option", "max_iter=2", "--out", str(tmp_path / "x")], capsys)
+    assert "`max_iter` is not an option but a setting of the solve itself (--b_max_iter" in message

@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
 
     plot = sub.add_parser("plot", help="per-epoch curves of one or several runs in one figure (needs matplotlib)")
-    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (their metrics.jsonl)")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help=f"run directories (their {RunDir.METRICS})")
     plot.add_argument("--out", required=True, help="figure file: .png, .pdf or .svg")
     plot.add_argument("--metrics", nargs="+", choices=list(plotting.METRICS), default=list(plotting.DEFAULT_METRICS),
                       metavar="NAME", help=f"one panel each (default {' '.join(plotting.DEFAULT_METRICS)}; "
