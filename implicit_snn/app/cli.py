@@ -30,6 +30,7 @@ from .errors import checked_settings, flag_message
 from .report import Report
 from .run import Interrupted, TrainingRun
 from .rundir import RunDir, default_run_name
+from .rundir import load_checkpoint as read_checkpoint
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SETTINGS = frozenset(RunConfig.field_names())  # library arguments that name a run setting
@@ -251,21 +252,39 @@ RESUME_MAY_CHANGE = ("epochs", "device", "threads", "data_root", "download")
 
 
 def _resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunConfig:
-    """The run's saved settings, with the given ones that may change on resume; a given setting
-    that differs from the run's is an error (it would silently not take effect)."""
+    """The run's settings, with the given ones that may change on resume. The last checkpoint's
+    settings are the run's: a config.json that disagrees with them is refused, as is a given
+    setting that differs from the run's (it would silently not take effect) and ``--epochs``
+    below the epochs already trained."""
     run = RunDir(run_dir)
     if not run.config_file.exists():
         raise UsageError(f"--resume: {run_dir} has no {run.CONFIG}; nothing to resume")
-    # A setting added after the run was made reads as its default (what the run used).
-    saved = {**RunConfig().to_dict(), **run.read_config()}
-    saved = {k: v for k, v in saved.items() if k in RunConfig.field_names()}
-    changed = {k: (saved[k], getattr(config, k)) for k in sorted(given)
-               if k not in RESUME_MAY_CHANGE and k != "out" and saved[k] != getattr(config, k)}
+    saved = _completed_settings(run.read_config())
+    fixed = [k for k in RunConfig.field_names() if k not in RESUME_MAY_CHANGE and k != "out"]
+    done = 0
+    if run.last_checkpoint.exists():
+        checkpoint = read_checkpoint(run.last_checkpoint)
+        trained, done = _completed_settings(checkpoint["config"]), int(checkpoint["epoch"])
+        edited = {k: (saved[k], trained[k]) for k in fixed if saved[k] != trained[k]}
+        if edited:
+            raise UsageError(f"--resume: {run.config_file} disagrees with the run's checkpoint {run.last_checkpoint} "
+                             f"in {edited} (config.json, checkpoint); the checkpoint's settings are the run's: restore "
+                             "them in config.json, or start afresh with --overwrite")
+        saved = {**trained, **{k: saved[k] for k in RESUME_MAY_CHANGE}}
+    changed = {k: (saved[k], getattr(config, k)) for k in sorted(given) if k in fixed and saved[k] != getattr(config, k)}
     if changed:
         raise UsageError(f"--resume with settings that differ from the run's: {changed}; "
                          "only --epochs, --device, --threads and --data-root may change")
     kept = {k: getattr(config, k) for k in RESUME_MAY_CHANGE if k in given}
+    if kept.get("epochs", saved["epochs"]) < done:
+        raise UsageError(f"--resume --epochs {kept['epochs']}: the run has already trained {done} epochs; "
+                         f"give at least {done}")
     return RunConfig(**{**saved, **kept, "out": str(run_dir)})
+
+
+def _completed_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Saved settings with those added after the run was made read as their defaults (what the run used)."""
+    return {k: v for k, v in {**RunConfig().to_dict(), **values}.items() if k in RunConfig.field_names()}
 
 
 def _train_process(args: argparse.Namespace, config: RunConfig, console: Console, context: Context) -> int:
@@ -304,6 +323,12 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
     except Interrupted as stop:
         report.line(f"interrupted: {stop}")
         return 130
+    except solvers.ConvergenceError as error:
+        # Asked for with `throw=True`: a stop, not a bug; the last checkpoint is the last finished epoch's.
+        last = (f"the last checkpoint is {run_dir.last_checkpoint} (--resume continues from it)"
+                if run_dir.last_checkpoint.exists() else "no epoch finished, so there is no checkpoint")
+        raise SystemExit(f"error: a backward solve did not converge and throw=True was set, so training stopped at "
+                         f"epoch {trainer.epoch + 1}, batch {trainer.batch + 1}: {error}; {last}") from None
     report.line(f"final test accuracy {summary['final_test_acc']:.2%}"
                 + (f"; checkpoint chosen on validation (epoch {summary['val_chosen_epoch']}): "
                    f"{summary['val_chosen_test_acc']:.2%}" if "val_chosen_epoch" in summary else "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -125,13 +126,14 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "epochs": POS_INT, "batch_size": POS_INT, "test_batch_size": POS_INT,
     "lr": POS_NUMBER, "momentum": NONNEG_NUMBER, "weight_decay": NONNEG_NUMBER, "gamma": POS_NUMBER,
-    "milestones": (lambda v: isinstance(v, (list, tuple)) and all(_is_int(m) and m >= 0 for m in v),
-                   "a list of integers >= 0 (epochs)"),
+    "milestones": (lambda v: isinstance(v, (list, tuple)) and all(_is_int(m) and m >= 0 for m in v)
+                   and list(v) == sorted(set(v)), "a list of distinct integers >= 0 (epochs) in increasing order"),
     "warmup_iters": NONNEG_INT, "val_size": (_optional(NONNEG_INT[0]), NONNEG_INT[1]),
     "seed": (_is_int, "an integer"),
     "device": STR,
     "out": (_optional(STR[0]), "a folder path"),
-    "threads": (_optional(POS_INT[0]), POS_INT[1]),
+    "threads": (_optional(lambda v: POS_INT[0](v) and v <= (os.cpu_count() or 1)),
+                f"an integer from 1 to this machine's {os.cpu_count() or 1} cores"),
 }
 
 
@@ -209,7 +211,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"config file {path.name} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     suffix = path.suffix.lower()
     if suffix == ".toml":
         try:
@@ -225,7 +230,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         fmt, errors = "YAML", (yaml.YAMLError,)
 
         def parse(text: str) -> Any:
-            return yaml.safe_load(text) or {}
+            return yaml.load(text, Loader=_yaml_loader(yaml)) or {}
     elif suffix == ".json":
         fmt, errors, parse = "JSON", (json.JSONDecodeError,), json.loads
     else:
@@ -237,9 +242,34 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {path.name} is not valid {fmt}: {first_line}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path.name} must hold a table of settings, got {type(data).__name__}")
-    data = {key.replace("-", "_"): value for key, value in data.items()}
+    normalized: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name in normalized:
+            raise ValueError(f"config file {path.name} sets `{name}` twice (as {spelled[name]!r} and {key!r}); keep one")
+        normalized[name], spelled[name] = value, str(key)
+    data = normalized
     check_keys(data, f"config file {path.name}")
     return data
+
+
+def _yaml_loader(yaml: Any) -> Any:
+    """PyYAML's safe loader reading floats as YAML 1.2 does: ``1e-3`` is a number, not the string '1e-3'."""
+    import re
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."))
+    return Loader
 
 
 def resolve(file_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfig:
