@@ -99,7 +99,8 @@ def cli_error(argv: list[str], capsys) -> str:
         main(argv)
     code = info.value.code
     assert code not in (0, None)
-    # Our errors exit with their message; argparse prints its own to stderr and exits with 2.
+    # Usage errors (ours and argparse's) print one line to stderr and exit with 2; a stop while
+    # training (a non-converged solve with throw=True) exits with its message (status 1).
     message = code if isinstance(code, str) else capsys.readouterr().err.strip().splitlines()[-1]
     assert "\n" not in message.strip(), message
     return message

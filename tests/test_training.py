@@ -158,7 +158,7 @@ def test_config_file_with_flag_overrides(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("lr = -1", "setting `lr` must be a number > 0, got -1"),
     ('lr = "abc"', "setting `lr` must be a number > 0"),
-    ("milestones = 5", "setting `milestones` must be a list of integers >= 0"),
+    ("milestones = 5", "setting `milestones` must be a list of distinct integers >= 0 (epochs) in increasing order, got 5"),
     ("val_size = -3", "setting `val_size` must be an integer >= 0"),
     ("download = 1", "setting `download` must be true or false"),
     ("leak = 1.0", "setting `leak` must be a number in (0, 1)"),
@@ -263,7 +263,7 @@ def test_the_entry_point_prints_one_line_without_a_traceback(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == "implicit-snn train: error: argument --lr: must be a number > 0, got 'inf'"
     proc = subprocess.run([sys.executable, "-m", "implicit_snn", "train", "--model", "f4000", "--out", str(tmp_path / "x")],
                           capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 1 and proc.stderr.startswith("error: unknown model 'f4000'")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown model 'f4000'")
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
 
 

@@ -25,8 +25,7 @@ from . import plotting
 from ._allocator import retain_freed_memory
 from .commands import backward_table, cli_settings, run_analyze, run_eval
 from .config import ALLOWED, NONNEG_INT, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
-from .errors import UsageError
-from .errors import checked_settings, flag_message
+from .errors import UsageError, UsageExit, checked_settings, flag_message
 from .report import Report
 from .run import Interrupted, TrainingRun
 from .rundir import RunDir, default_run_name
@@ -399,7 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         if args.debug:
             raise
-        raise SystemExit(f"error: {flag_message(str(error), SETTINGS)}") from None
+        message = f"error: {flag_message(str(error), SETTINGS)}"
+        print(message, file=sys.stderr)
+        raise UsageExit(message) from None
 
 
 def _run_command(args: argparse.Namespace, console: Console) -> int:

@@ -21,6 +21,18 @@ class UsageError(Exception):
     """A bad command line, settings file, checkpoint path or data folder: shown as one line."""
 
 
+class UsageExit(SystemExit):
+    """How the command line ends on a usage error: exit status 2, as argparse's own errors, after
+    printing the message; ``str()`` is the message."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def flag_name(argument: str) -> str:
     """The flag that sets a library argument: ``batch_size`` → ``--batch-size``; the torchdeq-style
     solver settings keep their underscores (``b_max_iter`` → ``--b_max_iter``)."""
