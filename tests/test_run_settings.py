@@ -1,4 +1,4 @@
-"""Resuming trusts the run's checkpoint, not a hand-edited config.json, and never shrinks a run."""
+"""Run settings held to what runs: resume trusts the checkpoint, config files read as written, limits on values."""
 
 from __future__ import annotations
 
@@ -69,3 +69,13 @@ def test_threads_and_milestones_are_held_to_what_makes_sense(tmp_path, capsys):
         f"--threads: must be an integer from 1 to this machine's {cores} cores, got '{cores + 1}'")
     assert "distinct integers >= 0 (epochs) in increasing order" in cli_error(
         ["train", "--milestones", "30", "30", "60", *out], capsys)
+
+
+def test_the_saved_settings_hold_the_t_that_ran(tmp_path):
+    out = tmp_path / "spec"
+    no_t = [arg for arg in SMALL if arg not in ("--time-steps", "3")]
+    assert main(["train", *no_t, "--model", "6 (F6)", "--epochs", "1", "--out", str(out)]) == 0
+    from implicit_snn.producers import producer_defaults
+
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["time_steps"] == producer_defaults("lif")["time_steps"] == 30 and saved["leak"] == 0.95
