@@ -674,3 +674,34 @@ def test_split_validation_is_disjoint_deterministic_and_sized():
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 20\)"):
         ds.subset([0, 20])
 
+
+# ----------------------------------------------------------------------------- the run's record
+
+def test_a_training_run_records_the_files_it_read_and_refuses_unknown_ones(tmp_path, no_system_dirs, capsys):
+    import json
+
+    from implicit_snn.app.cli import main
+    from tests.helpers import cli_error
+
+    root = tmp_path / "own"
+    write_idx_split(root, "train", *tiny_images(8, seed=17), gz=True)
+    write_idx_split(root / "FashionMNIST" / "raw", "test", *tiny_images(4, seed=18), gz=False)
+    out = tmp_path / "run"
+    argv = ["train", "--data-root", str(root), "--model", "8 (F8)", "--val-size", "2", "--epochs", "1",
+            "--batch-size", "4", "--time-steps", "2", "--threads", "1", "--out", str(out)]
+    message = cli_error(argv, capsys)
+    assert message.startswith(f"error: {root / 'train-images-idx3-ubyte.gz'} is not fashion-mnist's published "
+                              "train-images-idx3-ubyte: its content has MD5 ")
+    assert message.endswith("or pass --no-verify-data to load files of your own") and not out.exists()
+    assert main([*argv, "--no-verify-data"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["verify_data"] is False and config["data_root"] == str(root)
+    paths = [root / "train-images-idx3-ubyte.gz", root / "train-labels-idx1-ubyte.gz",
+             root / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte",
+             root / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"]
+    expected_md5 = [_md5(gzip.decompress(p.read_bytes()) if p.name.endswith(".gz") else p.read_bytes()) for p in paths]
+    assert config["data_files"] == [{"path": str(p), "content_md5": m, "verified": False}
+                                    for p, m in zip(paths, expected_md5)]
+    # A dataset without published checksums has nothing to skip.
+    assert cli_error(["train", "--dataset", "synthetic", "--no-verify-data", "--out", str(tmp_path / "s")], capsys) == \
+        "error: --no-verify-data: the synthetic dataset has no published checksums to skip"
