@@ -1,6 +1,7 @@
 """The dataset layer: file formats written by hand, loaders, batching, augmentation, splits."""
 
 import gzip
+import hashlib
 import os
 import pickle
 import struct
@@ -65,8 +66,9 @@ def test_registry_names_info_and_argument_errors():
         data.load_dataset("synthetic", "val")
     with pytest.raises(TypeError, match="no option.*bin_sm.*options are: bin_ms, accumulate, cache"):
         data.load_dataset("nmnist", "train", bin_sm=3)
-    with pytest.raises(TypeError, match="options are: none"):
+    with pytest.raises(TypeError, match="options are: verify$"):
         data.load_dataset("mnist", "train", seed=1)
+    assert data.dataset_options("fashion-mnist") == data.dataset_options("cifar100") == ["verify"]
     with pytest.raises(ValueError, match="`time_steps` must be a positive integer"):
         data.load_dataset("synthetic", "train", time_steps=0)
 
@@ -162,13 +164,13 @@ def test_idx_files_load_with_exact_normalised_pixels(tmp_path, no_system_dirs, l
     write_idx_split(folder, "train", images, labels, gz)
     test_images, test_labels = tiny_images(3, seed=2)
     write_idx_split(folder, "test", test_images, test_labels, gz)
-    ds = data.load_dataset("fashion-mnist", "train", root=tmp_path)
+    ds = data.load_dataset("fashion-mnist", "train", root=tmp_path, verify=False)
     assert ds.inputs.dtype == torch.float32 and ds.inputs.shape == (5, 1, 28, 28)
     assert ds.labels.dtype == torch.int64 and ds.labels.tolist() == labels.tolist()
     expected = (images.astype(np.float64) / 255 - 0.1307) / 0.3081
     np.testing.assert_allclose(ds.inputs[:, 0].numpy(), expected, rtol=0, atol=1e-6)
     assert ds.inputs[0, 0, 3, 4].item() == pytest.approx((images[0, 3, 4] / 255 - 0.1307) / 0.3081, abs=1e-6)
-    test = data.load_dataset("fashion-mnist", "test", root=tmp_path)
+    test = data.load_dataset("fashion-mnist", "test", root=tmp_path, verify=False)
     assert test.labels.tolist() == test_labels.tolist() and len(test) == 3
     x, y = test[2]
     assert torch.equal(x, test.inputs[2]) and y.item() == test_labels[2]
@@ -177,21 +179,172 @@ def test_idx_files_load_with_exact_normalised_pixels(tmp_path, no_system_dirs, l
 def test_mnist_uses_its_own_torchvision_folder(tmp_path):
     images, labels = tiny_images(4, seed=3)
     write_idx_split(tmp_path / "MNIST" / "raw", "test", images, labels, gz=False)
-    ds = data.load_dataset("mnist", "test", root=tmp_path)
+    ds = data.load_dataset("mnist", "test", root=tmp_path, verify=False)
     assert ds.info.name == "mnist" and ds.labels.tolist() == labels.tolist()
     with pytest.raises(data.DatasetNotFoundError):
-        data.load_dataset("mnist", "train", root=tmp_path)
+        data.load_dataset("mnist", "train", root=tmp_path, verify=False)
 
 
 def test_missing_fashion_mnist_lists_every_folder_and_the_install_hint(tmp_path, no_system_dirs):
     with pytest.raises(data.DatasetNotFoundError) as info:
-        data.load_dataset("fashion-mnist", "train", root=tmp_path / "nothing")
+        data.load_dataset("fashion-mnist", "train")
     message = str(info.value)
-    for folder in (tmp_path / "nothing", tmp_path / "nothing" / "FashionMNIST" / "raw", no_system_dirs):
-        assert str(folder) in message
+    assert info.value.searched == [str(no_system_dirs)] and f"in {no_system_dirs}." in message
     assert "apt-get install dataset-fashion-mnist" in message and "set `root` to a folder DIR" in message
-    assert "train-images-idx3-ubyte" in message
+    assert "train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]" in message
     assert isinstance(info.value, FileNotFoundError) and "\n" not in message
+
+
+# A given root is used or is an error; the system folder is searched only without one.
+
+@pytest.fixture
+def system_split(monkeypatch, tmp_path):
+    """A complete (tiny) Fashion-MNIST training split in the system folder, so that a fallback would load."""
+    folder = tmp_path / "system" / "fashion-mnist"
+    write_idx_split(folder, "train", *tiny_images(4, seed=11), gz=True)
+    monkeypatch.setitem(_idx.SYSTEM_DIRS, "fashion-mnist", (folder,))
+    return folder
+
+
+def _not_found(name: str, root, **options) -> data.DatasetNotFoundError:
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.load_dataset(name, "train", root=root, verify=False, **options)
+    assert "\n" not in str(info.value)
+    return info.value
+
+
+def test_without_a_root_the_system_folder_is_read(system_split):
+    ds = data.load_dataset("fashion-mnist", "train", verify=False)
+    assert len(ds) == 4 and ds.labels.tolist() == tiny_images(4, seed=11)[1].tolist()
+    assert [f.path for f in ds.files] == [str(system_split / "train-images-idx3-ubyte.gz"),
+                                          str(system_split / "train-labels-idx1-ubyte.gz")]
+
+
+def test_a_root_that_does_not_exist_or_is_a_file_is_an_error_not_a_fallback(tmp_path, system_split):
+    missing = tmp_path / "nothing"
+    error = _not_found("fashion-mnist", missing)
+    assert error.searched == [str(missing), str(missing / "FashionMNIST" / "raw")]
+    assert f"; `root` {missing} does not exist. Install Debian's package" in str(error)
+    assert str(system_split) not in str(error)
+    a_file = tmp_path / "train-images-idx3-ubyte.gz"
+    a_file.write_bytes(b"")
+    error = _not_found("fashion-mnist", a_file)
+    assert f"; `root` {a_file} is a file, not a folder." in str(error) and str(system_split) not in str(error)
+    assert f"`root` {missing} does not exist" in str(_not_found("mnist", missing))
+    for name, options in (("cifar10", {}), ("cifar100", {})):
+        error = _not_found(name, missing, **options)
+        assert f"`root` {missing} does not exist" in str(error)
+    with pytest.raises(data.DatasetNotFoundError, match=f"`root` {missing} does not exist"):
+        data.load_dataset("nmnist", "train", root=missing)
+
+
+def test_a_root_lacking_one_file_names_it_and_does_not_fall_back(tmp_path, system_split):
+    root = tmp_path / "partial"
+    write_idx_split(root, "train", *tiny_images(3, seed=12), gz=True)
+    (root / "train-labels-idx1-ubyte.gz").unlink()
+    error = _not_found("fashion-mnist", root)
+    assert error.searched == [str(root), str(root / "FashionMNIST" / "raw")]
+    assert (f"looked for train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz] in {root}, "
+            f"{root / 'FashionMNIST' / 'raw'}; {root} holds train-images-idx3-ubyte.gz but not "
+            "train-labels-idx1-ubyte[.gz].") in str(error)
+    write_cifar(root / "cifar-10-batches-py", {f"data_batch_{i}": 1 for i in (1, 2, 4, 5)}, b"labels", seed=0)
+    error = _not_found("cifar10", root)
+    assert f"{root / 'cifar-10-batches-py'} holds data_batch_1, data_batch_2, data_batch_4, data_batch_5 " \
+           "but not data_batch_3" in str(error)
+
+
+# Identity: the published files are known by the MD5 of their content.
+
+def _md5(payload: bytes) -> str:
+    return hashlib.md5(payload).hexdigest()
+
+
+def test_idx_files_are_identified_by_their_content(tmp_path, no_system_dirs, monkeypatch):
+    images, labels = tiny_images(3, seed=13)
+    write_idx_split(tmp_path, "test", images, labels, gz=True)
+    image_md5, label_md5 = _md5(idx_bytes(images, 0x803)), _md5(idx_bytes(labels, 0x801))
+    # Files that are no published file: refused by default, naming the file and its checksum.
+    with pytest.raises(ValueError) as info:
+        data.load_dataset("mnist", "test", root=tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 't10k-images-idx3-ubyte.gz'} is not mnist's published t10k-images-idx3-ubyte: its content "
+        f"has MD5 {image_md5}, the published file's is 2646ac647ad5339dbf082846283269ea; fetch it again if it is a "
+        "damaged copy, or pass `verify=False` to load files of your own")
+    unverified = data.load_dataset("mnist", "test", root=tmp_path, verify=False)
+    assert [f.to_dict() for f in unverified.files] == [
+        {"path": str(tmp_path / "t10k-images-idx3-ubyte.gz"), "content_md5": image_md5, "verified": False},
+        {"path": str(tmp_path / "t10k-labels-idx1-ubyte.gz"), "content_md5": label_md5, "verified": False}]
+    # The same files as the published Fashion-MNIST ones, whose names MNIST shares: refused as MNIST.
+    monkeypatch.setattr(_idx, "PUBLISHED_MD5", {image_md5: ("fashion-mnist", "t10k-images-idx3-ubyte"),
+                                                label_md5: ("fashion-mnist", "t10k-labels-idx1-ubyte")})
+    with pytest.raises(ValueError) as info:
+        data.load_dataset("mnist", "test", root=tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 't10k-images-idx3-ubyte.gz'} is fashion-mnist's t10k-images-idx3-ubyte, not mnist's "
+        "t10k-images-idx3-ubyte: these are fashion-mnist files; load them as dataset 'fashion-mnist'")
+    ds = data.load_dataset("fashion-mnist", "test", root=tmp_path)
+    assert [(f.content_md5, f.verified) for f in ds.files] == [(image_md5, True), (label_md5, True)]
+    assert ds.labels.tolist() == labels.tolist()
+    # Uncompressed, the same content has the same checksum.
+    write_idx_split(tmp_path / "raw", "test", images, labels, gz=False)
+    plain = data.load_dataset("fashion-mnist", "test", root=tmp_path / "raw")
+    assert [(f.path, f.content_md5, f.verified) for f in plain.files] == [
+        (str(tmp_path / "raw" / "t10k-images-idx3-ubyte"), image_md5, True),
+        (str(tmp_path / "raw" / "t10k-labels-idx1-ubyte"), label_md5, True)]
+    # The test split's files renamed as the training split's.
+    for kind in ("images-idx3", "labels-idx1"):
+        (tmp_path / f"t10k-{kind}-ubyte.gz").rename(tmp_path / f"train-{kind}-ubyte.gz")
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz is fashion-mnist's t10k-images-idx3-ubyte, "
+                                         r"not its train-images-idx3-ubyte: the file is misnamed$"):
+        data.load_dataset("fashion-mnist", "train", root=tmp_path)
+
+
+def test_a_damaged_idx_file_fails_its_header_check_before_its_identity(tmp_path, no_system_dirs):
+    images, labels = tiny_images(3, seed=14)
+    write_idx_split(tmp_path, "train", images, labels, gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ValueError, match=r"IDX file .*train-images-idx3-ubyte is truncated: header says shape "
+                                         r"\(3, 28, 28\)"):
+        data.load_dataset("fashion-mnist", "train", root=tmp_path)
+
+
+def test_cifar_batches_are_identified_before_they_are_unpickled(tmp_path, monkeypatch):
+    from implicit_snn.data import _cifar
+
+    folder = tmp_path / "cifar-10-batches-py"
+    written = write_cifar(folder, {"test_batch": 2}, b"labels", seed=15)
+    batch_md5 = _md5((folder / "test_batch").read_bytes())
+    with pytest.raises(ValueError) as info:
+        data.load_dataset("cifar10", "test", root=tmp_path)
+    assert str(info.value).startswith(f"{folder / 'test_batch'} is not cifar10's published test_batch: its content "
+                                      f"has MD5 {batch_md5}, the published file's is 40351d587109b95175f43aff81a1287e")
+    monkeypatch.setattr(_cifar, "PUBLISHED_MD5", {batch_md5: ("cifar100", "test")})
+    with pytest.raises(ValueError, match="test_batch is cifar100's test, not cifar10's test_batch: these are "
+                                         "cifar100 files; load them as dataset 'cifar100'$"):
+        data.load_dataset("cifar10", "test", root=tmp_path)
+    monkeypatch.setattr(_cifar, "PUBLISHED_MD5", {batch_md5: ("cifar10", "test_batch")})
+    ds = data.load_dataset("cifar10", "test", root=tmp_path)
+    assert ds.labels.tolist() == written["test_batch"][1]
+    assert [f.to_dict() for f in ds.files] == [{"path": str(folder / "test_batch"), "content_md5": batch_md5,
+                                                "verified": True}]
+    # A file that is not the published one is not unpickled (the check comes first).
+    (folder / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="is not cifar10's published test_batch"):
+        data.load_dataset("cifar10", "test", root=tmp_path)
+
+
+def test_files_are_kept_by_subsets_splits_and_moves(tmp_path, no_system_dirs):
+    write_idx_split(tmp_path, "train", *tiny_images(6, seed=16), gz=True)
+    ds = data.load_dataset("fashion-mnist", "train", root=tmp_path, verify=False)
+    train, val = data.split_validation(ds, 2, seed=0)
+    assert len(ds.files) == 2 and train.files == val.files == ds.files == ds.to("cpu").files
+    assert data.load_dataset("synthetic", "train").files == ()
+    write_nmnist(tmp_path / "events")
+    events = data.load_dataset("nmnist", "train", root=tmp_path / "events", time_steps=4)
+    assert events.files == (data.DataFile(str(tmp_path / "events" / "Train")),)
+    cached = data.load_dataset("nmnist", "train", root=tmp_path / "events", time_steps=4)
+    assert cached.files == (data.DataFile(str(tmp_path / "events" / "nmnist-train-T4-bin3ms-binary.pt")),)
 
 
 def test_missing_cifar_and_nmnist_say_where_to_put_the_files(tmp_path):
@@ -230,7 +383,7 @@ def test_corrupt_idx_files_are_clear_value_errors(tmp_path, no_system_dirs):
     _write(path, good)
     _write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(labels[:3], 0x801))
     with pytest.raises(ValueError, match="holds 4 images but .* holds 3 labels"):
-        data.load_dataset("fashion-mnist", "train", root=tmp_path)
+        data.load_dataset("fashion-mnist", "train", root=tmp_path, verify=False)
 
 
 def _write(path: Path, payload: bytes) -> Path:
@@ -242,6 +395,11 @@ def _write(path: Path, payload: bytes) -> Path:
 def test_real_fashion_mnist_from_the_debian_package():
     train = data.load_dataset("fashion-mnist", "train", root=None)
     test = data.load_dataset("fashion-mnist", "test")
+    assert [(f.path, f.content_md5, f.verified) for f in train.files + test.files] == [
+        (str(SYSTEM_FASHION / "train-images-idx3-ubyte.gz"), "f4a8712d7a061bf5bd6d2ca38dc4d50a", True),
+        (str(SYSTEM_FASHION / "train-labels-idx1-ubyte.gz"), "9018921c3c673c538a1fc5bad174d6f9", True),
+        (str(SYSTEM_FASHION / "t10k-images-idx3-ubyte.gz"), "8181f5470baa50b63fa0f6fddb340f0a", True),
+        (str(SYSTEM_FASHION / "t10k-labels-idx1-ubyte.gz"), "15d484375f8d13e6eb1aabb0c3f46965", True)]
     assert train.inputs.shape == (60000, 1, 28, 28) and test.inputs.shape == (10000, 1, 28, 28)
     assert train.labels.min() == 0 and train.labels.max() == 9
     assert torch.equal(train.labels.bincount(), torch.full((10,), 6000))
@@ -251,6 +409,25 @@ def test_real_fashion_mnist_from_the_debian_package():
     assert train.inputs.std().item() == pytest.approx(0.3530 / 0.3081, abs=0.01)
     assert train.inputs.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-6)
     assert train.inputs.max().item() == pytest.approx((1 - 0.1307) / 0.3081, abs=1e-6)
+
+
+@pytest.mark.skipif(not SYSTEM_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_files_are_refused_as_mnist_gzipped_or_not(tmp_path):
+    with pytest.raises(ValueError) as info:
+        data.load_dataset("mnist", "test", root=SYSTEM_FASHION)
+    assert str(info.value) == (
+        f"{SYSTEM_FASHION / 't10k-images-idx3-ubyte.gz'} is fashion-mnist's t10k-images-idx3-ubyte, not mnist's "
+        "t10k-images-idx3-ubyte: these are fashion-mnist files; load them as dataset 'fashion-mnist'")
+    # Decompressed (Debian's .gz files differ from the published ones; their content does not).
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(gzip.decompress((SYSTEM_FASHION / f"{name}.gz").read_bytes()))
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte is fashion-mnist's t10k-images-idx3-ubyte, "
+                                         "not mnist's"):
+        data.load_dataset("mnist", "test", root=tmp_path)
+    plain = data.load_dataset("fashion-mnist", "test", root=tmp_path)
+    assert [(f.content_md5, f.verified) for f in plain.files] == [
+        ("8181f5470baa50b63fa0f6fddb340f0a", True), ("15d484375f8d13e6eb1aabb0c3f46965", True)]
+    assert torch.equal(plain.labels.bincount(), torch.full((10,), 1000))
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -274,7 +451,7 @@ def write_cifar(folder: Path, files: dict, label_key: bytes, seed: int) -> dict:
 def test_cifar10_batches_concatenate_and_normalise_per_channel(tmp_path):
     files = {f"data_batch_{i}": 2 for i in range(1, 6)} | {"test_batch": 3}
     written = write_cifar(tmp_path / "cifar-10-batches-py", files, b"labels", seed=5)
-    train = data.load_dataset("cifar10", "train", root=tmp_path)
+    train = data.load_dataset("cifar10", "train", root=tmp_path, verify=False)
     assert train.inputs.shape == (10, 3, 32, 32) and train.inputs.dtype == torch.float32
     assert train.labels.tolist() == sum((written[f"data_batch_{i}"][1] for i in range(1, 6)), [])
     pixels = written["data_batch_3"][0][1]                          # sample 5 of the split
@@ -283,7 +460,7 @@ def test_cifar10_batches_concatenate_and_normalise_per_channel(tmp_path):
         expected = (raw / 255 - data.CIFAR_MEAN[c]) / data.CIFAR_STD[c]
         assert train.inputs[5, c, i, j].item() == pytest.approx(expected, abs=1e-5)
     # The batches folder itself can be the root.
-    test = data.load_dataset("cifar10", "test", root=tmp_path / "cifar-10-batches-py")
+    test = data.load_dataset("cifar10", "test", root=tmp_path / "cifar-10-batches-py", verify=False)
     assert test.labels.tolist() == written["test_batch"][1]
     expected = (written["test_batch"][0].reshape(3, 3, 32, 32) / 255 - np.array(data.CIFAR_MEAN)[:, None, None]) \
         / np.array(data.CIFAR_STD)[:, None, None]
@@ -292,11 +469,11 @@ def test_cifar10_batches_concatenate_and_normalise_per_channel(tmp_path):
 
 def test_cifar100_uses_fine_labels_and_rejects_a_bad_pickle(tmp_path):
     written = write_cifar(tmp_path / "cifar-100-python", {"train": 4, "test": 2}, b"fine_labels", seed=6)
-    train = data.load_dataset("cifar100", "train", root=tmp_path)
+    train = data.load_dataset("cifar100", "train", root=tmp_path, verify=False)
     assert train.info.num_classes == 100 and train.labels.tolist() == written["train"][1]
     (tmp_path / "cifar-100-python" / "test").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="is not a readable pickle"):
-        data.load_dataset("cifar100", "test", root=tmp_path)
+        data.load_dataset("cifar100", "test", root=tmp_path, verify=False)
 
 
 # ----------------------------------------------------------------------------- N-MNIST
@@ -496,3 +673,35 @@ def test_split_validation_is_disjoint_deterministic_and_sized():
     assert val.info is ds.info
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 20\)"):
         ds.subset([0, 20])
+
+
+# ----------------------------------------------------------------------------- the run's record
+
+def test_a_training_run_records_the_files_it_read_and_refuses_unknown_ones(tmp_path, no_system_dirs, capsys):
+    import json
+
+    from implicit_snn.app.cli import main
+    from tests.helpers import cli_error
+
+    root = tmp_path / "own"
+    write_idx_split(root, "train", *tiny_images(8, seed=17), gz=True)
+    write_idx_split(root / "FashionMNIST" / "raw", "test", *tiny_images(4, seed=18), gz=False)
+    out = tmp_path / "run"
+    argv = ["train", "--data-root", str(root), "--model", "8 (F8)", "--val-size", "2", "--epochs", "1",
+            "--batch-size", "4", "--time-steps", "2", "--threads", "1", "--out", str(out)]
+    message = cli_error(argv, capsys)
+    assert message.startswith(f"error: {root / 'train-images-idx3-ubyte.gz'} is not fashion-mnist's published "
+                              "train-images-idx3-ubyte: its content has MD5 ")
+    assert message.endswith("or pass --no-verify-data to load files of your own") and not out.exists()
+    assert main([*argv, "--no-verify-data"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["verify_data"] is False and config["data_root"] == str(root)
+    paths = [root / "train-images-idx3-ubyte.gz", root / "train-labels-idx1-ubyte.gz",
+             root / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte",
+             root / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"]
+    expected_md5 = [_md5(gzip.decompress(p.read_bytes()) if p.name.endswith(".gz") else p.read_bytes()) for p in paths]
+    assert config["data_files"] == [{"path": str(p), "content_md5": m, "verified": False}
+                                    for p, m in zip(paths, expected_md5)]
+    # A dataset without published checksums has nothing to skip.
+    assert cli_error(["train", "--dataset", "synthetic", "--no-verify-data", "--out", str(tmp_path / "s")], capsys) == \
+        "error: --no-verify-data: the synthetic dataset has no published checksums to skip"

@@ -10,7 +10,7 @@ import torch
 import models
 
 from .. import distributed, producers
-from ..data import ArrayDataset, cifar_augment, dataset_info, load_dataset, split_validation
+from ..data import ArrayDataset, cifar_augment, dataset_info, dataset_options, load_dataset, split_validation
 from ..distributed import Context
 from ..training import Trainer
 from .config import PRODUCER_SETTINGS, RunConfig
@@ -61,7 +61,17 @@ def _load(config: RunConfig, split: str) -> ArrayDataset:
     info = dataset_info(config.dataset)
     if info.input_kind == "spikes":
         kwargs["time_steps"] = config.time_steps or info.time_steps
+    if "verify" in dataset_options(config.dataset):
+        kwargs["verify"] = config.verify_data
+    elif not config.verify_data:
+        raise UsageError(f"--no-verify-data: the {config.dataset} dataset has no published checksums to skip")
     return load_dataset(config.dataset, split, **kwargs)
+
+
+def data_files(*datasets: Optional[ArrayDataset]) -> list[dict[str, Any]]:
+    """The files the datasets were read from, each once (path, content MD5, verified), for the run to record."""
+    files = {f.path: f.to_dict() for dataset in datasets if dataset is not None for f in dataset.files}
+    return list(files.values())
 
 
 def default_val_size(train_size: int) -> int:

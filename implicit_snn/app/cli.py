@@ -104,6 +104,8 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
     _flag(parser, "data_root", help="folder with the dataset's files")
     _flag(parser, "download", action="store_const", const=True,
           help="download a missing dataset into --data-root where the network allows (torchvision's sources)")
+    parser.add_argument("--no-verify-data", dest="verify_data", action="store_const", const=False,
+                        help="load files that are not the published ones (a variant of your own in the same format)")
     _flag(parser, "device", help="cpu, cuda or auto")
     _flag(parser, "threads", type=_setting("threads", int), help="CPU threads for torch")
     if not for_eval:
@@ -185,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(analyze, "b_tol", type=_setting("b_tol"))
     analyze.add_argument("--repeats", type=_positive_int, default=3, help="timed backward steps per solver (median)")
     _flag(analyze, "data_root", help="folder with the dataset's files")
+    analyze.add_argument("--no-verify-data", dest="verify_data", action="store_const", const=False,
+                         help="load files that are not the published ones")
     _flag(analyze, "device", help="cpu, cuda or auto")
     _flag(analyze, "threads", type=_setting("threads", int), help="CPU threads for torch")
     analyze.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
@@ -287,7 +291,7 @@ def _completed_settings(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_process(args: argparse.Namespace, config: RunConfig, console: Console, context: Context) -> int:
-    from .build import make_trainer
+    from .build import data_files, make_trainer
 
     run_dir = RunDir(config.out)
     if not args.resume and run_dir.existing_run_files() and not args.overwrite:
@@ -302,7 +306,7 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
         if not args.resume:
             run_dir.clear()
         run_dir.path.mkdir(parents=True, exist_ok=True)
-        run_dir.write_config(config.to_dict())
+        run_dir.write_config({**config.to_dict(), "data_files": data_files(trainer.train_data, trainer.test_data)})
     distributed.barrier(context)
     report = Report(console, enabled=context.is_main)
     processes = f", {context.world_size} processes" if context.distributed else ""

@@ -35,6 +35,7 @@ class RunConfig:
     dataset: Optional[str] = None
     data_root: Optional[str] = None
     download: bool = False
+    verify_data: bool = True  # the dataset's files must be the published ones (where their checksums are known)
     producer: Optional[str] = None
     time_steps: Optional[int] = None
     leak: Optional[float] = None
@@ -106,6 +107,7 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dataset": (_optional(STR[0]), "a dataset name"),
     "data_root": (_optional(STR[0]), "a folder path"),
     "download": BOOL,
+    "verify_data": BOOL,
     "producer": (_optional(STR[0]), "a producer name"),
     "time_steps": (_optional(POS_INT[0]), POS_INT[1]),
     "leak": (_optional(lambda v: _is_number(v) and 0 < v < 1), "a number in (0, 1) (no leak: producer 'if')"),

@@ -14,6 +14,7 @@ from typing import Iterator
 
 # Library argument names whose command-line flag is not simply the name with dashes.
 _FLAGS = {"backward": "--b_solver", "root": "--data-root", "download": "--download", "b_options": "--b_option", "f_options": "--f_option",
+          "verify=False": "--no-verify-data",
           "num_classes": "the dataset's classes", "in_shape": "the dataset's input shape"}
 
 
@@ -49,7 +50,7 @@ def flag_message(message: str, settings: frozenset[str] | set[str]) -> str:
         name = match.group(1)
         return flag_name(name) if name in settings or name in _FLAGS else match.group(0)
 
-    return re.sub(r"`([a-z_][a-z0-9_]*)`", replace, message)
+    return re.sub(r"`([a-z_][a-z0-9_]*(?:=False)?)`", replace, message)
 
 
 def _message(error: BaseException) -> str:

@@ -6,10 +6,12 @@ carves a fixed validation set from a training split; ``cifar_augment`` is the CI
 augmentation, applied per batch by the loader. ``register_dataset`` adds a dataset of one's own
 under a name, after the built-ins below.
 
-Where each dataset is looked for (``root`` is ``--data-root`` on the command line):
+Where each dataset is looked for (``root`` is ``--data-root`` on the command line). A ``root``
+that is given is used or is an error (``DatasetNotFoundError``: it does not exist, is a file, or
+lacks one of the files); the system folder is searched only when no ``root`` is given.
 
 ==============  =====================================================================
-fashion-mnist   ``root``, ``root/FashionMNIST/raw`` (torchvision), then
+fashion-mnist   ``root``, ``root/FashionMNIST/raw`` (torchvision); without a ``root``,
                 ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``);
                 IDX files, gzipped or not
 mnist           ``root``, ``root/MNIST/raw``; IDX files, gzipped or not
@@ -19,13 +21,20 @@ nmnist          ``root`` or ``root/NMNIST``, holding ``Train/<digit>/*.bin`` and
 synthetic       generated from ``seed``
 ==============  =====================================================================
 
+Identity: MNIST, Fashion-MNIST and the CIFARs take the option ``verify`` (default True): each file
+read must be the published one, by its MD5 (``PUBLISHED_MD5`` in ``_idx``/``_cifar``; for IDX
+files, of the decompressed content). MNIST and Fashion-MNIST share file names, so a folder of
+the one loaded as the other is refused, naming what the files are; ``verify=False`` loads files
+of one's own. Every loaded dataset lists the files it was read from in ``dataset.files``
+(``DataFile``: path, content MD5, verified).
+
 Shapes: static images ``[N, C, H, W]`` float32, normalised (MNIST constants for both MNIST and
 Fashion-MNIST, the reference's CIFAR constants for both CIFARs); spike trains
 ``[N, T, 2, 34, 34]``, batch first then time, stored as uint8 and batched as float32.
 """
 
 from ._augment import cifar_augment, random_crop_flip
-from ._base import ArrayDataset, DatasetInfo, DatasetNotFoundError
+from ._base import ArrayDataset, DataFile, DatasetInfo, DatasetNotFoundError
 from ._cifar import CIFAR_MEAN, CIFAR_STD
 from ._idx import MNIST_MEAN, MNIST_STD, read_idx
 from ._loader import BatchLoader, split_validation
@@ -35,7 +44,7 @@ from ._registry import (available_datasets, dataset_info, dataset_options, descr
 from . import _builtins  # noqa: F401  (registers the built-in datasets)
 
 __all__ = [
-    "ArrayDataset", "BatchLoader", "CIFAR_MEAN", "CIFAR_STD", "DatasetInfo", "DatasetNotFoundError",
+    "ArrayDataset", "BatchLoader", "CIFAR_MEAN", "CIFAR_STD", "DataFile", "DatasetInfo", "DatasetNotFoundError",
     "MNIST_MEAN", "MNIST_STD", "available_datasets", "cifar_augment", "dataset_info", "dataset_options",
     "decode_events", "describe_datasets", "events_to_frames", "load_dataset", "random_crop_flip",
     "read_idx", "register_dataset", "split_validation",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,17 +57,41 @@ class DatasetInfo:
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are not where the loader looked.
 
-    ``str(error)`` is one paragraph naming every folder searched and how to get the data;
-    the folders are also in ``error.searched``.
+    ``str(error)`` is one paragraph naming every folder searched, what was wrong there where that
+    is known (``note``: a ``root`` that does not exist or is a file, a folder holding only some of
+    the files) and how to get the data; the folders are also in ``error.searched``.
     """
 
-    def __init__(self, dataset: str, split: str, wanted: str, searched: Sequence[Path], hint: str):
+    def __init__(self, dataset: str, split: str, wanted: str, searched: Sequence[Path], hint: str,
+                 note: Optional[str] = None):
         self.dataset, self.split, self.searched = dataset, split, [str(p) for p in searched]
         if self.searched:
             found = f"looked for {wanted} in {', '.join(self.searched)}"
         else:
             found = f"no data folder was given (`root`), so nothing was searched for {wanted}"
-        super().__init__(f"{dataset} {split} split not found: {found}. {hint}")
+        super().__init__(f"{dataset} {split} split not found: {found}{'; ' + note if note else ''}. {hint}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFile:
+    """One file (or folder) a dataset was read from, as a run records it.
+
+    Attributes:
+        path: the absolute path read.
+        content_md5: MD5 (hex) of what the file holds: for a gzipped IDX file, of the decompressed
+            bytes (so that the same data compressed differently has one checksum); None where none
+            was computed (N-MNIST's event folders and cache).
+        verified: True when ``content_md5`` is the published file's, i.e. the file was identified
+            as the dataset's file of that name; False when the check was skipped (``verify=False``)
+            or the dataset has no published checksums.
+    """
+
+    path: str
+    content_md5: Optional[str] = None
+    verified: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 class ArrayDataset:
@@ -82,12 +107,15 @@ class ArrayDataset:
         inputs: ``[N, *info.sample_shape]``, float32 or (spikes only) uint8.
         labels: int64 ``[N]`` in ``[0, info.num_classes)``.
         info: the dataset's description.
+        files: the files the samples were read from (``DataFile``s; empty for generated data);
+            ``subset`` and ``to`` keep them.
 
     Raises:
         ValueError: shapes, dtypes or label range disagree with ``info``.
     """
 
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, info: DatasetInfo):
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, info: DatasetInfo,
+                 files: Sequence[DataFile] = ()):
         allowed = (torch.float32, torch.uint8) if info.input_kind == "spikes" else (torch.float32,)
         if inputs.dtype not in allowed:
             names = " or ".join(str(d) for d in allowed)
@@ -102,6 +130,7 @@ class ArrayDataset:
             raise ValueError(f"{info.name} labels must lie in [0, {info.num_classes}), "
                              f"got [{int(labels.min())}, {int(labels.max())}]")
         self.inputs, self.labels, self.info = inputs, labels, info
+        self.files: tuple[DataFile, ...] = tuple(files)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -122,11 +151,11 @@ class ArrayDataset:
         """
         index = as_index_tensor(indices, len(self))
         return ArrayDataset(self.inputs[index.to(self.inputs.device)],
-                            self.labels[index.to(self.labels.device)], self.info)
+                            self.labels[index.to(self.labels.device)], self.info, self.files)
 
     def to(self, device: Union[str, torch.device]) -> "ArrayDataset":
         """The same dataset with both tensors on ``device`` (e.g. to slice batches on the GPU)."""
-        return ArrayDataset(self.inputs.to(device), self.labels.to(device), self.info)
+        return ArrayDataset(self.inputs.to(device), self.labels.to(device), self.info, self.files)
 
 
 def as_index_tensor(indices, n: int) -> torch.Tensor:
@@ -153,12 +182,59 @@ def check_split(split: str) -> str:
 
 
 def candidate_dirs(root: Optional[PathLike], subdirs: Sequence[str], system: Sequence[Path] = ()) -> list[Path]:
-    """Folders to search, in order: ``root``, then ``root/<sub>`` for each sub, then ``system``."""
-    dirs = []
-    if root is not None:
-        base = Path(root).expanduser()
-        dirs += [base] + [base / sub for sub in subdirs]
-    return dirs + [Path(p) for p in system]
+    """Folders to search, in order: ``root``, then ``root/<sub>`` for each sub; the ``system``
+    folders only when no ``root`` is given (a given root is used or is an error, never passed over)."""
+    if root is None:
+        return [Path(p) for p in system]
+    base = Path(root).expanduser()
+    return [base] + [base / sub for sub in subdirs]
+
+
+def root_problem(root: Optional[PathLike]) -> Optional[str]:
+    """What makes a given ``root`` unusable as a folder (it does not exist, or is a file); None if nothing."""
+    if root is None:
+        return None
+    base = Path(root).expanduser()
+    if not base.exists():
+        return f"`root` {base} does not exist"
+    if not base.is_dir():
+        return f"`root` {base} is a file, not a folder"
+    return None
+
+
+def identify(path: Path, content: bytes, dataset: str, file: str, published: dict[str, tuple[str, str]],
+             verify: bool) -> DataFile:
+    """The record of ``path`` (holding ``content``), checked against the published checksums.
+
+    Args:
+        path: the file read.
+        content: what it holds (decompressed, for a gzipped file).
+        dataset, file: the dataset and the published file it was read as, e.g. ``("mnist",
+            "train-images-idx3-ubyte")``.
+        published: content MD5 -> (dataset, file) of every published file the loader knows, those
+            of related datasets too, so that a file of the other dataset is named as such.
+        verify: False records the checksum without checking it (files of one's own).
+
+    Raises:
+        ValueError: ``verify`` and the content is another published file (another dataset's, or
+            the same dataset's under another name), or no published file at all.
+    """
+    md5 = hashlib.md5(content).hexdigest()
+    record = DataFile(str(Path(path).absolute()), md5, False)
+    if not verify:
+        return record
+    found = published.get(md5)
+    if found == (dataset, file):
+        return dataclasses.replace(record, verified=True)
+    if found is not None and found[0] != dataset:
+        raise ValueError(f"{path} is {found[0]}'s {found[1]}, not {dataset}'s {file}: these are {found[0]} "
+                         f"files; load them as dataset '{found[0]}'")
+    if found is not None:
+        raise ValueError(f"{path} is {dataset}'s {found[1]}, not its {file}: the file is misnamed")
+    expected = next((md5 for md5, owner in published.items() if owner == (dataset, file)), "?")
+    raise ValueError(f"{path} is not {dataset}'s published {file}: its content has MD5 {md5}, the published "
+                     f"file's is {expected}; fetch it again if it is a damaged copy, or pass `verify=False` "
+                     "to load files of your own")
 
 
 def torchvision_download(class_name: str, root: Optional[PathLike]) -> None:

@@ -13,9 +13,14 @@ from ._synthetic import load_synthetic_dataset, synthetic_info
 
 
 def _static(load, name: str):
-    """``load(name, split, root, download)`` as a registry loader (static images ignore ``time_steps``)."""
+    """``load(name, split, root, download, verify=...)`` as a registry loader, whose one option is
+    ``verify`` (static images ignore ``time_steps``)."""
     one = functools.partial(load, name)
-    return lambda split, root, download, time_steps: one(split, root, download)
+
+    def static(split, root, download, time_steps, *, verify: bool = True):
+        return one(split, root, download, verify=verify)
+
+    return static
 
 
 register_dataset("fashion-mnist", info=DatasetInfo("fashion-mnist", (1, 28, 28), 10, "constant"),

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_file
-from ._base import ArrayDataset, DatasetInfo, DatasetNotFoundError, PathLike, candidate_dirs
+from ._base import ArrayDataset, DataFile, DatasetInfo, DatasetNotFoundError, PathLike, candidate_dirs, root_problem
 
 SENSOR = 34                       # the ATIS crop used by N-MNIST: 34 x 34 pixels
 FRAME = 2 * SENSOR * SENSOR       # values per time step: 2 polarities x 34 x 34
@@ -98,7 +98,8 @@ def load_nmnist_dataset(split: str, root: Optional[PathLike], download: bool, ti
            "accumulate": accumulate}
     cache_name = f"nmnist-{split}-T{time_steps}-bin{bin_us / 1000:g}ms-{accumulate}.pt"
     dirs = candidate_dirs(root, ["NMNIST"])
-    for base in dirs:
+    note = root_problem(root)
+    for base in [] if note else dirs:
         files = _list_files(base / _SPLIT_DIR[split])
         cache_path = base / cache_name
         if not files and not (cache and cache_path.is_file()):
@@ -107,7 +108,7 @@ def load_nmnist_dataset(split: str, root: Optional[PathLike], download: bool, ti
         if cache and cache_path.is_file():
             frames_labels = _read_cache(cache_path, key, fingerprint)
             if frames_labels is not None:
-                return _to_dataset(*frames_labels, time_steps)
+                return _to_dataset(*frames_labels, time_steps, cache_path)
             if not files:
                 raise DatasetNotFoundError(
                     "nmnist", split, f"{_SPLIT_DIR[split]}/<digit>/*.bin",
@@ -117,13 +118,13 @@ def load_nmnist_dataset(split: str, root: Optional[PathLike], download: bool, ti
         if cache:
             _write_cache(cache_path, {**key, "fingerprint": fingerprint, **_pack(frames, accumulate),
                                       "labels": torch.from_numpy(labels)})
-        return _to_dataset(frames, labels, time_steps)
+        return _to_dataset(frames, labels, time_steps, base / _SPLIT_DIR[split])
     hint = ("Download the original N-MNIST (Train.zip and Test.zip, Orchard et al. 2015; "
             "https://www.garrickorchard.com/datasets/n-mnist) and unzip both into DIR so that "
             "DIR/Train/0/00002.bin exists, then set `root` to DIR; `download` is not available "
             "for N-MNIST.")
     raise DatasetNotFoundError("nmnist", split, f"{_SPLIT_DIR[split]}/<digit>/*.bin or {cache_name}",
-                               dirs, hint)
+                               dirs, hint, note)
 
 
 def _list_files(split_dir: Path) -> list[tuple[int, Path, int]]:
@@ -183,6 +184,9 @@ def _write_cache(path: Path, blob: dict) -> None:
         warnings.warn(f"cannot write the N-MNIST cache {path} ({err}); the next load decodes the files again")
 
 
-def _to_dataset(frames: np.ndarray, labels: np.ndarray, time_steps: int) -> ArrayDataset:
+def _to_dataset(frames: np.ndarray, labels: np.ndarray, time_steps: int, source: Path) -> ArrayDataset:
+    """The dataset, recording ``source``: the split's event folder, or the cache it came from
+    (N-MNIST has no published checksums; the files are not hashed)."""
     info = DatasetInfo("nmnist", (2, SENSOR, SENSOR), 10, "spikes", time_steps)
-    return ArrayDataset(torch.from_numpy(np.ascontiguousarray(frames)), torch.from_numpy(labels), info)
+    return ArrayDataset(torch.from_numpy(np.ascontiguousarray(frames)), torch.from_numpy(labels), info,
+                        (DataFile(str(source.absolute())),))

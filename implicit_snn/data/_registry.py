@@ -116,18 +116,23 @@ def load_dataset(name: str, split: str, *, root: Optional[PathLike] = None, down
         name: one of ``available_datasets()`` (the built-ins and any ``register_dataset`` added).
         split: "train" or "test" (use ``split_validation`` for a validation set).
         root: folder with the dataset's files; see each dataset's search order in the package
-            docstring. Fashion-MNIST is also found in Debian's ``/usr/share/datasets/fashion-mnist``.
+            docstring. A given root is used or is a ``DatasetNotFoundError``; without one,
+            Fashion-MNIST is found in Debian's ``/usr/share/datasets/fashion-mnist``.
         download: fetch missing files with torchvision (MNIST, Fashion-MNIST, CIFAR) into ``root``.
         time_steps: frames per spike train (N-MNIST, synthetic spikes); ignored for static images.
         **options: dataset-specific, listed by ``dataset_options(name)``; e.g. N-MNIST's
-            ``bin_ms``, ``accumulate``, ``cache``, or synthetic's ``num_train``, ``seed``.
+            ``bin_ms``, ``accumulate``, ``cache``, synthetic's ``num_train``, ``seed``, or the
+            ``verify`` of MNIST, Fashion-MNIST and the CIFARs (False: skip the check that the files
+            are the published ones, for files of one's own).
 
     Returns:
-        An ``ArrayDataset`` (inputs normalised, labels int64, ``info`` filled in).
+        An ``ArrayDataset`` (inputs normalised, labels int64, ``info`` filled in, ``files`` the
+        files read).
 
     Raises:
         KeyError: unknown name (the message lists the known ones).
-        ValueError: bad split, bad option value, or a corrupt file.
+        ValueError: bad split, bad option value, a corrupt file, or (``verify``) a file that is not
+            the published one.
         TypeError: an option the dataset does not have, or a loader that returned no ArrayDataset.
         DatasetNotFoundError: the files are missing (the message lists where it looked and how
             to get them).
