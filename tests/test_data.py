@@ -700,7 +700,7 @@ def test_a_training_run_records_the_files_it_read_and_refuses_unknown_ones(tmp_p
              root / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte",
              root / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"]
     expected_md5 = [_md5(gzip.decompress(p.read_bytes()) if p.name.endswith(".gz") else p.read_bytes()) for p in paths]
-    assert config["data_files"] == [{"path": str(p), "content_md5": m, "verified": False}
+    assert json.loads((out / "data-files.json").read_text()) == [{"path": str(p), "content_md5": m, "verified": False}
                                     for p, m in zip(paths, expected_md5)]
     # A dataset without published checksums has nothing to skip.
     assert cli_error(["train", "--dataset", "synthetic", "--no-verify-data", "--out", str(tmp_path / "s")], capsys) == \

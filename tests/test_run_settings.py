@@ -79,3 +79,11 @@ def test_the_saved_settings_hold_the_t_that_ran(tmp_path):
 
     saved = json.loads((out / "config.json").read_text())
     assert saved["time_steps"] == producer_defaults("lif")["time_steps"] == 30 and saved["leak"] == 0.95
+
+
+def test_a_runs_config_json_is_a_settings_file_for_the_next_run(finished_run, tmp_path):
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(finished_run / "config.json"), "--out", str(again)]) == 0
+    first, second = (json.loads((d / "config.json").read_text()) for d in (finished_run, again))
+    assert {**first, "out": None} == {**second, "out": None}
+    assert json.loads((again / "data-files.json").read_text()) == []  # the synthetic dataset reads no files

@@ -306,7 +306,8 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
         if not args.resume:
             run_dir.clear()
         run_dir.path.mkdir(parents=True, exist_ok=True)
-        run_dir.write_config({**config.to_dict(), "data_files": data_files(trainer.train_data, trainer.test_data)})
+        run_dir.write_config(config.to_dict())  # exactly the settings: reusable as --config
+        run_dir.write_data_files(data_files(trainer.train_data, trainer.test_data))
     distributed.barrier(context)
     report = Report(console, enabled=context.is_main)
     processes = f", {context.world_size} processes" if context.distributed else ""

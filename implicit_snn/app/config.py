@@ -290,8 +290,12 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfi
     if config.dataset is None:
         config.dataset = "fashion-mnist"
     check_values(config)
-    check_method_applies(config.method, config.producer, set(chosen))
-    check_producer_settings(config.producer, set(chosen))
+    # A setting at its default value asks for nothing (a run's own config.json lists every
+    # setting); one set to anything else must apply to the method and producer.
+    defaults = RunConfig()
+    asked = {k for k, v in chosen.items() if v != getattr(defaults, k)}
+    check_method_applies(config.method, config.producer, asked)
+    check_producer_settings(config.producer, asked)
     settle_producer_settings(config)
     config.milestones = list(config.milestones)
     return config

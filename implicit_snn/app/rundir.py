@@ -25,8 +25,9 @@ class RunDir:
     SUMMARY = "summary.json"
     LAST = "checkpoint-last.pt"
     BEST = "checkpoint-best.pt"
+    DATA_FILES = "data-files.json"
     #: every file a training run writes, in the order a run creates them
-    RUN_FILES = (CONFIG, METRICS, LAST, BEST, SUMMARY)
+    RUN_FILES = (CONFIG, DATA_FILES, METRICS, LAST, BEST, SUMMARY)
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -72,6 +73,17 @@ class RunDir:
 
     def read_config(self) -> dict[str, Any]:
         return json.loads(self.config_file.read_text(encoding="utf-8"))
+
+    @property
+    def data_files_file(self) -> Path:
+        return self.path / self.DATA_FILES
+
+    def write_data_files(self, files: list[dict[str, Any]]) -> None:
+        """The data files the run read (path, content MD5, whether it was verified)."""
+        atomic_write_text(self.data_files_file, json.dumps(files, indent=2) + "\n")
+
+    def read_data_files(self) -> list[dict[str, Any]]:
+        return json.loads(self.data_files_file.read_text(encoding="utf-8"))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The metrics rows so far ([] before the first epoch ends)."""
