@@ -191,21 +191,24 @@ def verify_torch_file(path: str | os.PathLike) -> bool:
     if size == 0:
         raise CorruptFile(f"{path} is empty")
     with open(path, "rb") as file:
-        if size >= 22 + _COMMENT_LEN:
-            file.seek(size - 22 - _COMMENT_LEN)
-            end = file.read()
-            if (end[:4] == _END and int.from_bytes(end[20:22], "little") == _COMMENT_LEN
-                    and end[22:22 + len(_SEAL)] == _SEAL):
-                sha, remaining = hashlib.sha256(), size - _COMMENT_LEN - 2
-                file.seek(0)
-                while remaining > 0:
-                    chunk = file.read(min(remaining, 1 << 20))
-                    sha.update(chunk)
-                    remaining -= len(chunk)
-                sha.update(b"\0\0")  # the comment's length as torch.save wrote it
-                if sha.hexdigest().encode("ascii") != end[22 + len(_SEAL):]:
-                    raise CorruptFile(f"{path} is damaged: its bytes do not match the SHA-256 it was saved with")
-                return True
+        start = max(0, size - 22 - _COMMENT_LEN - 64)  # room for a digest cut short or with bytes after it
+        file.seek(start)
+        tail = file.read()
+        at = tail.rfind(_END)
+        if at >= 0 and int.from_bytes(tail[at + 20:at + 22], "little") == _COMMENT_LEN:
+            comment = tail[at + 22:]
+            if len(comment) != _COMMENT_LEN or not comment.startswith(_SEAL):
+                raise CorruptFile(f"{path} is damaged: its digest is cut short, altered or followed by other bytes")
+            sha, remaining = hashlib.sha256(), start + at + 20
+            file.seek(0)
+            while remaining > 0:
+                chunk = file.read(min(remaining, 1 << 20))
+                sha.update(chunk)
+                remaining -= len(chunk)
+            sha.update(b"\0\0")  # the comment's length as torch.save wrote it
+            if sha.hexdigest().encode("ascii") != comment[len(_SEAL):]:
+                raise CorruptFile(f"{path} is damaged: its bytes do not match the SHA-256 it was saved with")
+            return True
     # No digest (saved before they were added, or by torch.save itself): the zip's own CRC32s.
     try:
         with zipfile.ZipFile(path) as archive:

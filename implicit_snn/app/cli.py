@@ -19,6 +19,7 @@ from .. import bptt, distributed, producers
 from ..classifier import ImplicitClassifier
 from ..data import available_datasets
 from ..distributed import Context
+from ..files import WriteError
 from ..network import BN_BACKWARDS
 from ..spectral import SpectralNorm
 from . import plotting
@@ -254,8 +255,7 @@ def _resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunCon
     """The run's saved settings, with the given ones that may change on resume; a given setting
     that differs from the run's is an error (it would silently not take effect)."""
     run = RunDir(run_dir)
-    if not run.config_file.exists():
-        raise UsageError(f"--resume: {run_dir} has no {run.CONFIG}; nothing to resume")
+    run.check_resumable()
     # A setting added after the run was made reads as its default (what the run used).
     saved = {**RunConfig().to_dict(), **run.read_config()}
     saved = {k: v for k, v in saved.items() if k in RunConfig.field_names()}
@@ -272,20 +272,13 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
     from .build import make_trainer
 
     run_dir = RunDir(config.out)
-    if not args.resume and run_dir.existing_run_files() and not args.overwrite:
-        raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
-                         "start afresh, or --out for another directory")
+    if not args.resume and not args.overwrite:
+        run_dir.check_new_run()
+    run_dir.check_writable()
     # Model, data and solvers are built (and every setting checked) before anything is written,
     # so a bad setting leaves no half-made run directory and --overwrite deletes nothing.
     with checked_settings():
         trainer = make_trainer(config, context)
-    distributed.barrier(context)  # every process has checked the run directory before rank 0 changes it
-    if context.is_main:
-        if not args.resume:
-            run_dir.clear()
-        run_dir.path.mkdir(parents=True, exist_ok=True)
-        run_dir.write_config(config.to_dict())
-    distributed.barrier(context)
     report = Report(console, enabled=context.is_main)
     processes = f", {context.world_size} processes" if context.distributed else ""
     if config.method == "bptt":
@@ -296,9 +289,16 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
     report.line(f"training {config.model} on {config.dataset} ({config.producer or 'lif'}, "
                 f"T={config.time_steps}, {method}{processes}) → {run_dir}")
     run = TrainingRun(trainer, run_dir, config.to_dict(), report)
-    if args.resume:
+    if args.resume:  # before anything is written: a checkpoint that cannot be used changes nothing
         with checked_settings():
             run.resume()
+    distributed.barrier(context)  # every process has checked the run directory before rank 0 changes it
+    if context.is_main:
+        if not args.resume:
+            run_dir.clear()
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        run_dir.write_config(config.to_dict())
+    distributed.barrier(context)
     try:
         summary = run.fit()
     except Interrupted as stop:
@@ -371,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=120)
     try:
         return _run_command(args, console)
-    except UsageError as error:
+    except (UsageError, WriteError) as error:  # WriteError: a full disk, say, named by the file
         if args.debug:
             raise
         raise SystemExit(f"error: {flag_message(str(error), SETTINGS)}") from None

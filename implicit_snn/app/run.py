@@ -8,7 +8,7 @@ from typing import Any
 from .. import distributed
 from ..training import Trainer, summarize
 from .report import Report
-from .rundir import RunDir, load_checkpoint
+from .rundir import RunDir
 
 
 class StopRequest:
@@ -56,11 +56,11 @@ class TrainingRun:
         distributed.barrier(self.trainer.context)  # nobody reads the file before it is complete
 
     def resume(self) -> None:
-        """Restore the trainer from the last checkpoint."""
-        path = self.run_dir.last_checkpoint
-        if not path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        state = load_checkpoint(path, map_location=self.trainer.device)
+        """Restore the trainer from the last checkpoint (from the best one, an earlier epoch's,
+        where the last cannot be used: the report says so)."""
+        path, state, warnings = self.run_dir.load_for_resume(map_location=self.trainer.device)
+        for message in warnings:
+            self.report.line(f"warning: {message}")
         try:
             self.trainer.load_state_dict(state)
         except ValueError as error:
