@@ -187,6 +187,56 @@ def test_a_full_disk_writing_the_eval_report_keeps_the_old_one(reference, tmp_pa
     assert report.read_text() == "old" and temporary_files(tmp_path) == []
 
 
+# -- Ctrl-C while saving ------------------------------------------------------------------------------
+
+def test_a_second_ctrl_c_while_saving_waits_for_the_checkpoint(reference, tmp_path, monkeypatch, capsys):
+    """Ctrl-C at step 5 stops the run, and a second one in the middle of writing its checkpoint
+    interrupts only once the file is complete."""
+    original_step = torch.optim.SGD.step
+    steps = []
+
+    def step_then_interrupt(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step_then_interrupt)
+    sent = []
+
+    def interrupt_again(writes):
+        if writes == 3:
+            sent.append(writes)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run = tmp_path / "run"
+    intercept_writes(monkeypatch, "checkpoint-last.pt", on_write=interrupt_again)
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(run)]) == 130
+    assert sent == [3]
+    assert "interrupted while saving, at epoch 1, batch 5, once the files were complete" in capsys.readouterr().out
+    ckpt = load_checkpoint(run / "checkpoint-last.pt")
+    assert (ckpt["epoch"], ckpt["batch"]) == (0, 5) and temporary_files(run) == []
+    monkeypatch.undo()
+    assert main(["train", "--epochs", "2", "--threads", "1", "--out", str(run), "--resume"]) == 0
+    assert comparable(metrics(run)) == comparable(metrics(reference))
+
+
+def test_two_signals_while_saving_an_epoch_stop_once_its_files_are_complete(tmp_path, monkeypatch, capsys):
+    def interrupt_twice(writes):
+        if writes in (2, 4):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run = tmp_path / "run"
+    intercept_writes(monkeypatch, "checkpoint-last.pt", on_write=interrupt_twice)
+    previous = signal.getsignal(signal.SIGTERM)
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(run)]) == 130
+    assert "interrupted while saving, at the end of epoch 1" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is previous
+    assert load_checkpoint(run / "checkpoint-last.pt")["epoch"] == 1
+    assert load_checkpoint(run / "checkpoint-best.pt")["epoch"] == 1  # the best copy was made too
+    assert [row["epoch"] for row in metrics(run)] == [1] and temporary_files(run) == []
+
+
 # -- run directories ------------------------------------------------------------------------------------
 
 def test_a_folder_with_files_of_the_run_names_but_no_checkpoint_is_not_written_over(tmp_path, capsys):
