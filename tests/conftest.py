@@ -1,6 +1,8 @@
 """Shared fixtures: hypothesis profiles, devices to run on, float64 for gradient checks."""
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,3 +33,23 @@ def float64():
     with default_dtype(torch.float64):
         yield
 
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder that takes no new files: a read-only one, or for root (whom permissions do not
+    stop) /sys or /proc where they refuse one."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "locked"
+        folder.mkdir()
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    for candidate in ("/sys", "/proc"):
+        try:
+            tempfile.TemporaryFile(dir=candidate).close()
+        except OSError:
+            yield Path(candidate)
+            return
+    pytest.skip("no folder here refuses new files")

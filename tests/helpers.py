@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,60 @@ def write_nmnist(base: Path) -> None:
         folder = base / split / str(digit)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"".join(event(*e) for e in events))
+
+
+# Writes that fail as on a full disk, or that do something (send a signal) midway.
+
+class _InterceptedFile:
+    """A file open for writing with ``room`` bytes left on its disk: a write past them writes what
+    fits and raises OSError(ENOSPC); ``on_write(n)`` runs before the n-th write."""
+
+    def __init__(self, handle, room, on_write):
+        self.handle, self.room, self.on_write, self.written, self.writes = handle, room, on_write, 0, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.on_write is not None:
+            self.on_write(self.writes)
+        data = bytes(data)
+        if self.room is not None and self.written + len(data) > self.room:
+            self.handle.write(data[:self.room - self.written])
+            self.written = self.room
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.written += len(data)
+        return self.handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def intercept_writes(monkeypatch, name: str, *, nth: int = 1, room=None, on_write=None) -> list[str]:
+    """Route the ``nth`` atomic write of the file called ``name`` (through its temporary file
+    ``.name.*.tmp``) through ``_InterceptedFile``; returns the temporary files opened for ``name``."""
+    real_fdopen = os.fdopen
+    opened: list[str] = []
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        handle = real_fdopen(fd, mode, *args, **kwargs)
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if "w" in mode and os.path.basename(target).startswith(f".{name}."):
+            opened.append(target)
+            if len(opened) == nth:
+                return _InterceptedFile(handle, room, on_write)
+        return handle
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to tell which file a descriptor writes")
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    return opened
+
+
+def temporary_files(folder) -> list[str]:
+    """Leftover temporary files of atomic writes in ``folder``."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.endswith(".tmp"))

@@ -19,6 +19,7 @@ from .. import bptt, distributed, producers
 from ..classifier import ImplicitClassifier
 from ..data import available_datasets
 from ..distributed import Context
+from ..files import WriteError
 from ..network import BN_BACKWARDS
 from ..spectral import SpectralNorm
 from . import plotting
@@ -29,7 +30,6 @@ from .errors import UsageError, UsageExit, checked_settings, flag_message
 from .report import Report
 from .run import Interrupted, TrainingRun
 from .rundir import RunDir, default_run_name
-from .rundir import load_checkpoint as read_checkpoint
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SETTINGS = frozenset(RunConfig.field_names())  # library arguments that name a run setting
@@ -260,20 +260,18 @@ def _resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunCon
     setting that differs from the run's (it would silently not take effect) and ``--epochs``
     below the epochs already trained."""
     run = RunDir(run_dir)
-    if not run.config_file.exists():
-        raise UsageError(f"--resume: {run_dir} has no {run.CONFIG}; nothing to resume")
+    run.check_resumable()
     saved = _completed_settings(run.read_config())
     fixed = [k for k in RunConfig.field_names() if k not in RESUME_MAY_CHANGE and k != "out"]
-    done = 0
-    if run.last_checkpoint.exists():
-        checkpoint = read_checkpoint(run.last_checkpoint)
-        trained, done = _completed_settings(checkpoint["config"]), int(checkpoint["epoch"])
-        edited = {k: (saved[k], trained[k]) for k in fixed if saved[k] != trained[k]}
-        if edited:
-            raise UsageError(f"--resume: {run.config_file} disagrees with the run's checkpoint {run.last_checkpoint} "
-                             f"in {edited} (config.json, checkpoint); the checkpoint's settings are the run's: restore "
-                             "them in config.json, or start afresh with --overwrite")
-        saved = {**trained, **{k: saved[k] for k in RESUME_MAY_CHANGE}}
+    # The checkpoint resume will continue from (the last, else the best): its settings are the run's.
+    used, checkpoint, _ = run.load_for_resume()
+    trained, done = _completed_settings(checkpoint["config"]), int(checkpoint["epoch"])
+    edited = {k: (saved[k], trained[k]) for k in fixed if saved[k] != trained[k]}
+    if edited:
+        raise UsageError(f"--resume: {run.config_file} disagrees with the run's checkpoint {used} in {edited} "
+                         "(config.json, checkpoint); the checkpoint's settings are the run's: restore them in "
+                         "config.json, or start afresh with --overwrite")
+    saved = {**trained, **{k: saved[k] for k in RESUME_MAY_CHANGE}}
     changed = {k: (saved[k], getattr(config, k)) for k in sorted(given) if k in fixed and saved[k] != getattr(config, k)}
     if changed:
         raise UsageError(f"--resume with settings that differ from the run's: {changed}; "
@@ -294,21 +292,13 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
     from .build import data_files, make_trainer
 
     run_dir = RunDir(config.out)
-    if not args.resume and run_dir.existing_run_files() and not args.overwrite:
-        raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
-                         "start afresh, or --out for another directory")
+    if not args.resume and not args.overwrite:
+        run_dir.check_new_run()
+    run_dir.check_writable()
     # Model, data and solvers are built (and every setting checked) before anything is written,
     # so a bad setting leaves no half-made run directory and --overwrite deletes nothing.
     with checked_settings():
         trainer = make_trainer(config, context)
-    distributed.barrier(context)  # every process has checked the run directory before rank 0 changes it
-    if context.is_main:
-        if not args.resume:
-            run_dir.clear()
-        run_dir.path.mkdir(parents=True, exist_ok=True)
-        run_dir.write_config(config.to_dict())  # exactly the settings: reusable as --config
-        run_dir.write_data_files(data_files(trainer.train_data, trainer.test_data))
-    distributed.barrier(context)
     report = Report(console, enabled=context.is_main)
     processes = f", {context.world_size} processes" if context.distributed else ""
     if config.method == "bptt":
@@ -319,9 +309,17 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
     report.line(f"training {config.model} on {config.dataset} ({config.producer or 'lif'}, "
                 f"T={config.time_steps}, {method}{processes}) → {run_dir}")
     run = TrainingRun(trainer, run_dir, config.to_dict(), report)
-    if args.resume:
+    if args.resume:  # before anything is written: a checkpoint that cannot be used changes nothing
         with checked_settings():
             run.resume()
+    distributed.barrier(context)  # every process has checked the run directory before rank 0 changes it
+    if context.is_main:
+        if not args.resume:
+            run_dir.clear()
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        run_dir.write_config(config.to_dict())  # exactly the settings: reusable as --config
+        run_dir.write_data_files(data_files(trainer.train_data, trainer.test_data))
+    distributed.barrier(context)
     try:
         summary = run.fit()
     except Interrupted as stop:
@@ -400,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=120)
     try:
         return _run_command(args, console)
-    except UsageError as error:
+    except (UsageError, WriteError) as error:  # WriteError: a full disk, say, named by the file
         if args.debug:
             raise
         message = f"error: {flag_message(str(error), SETTINGS)}"

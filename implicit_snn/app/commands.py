@@ -6,18 +6,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from ..data import dataset_info
-from ..files import atomic_write_text
+from ..files import atomic_write_text, check_writable
 from .config import RunConfig, check_producer_settings
 from .errors import UsageError, checked_settings
-from .rundir import load_checkpoint as read_checkpoint, resolve_checkpoint
+from .rundir import RunDir, load_checkpoint as read_checkpoint
 
 # Settings a checkpoint command may override; the rest describe the trained model and stay.
 _OVERRIDABLE = ("producer", "leak", "f_solver", "f_max_iter", "f_tol", "f_stop_mode", "f_options", "b_solver",
@@ -34,12 +35,19 @@ def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def load_checkpoint(where: str) -> tuple[Path, dict[str, Any]]:
-    """A checkpoint file, or a run directory's best checkpoint (else its last), loaded on the CPU."""
-    path = resolve_checkpoint(where)
-    if not path.is_file():
-        raise UsageError(f"no checkpoint at {path}")
-    return path, read_checkpoint(path)
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def load_checkpoint(where: str, warn: Callable[[str], None] = _warn) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint file, or a run directory's best checkpoint (else its last, and the last too where
+    the best cannot be used: ``warn`` is told why), loaded on the CPU."""
+    if Path(where).is_dir():
+        path, checkpoint, warnings = RunDir(where).load_for_eval()
+        for message in warnings:
+            warn(message)
+        return path, checkpoint
+    return Path(where), read_checkpoint(where)
 
 
 def checkpoint_config(ckpt: dict[str, Any], settings: dict[str, Any]) -> RunConfig:
@@ -89,6 +97,8 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
 
 def _eval_settings(args: argparse.Namespace) -> tuple[Path, dict[str, Any], RunConfig, list]:
     """The checkpoint, its settings with the command line's overrides, and the T values to evaluate."""
+    if args.json:
+        check_writable(args.json)  # before the evaluation, not after it
     path, ckpt = load_checkpoint(args.checkpoint)
     settings = cli_settings(args)
     sweep = settings.pop("time_steps") or [ckpt["config"].get("time_steps")]
@@ -157,6 +167,8 @@ def _analyze_setup(args: argparse.Namespace):
     """The checkpoint, its settings, the device, the data and the trained model, for ``analyze``."""
     from .build import build_model, producer_settings, resolve_device
 
+    if args.json:
+        check_writable(args.json)  # before the measurements, not after them
     path, ckpt = load_checkpoint(args.checkpoint)
     settings = cli_settings(args)
     settings.pop("b_solver")  # here a list of solvers to compare, not the model's backward

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from typing import Any
+from typing import Any, Iterator
 
 from .. import distributed
 from ..training import Trainer, summarize
 from .report import Report
-from .rundir import RunDir, load_checkpoint
+from .rundir import RunDir
 
 
 class StopRequest:
     """First Ctrl-C (or SIGTERM, as from a cluster's scheduler or torchrun shutting down) asks the
-    loop to stop after the current step; a second one interrupts at once."""
+    loop to stop after the current step; a second one interrupts at once, except while the run's
+    files are being written (``saving``): then it waits until they are complete."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
+        self.deferred = False  # a second signal came while saving
+        self._saving = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -26,9 +30,20 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        if self.requested and self._saving:
+            self.deferred = True
+        elif self.requested:
             raise KeyboardInterrupt
         self.requested = True
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """Within the block a second signal is held back; ``deferred`` tells whether one came."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
 
     def __exit__(self, *exc) -> None:
         for sig, previous in self._previous.items():
@@ -56,16 +71,28 @@ class TrainingRun:
         distributed.barrier(self.trainer.context)  # nobody reads the file before it is complete
 
     def resume(self) -> None:
-        """Restore the trainer from the last checkpoint."""
-        path = self.run_dir.last_checkpoint
-        if not path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        state = load_checkpoint(path, map_location=self.trainer.device)
+        """Restore the trainer from the last checkpoint (from the best one, an earlier epoch's,
+        where the last cannot be used: the report says so)."""
+        path, state, warnings = self.run_dir.load_for_resume(map_location=self.trainer.device)
+        for message in warnings:
+            self.report.line(f"warning: {message}")
         try:
             self.trainer.load_state_dict(state)
         except ValueError as error:
             raise ValueError(f"--resume: {path}: {error}") from None
         self.report.line(f"resumed from {path} at epoch {self.trainer.epoch + 1}, batch {self.trainer.batch}")
+
+    @contextlib.contextmanager
+    def _saving(self, stop: StopRequest) -> Iterator[None]:
+        """Write the run's files with a second Ctrl-C held back; it interrupts once they are complete."""
+        with stop.saving():
+            yield
+        if stop.deferred:
+            trainer = self.trainer
+            where = (f"epoch {trainer.epoch + 1}, batch {trainer.batch}" if trainer.batch
+                     else f"the end of epoch {trainer.epoch}")
+            raise Interrupted(f"interrupted while saving, at {where}, once the files were complete; checkpoint "
+                              f"saved to {self.run_dir.last_checkpoint}; continue with --resume")
 
     def fit(self) -> dict[str, Any]:
         """Train from where the trainer is (its start, or where ``resume`` put it) to the last epoch;
@@ -75,29 +102,34 @@ class TrainingRun:
             Interrupted: after Ctrl-C, once the checkpoint is saved.
         """
         trainer = self.trainer
-        if self._main:
-            self.run_dir.path.mkdir(parents=True, exist_ok=True)
-        # Rows of epochs after the checkpoint (a crash between the two writes) are dropped.
-        rows = [row for row in self.run_dir.read_metrics() if row["epoch"] <= trainer.epoch]
-        if self._main:
-            self.run_dir.write_metrics(rows)
         with StopRequest() as stop:
+            with self._saving(stop):
+                if self._main:
+                    self.run_dir.path.mkdir(parents=True, exist_ok=True)
+                # Rows of epochs after the checkpoint (a crash between the two writes, or a resume
+                # from the best checkpoint) are dropped.
+                rows = [row for row in self.run_dir.read_metrics() if row["epoch"] <= trainer.epoch]
+                if self._main:
+                    self.run_dir.write_metrics(rows)
             while not trainer.done:
                 with self.report.epoch(trainer):
                     finished = trainer.train_epoch(should_stop=lambda: stop.requested, on_batch=self.report.batch)
                 if not finished:
-                    self.save()
+                    with self._saving(stop):
+                        self.save()
                     raise Interrupted(f"stopped at epoch {trainer.epoch + 1}, batch {trainer.batch}; checkpoint "
                                       f"saved to {self.run_dir.last_checkpoint}; continue with --resume")
                 row = trainer.end_epoch()
                 self.report.epoch_done(row)
                 rows.append(row)
+                with self._saving(stop):
+                    if self._main:
+                        self.run_dir.write_metrics(rows)
+                    self.save()
+                    if row.get("is_best") and self._main:
+                        self.run_dir.keep_last_as_best()
+            summary = summarize(rows)
+            with self._saving(stop):
                 if self._main:
-                    self.run_dir.write_metrics(rows)
-                self.save()
-                if row.get("is_best") and self._main:
-                    self.run_dir.keep_last_as_best()
-        summary = summarize(rows)
-        if self._main:
-            self.run_dir.write_summary(summary)
+                    self.run_dir.write_summary(summary)
         return summary

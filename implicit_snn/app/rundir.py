@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from ..files import atomic_file, atomic_write_text, read_jsonl
+from ..files import CorruptFile, atomic_file, atomic_torch_save, atomic_write_text, check_writable, read_jsonl, \
+    verify_torch_file
+from .errors import UsageError
 
 CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be used: missing, empty, truncated, damaged, or of another version.
+    Its message names the file."""
 
 
 class RunDir:
     """A training run's folder: ``config.json`` (the resolved settings), ``metrics.jsonl`` (one
     object per epoch), ``checkpoint-last.pt`` (every epoch, and on a stop), ``checkpoint-best.pt``
-    (best validation accuracy) and ``summary.json``. Every file is written atomically."""
+    (best validation accuracy) and ``summary.json``. Every file is written atomically: a failure
+    (a full disk) leaves the previous file as it was, no temporary file, and a ``WriteError`` naming
+    the file. A checkpoint carries a SHA-256 of itself, checked before it is loaded."""
 
     CONFIG = "config.json"
     METRICS = "metrics.jsonl"
@@ -62,17 +72,59 @@ class RunDir:
         """The names of the run files already present (a non-empty list: the folder holds a run)."""
         return [name for name in self.RUN_FILES if (self.path / name).exists()]
 
+    def _temporary_files(self) -> list[Path]:
+        """Temporary files of the run files left by a process killed mid-write (``atomic_file``'s)."""
+        if not self.path.is_dir():
+            return []
+        return [p for name in self.RUN_FILES for p in self.path.glob(f".{name}.*.tmp")]
+
     def clear(self) -> None:
-        """Delete the run files (to start afresh); anything else in the folder stays."""
+        """Delete the run files (to start afresh) and their leftover temporary files; anything else
+        in the folder stays."""
         for name in self.RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
+        for path in self._temporary_files():
+            path.unlink(missing_ok=True)
+
+    def check_new_run(self) -> None:
+        """Refuse (``UsageError``) to start a run here over the files of another: a run's, or the
+        user's own files of the same names."""
+        present = self.existing_run_files()
+        if not present:
+            return
+        if self.LAST in present or self.BEST in present:
+            raise UsageError(f"{self} already holds a run ({', '.join(present)}); pass --resume to continue it, "
+                             "--overwrite to start afresh (it deletes those files), or --out for another directory")
+        raise UsageError(f"{self} already holds {', '.join(present)} but no checkpoint (a run stopped before its "
+                         "first epoch ended, or files of your own): there is nothing to resume; pass --overwrite to "
+                         "start afresh (it deletes those files), or --out for another directory")
+
+    def check_resumable(self) -> None:
+        """Refuse (``UsageError``) ``--resume`` where there is no run, or no checkpoint to continue from."""
+        if not self.config_file.exists():
+            raise UsageError(f"--resume: {self} has no {self.CONFIG}; nothing to resume")
+        if not (self.last_checkpoint.exists() or self.best_checkpoint.exists()):
+            raise UsageError(f"--resume: {self} has no checkpoint (the run stopped before its first epoch ended); "
+                             "there is nothing to resume: start it afresh with --overwrite")
+
+    def check_writable(self) -> None:
+        """``WriteError`` naming the folder if the run's files could not be written there (a file in
+        the way, or a folder that takes no new files); creates nothing."""
+        check_writable(self.path, folder=True)
 
     # -- settings, metrics, summary ----------------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write_text(self.config_file, json.dumps(config, indent=2) + "\n")
 
     def read_config(self) -> dict[str, Any]:
-        return json.loads(self.config_file.read_text(encoding="utf-8"))
+        """The run's settings; a file that is not a JSON object is a ``UsageError`` naming it."""
+        try:
+            config = json.loads(self.config_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            config = None
+        if not isinstance(config, dict):
+            raise UsageError(f"{self.config_file} is not a run's settings (a JSON object)")
+        return config
 
     @property
     def data_files_file(self) -> Path:
@@ -101,34 +153,71 @@ class RunDir:
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any], config: dict[str, Any]) -> Path:
         """Write ``state`` (a ``Trainer.state_dict()``) with the run's settings as the last checkpoint."""
-        with atomic_file(self.last_checkpoint) as handle:
-            torch.save({"version": CHECKPOINT_VERSION, "config": config, **state}, handle)
-        return self.last_checkpoint
+        return atomic_torch_save({"version": CHECKPOINT_VERSION, "config": config, **state}, self.last_checkpoint)
 
     def keep_last_as_best(self) -> Path:
-        """Copy the last checkpoint to the best one (atomically)."""
+        """Copy the last checkpoint to the best one (atomically; the digest comes with it)."""
         with atomic_file(self.best_checkpoint) as handle, self.last_checkpoint.open("rb") as source:
             shutil.copyfileobj(source, handle)
         return self.best_checkpoint
 
-    def checkpoint_for_eval(self) -> Path:
-        """The best checkpoint, else the last (a run without a validation split has no best)."""
-        return self.best_checkpoint if self.best_checkpoint.exists() else self.last_checkpoint
+    def load_for_eval(self, *, map_location: Any = "cpu") -> tuple[Path, dict[str, Any], list[str]]:
+        """The best checkpoint, else the last (a run without a validation split has no best); if the
+        best cannot be used and the last can, the last. Returns the path, the checkpoint and the
+        warnings to show (why the other was passed over)."""
+        candidates = [p for p in (self.best_checkpoint, self.last_checkpoint) if p.exists()]
+        if not candidates:
+            raise CheckpointError(f"no checkpoint in {self} (neither {self.BEST} nor {self.LAST})")
+        path, checkpoint, errors = _first_usable(candidates, map_location)
+        return path, checkpoint, [f"{error}; using {path} instead" for error in errors]
+
+    def load_for_resume(self, *, map_location: Any = "cpu") -> tuple[Path, dict[str, Any], list[str]]:
+        """The last checkpoint; if it is missing or cannot be used and the best can, the best,
+        which is from an earlier epoch: the warnings returned say so."""
+        last, best = self.last_checkpoint, self.best_checkpoint
+        candidates = [p for p in (last, best) if p.exists()]
+        if not candidates:
+            raise CheckpointError(f"no checkpoint at {last}")
+        path, checkpoint, errors = _first_usable(candidates, map_location)
+        if path == last:
+            return path, checkpoint, []
+        why = str(errors[0]) if errors else f"{last} is missing"
+        return path, checkpoint, [f"{why}; resuming from {path} instead, saved after epoch {checkpoint['epoch']}: "
+                                  f"the epochs after it are trained again and their metrics rows dropped"]
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint written by ``RunDir.save_checkpoint``; another version is a one-line error."""
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    """A checkpoint written by ``RunDir.save_checkpoint``, its digest checked first. A missing,
+    empty, truncated, damaged or unreadable file, or another version, is a ``CheckpointError``
+    naming it (one line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        verify_torch_file(path)
+    except CorruptFile as error:
+        raise CheckpointError(f"checkpoint {error}") from None
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({type(error).__name__}: {first})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("version") != CHECKPOINT_VERSION:
         version = checkpoint.get("version") if isinstance(checkpoint, dict) else None
-        raise ValueError(f"{path} is a checkpoint of version {version}, expected {CHECKPOINT_VERSION}")
+        raise CheckpointError(f"{path} is a checkpoint of version {version}, expected {CHECKPOINT_VERSION}")
     return checkpoint
 
 
-def resolve_checkpoint(where: str | os.PathLike) -> Path:
-    """A checkpoint file as given, or a run directory's checkpoint for evaluation (best, else last)."""
-    path = Path(where)
-    return RunDir(path).checkpoint_for_eval() if path.is_dir() else path
+def _first_usable(paths: list[Path], map_location: Any) -> tuple[Path, dict[str, Any], list[CheckpointError]]:
+    """The first of ``paths`` that loads, and the errors of those before it; if none loads, one
+    ``CheckpointError`` with each one's reason."""
+    errors: list[CheckpointError] = []
+    for path in paths:
+        try:
+            return path, load_checkpoint(path, map_location=map_location), errors
+        except CheckpointError as error:
+            errors.append(error)
+    raise CheckpointError("; ".join(str(error) for error in errors))
 
 
 def default_run_name(model: str, dataset: str, producer: Optional[str], method: str, seed: int) -> str:
