@@ -1,13 +1,18 @@
 """Non-finite numbers in training (a NaN sample, a NaN gradient, a NaN weight): stop or skip,
-with exact counts."""
+with exact counts and an exact resume, in the library and on the command line."""
 
 import math
+import os
+import signal
 
 import pytest
 import torch
 
+from implicit_snn.app import build
+from implicit_snn.app.cli import main
 from implicit_snn.data import ArrayDataset, load_dataset
 from implicit_snn.training import NonFiniteError, Trainer
+from tests.helpers import SMALL, cli_error, comparable, metrics
 
 NAN = float("nan")
 
@@ -159,3 +164,83 @@ def test_the_settings_are_checked():
         tiny_trainer(nonfinite="ignore")
     with pytest.raises(ValueError, match="`max_skipped_steps` must be an integer >= 0, got -1"):
         tiny_trainer(max_skipped_steps=-1)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+@pytest.fixture
+def nan_samples(monkeypatch):
+    """Training data (after the validation split) with NaN in the samples given by ``set``."""
+    chosen: list[int] = []
+    load_splits = build.load_splits
+
+    def with_nan(config):
+        train_data, val, test = load_splits(config)
+        inputs = train_data.inputs.clone()
+        inputs[chosen] = NAN
+        return ArrayDataset(inputs, train_data.labels, train_data.info), val, test
+
+    monkeypatch.setattr(build, "load_splits", with_nan)
+    return chosen
+
+
+def test_train_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, nan_samples, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    written = lambda: {p.name: p.read_bytes() for p in out.iterdir() if p.name != "config.json"}  # resume rewrites it
+    before = written()
+    nan_samples.append(7)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--epochs", "2", "--threads", "1", "--out", str(out), "--resume"])
+    message = info.value.code
+    assert isinstance(message, str) and "\n" not in message  # exit status 1, one line
+    assert message.startswith("error: non-finite numbers at epoch 2, batch ")
+    # The spiking forward drops the NaN (it never crosses the threshold): the backward through the input weights does not.
+    assert ": the gradient of network.input_layer.op.weight holds NaN; try a lower --lr, a tighter backward solve (a smaller --b_tol, a larger " \
+           "--b_max_iter), or check the input data for NaN or inf, or skip such steps with --nonfinite 'skip' " \
+           f"({out / 'checkpoint-last.pt'} is still the last good state)" in message
+    assert written() == before  # nothing of epoch 2 was written: checkpoints, metrics and summary as they were
+    # --nonfinite may change on resume: the same run goes on past the NaN sample.
+    assert main(["train", "--epochs", "2", "--threads", "1", "--out", str(out), "--resume", "--nonfinite", "skip"]) == 0
+    assert "skipped 1 non-finite step |" in capsys.readouterr().out
+    assert [r["skipped_steps"] for r in metrics(out)] == [0, 1]
+    fresh = tmp_path / "fresh"
+    message = cli_error(["train", *SMALL, "--epochs", "1", "--out", str(fresh)], capsys)
+    assert message.endswith("(no checkpoint was written)")
+
+
+def test_resume_after_skipped_steps_is_exact(tmp_path, nan_samples, monkeypatch):
+    """A run cut by Ctrl-C after its skipped steps, resumed, matches the run left alone."""
+    nan_samples.extend([1, 7, 19])  # in batches 2, 4 (before the cut) and 10 of epoch 1; 2, 9 and 13 of epoch 2
+    original_step = torch.optim.SGD.step
+    calls = []
+
+    def step_then_interrupt(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original_step(self, *args, **kwargs)
+
+    skip = ["--nonfinite", "skip"]
+    monkeypatch.setattr(torch.optim.SGD, "step", step_then_interrupt)
+    assert main(["train", *SMALL, *skip, "--epochs", "2", "--out", str(tmp_path / "cut")]) == 130
+    monkeypatch.setattr(torch.optim.SGD, "step", original_step)
+    cut = torch.load(tmp_path / "cut" / "checkpoint-last.pt", weights_only=False)
+    assert cut["epoch"] == 0 and cut["totals"]["skipped"] == 2 and cut["batch"] == 7  # 5 steps taken, 2 skipped
+    assert main(["train", *SMALL, *skip, "--epochs", "2", "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert main(["train", *SMALL, *skip, "--epochs", "2", "--out", str(tmp_path / "whole")]) == 0
+    whole = metrics(tmp_path / "whole")
+    assert [r["skipped_steps"] for r in whole] == [3, 3]
+    assert comparable(metrics(tmp_path / "cut")) == comparable(whole)
+    a = torch.load(tmp_path / "cut" / "checkpoint-last.pt", weights_only=False)
+    b = torch.load(tmp_path / "whole" / "checkpoint-last.pt", weights_only=False)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["scheduler"] == b["scheduler"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nonfinite", "ignore"], "invalid choice: 'ignore'"),
+    (["--max-skipped-steps", "-1"], "--max-skipped-steps: must be an integer >= 0, got '-1'"),
+])
+def test_the_nonfinite_flags_are_checked(argv, message, tmp_path, capsys):
+    assert message in cli_error(["train", *argv, "--out", str(tmp_path / "x")], capsys)
