@@ -1,5 +1,5 @@
 """Non-finite numbers in training (a NaN sample, a NaN gradient, a NaN weight): stop or skip,
-with exact counts and an exact resume, in the library and on the command line."""
+with exact counts and an exact resume; checkpoints holding NaN are refused."""
 
 import math
 import os
@@ -244,3 +244,19 @@ def test_resume_after_skipped_steps_is_exact(tmp_path, nan_samples, monkeypatch)
 ])
 def test_the_nonfinite_flags_are_checked(argv, message, tmp_path, capsys):
     assert message in cli_error(["train", *argv, "--out", str(tmp_path / "x")], capsys)
+
+
+@pytest.mark.parametrize("command", ["eval", "analyze"])
+@pytest.mark.parametrize("tensor", ["network.feedback.op.weight", "network.feedback.spectral.u"])  # a buffer too
+def test_eval_and_analyze_refuse_a_checkpoint_holding_nan(tmp_path, capsys, command, tensor):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    ckpt = torch.load(out / "checkpoint-last.pt", weights_only=False)
+    assert tensor in ckpt["model"], sorted(ckpt["model"])
+    ckpt["model"][tensor].view(-1)[[0, 3]] = NAN
+    bad = tmp_path / "nan.pt"
+    torch.save(ckpt, bad)
+    message = cli_error([command, str(bad)], capsys)
+    assert message == (f"error: {bad}: the model's {tensor} holds 2 non-finite values (NaN or inf) of "
+                       f"{ckpt['model'][tensor].numel()}; use a checkpoint from before it (training stops at a "
+                       "non-finite number and keeps the last good checkpoint)")
