@@ -1,5 +1,6 @@
 """Non-finite numbers in training (a NaN sample, a NaN gradient, a NaN weight): stop or skip,
-with exact counts and an exact resume; checkpoints holding NaN are refused."""
+with exact counts and an exact resume; checkpoints holding NaN are refused; a stuck firing rate
+is a warning."""
 
 import math
 import os
@@ -260,3 +261,22 @@ def test_eval_and_analyze_refuse_a_checkpoint_holding_nan(tmp_path, capsys, comm
     assert message == (f"error: {bad}: the model's {tensor} holds 2 non-finite values (NaN or inf) of "
                        f"{ckpt['model'][tensor].numel()}; use a checkpoint from before it (training stops at a "
                        "non-finite number and keeps the last good checkpoint)")
+
+
+def test_a_firing_rate_stuck_at_zero_is_a_warning(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--vth", "1e30", "--out", str(out)]) == 0
+    (row,) = metrics(out)
+    assert row["firing_rate"] == 0
+    warning = ("the mean firing rate is 0: the neurons (almost) never fire, so no gradient reaches the weights; "
+               "try a lower --vth or check the input scale")
+    assert row["warnings"] == [warning]
+    assert f"\nwarning: epoch 1: {warning}\n" in capsys.readouterr().out
+
+
+def test_epoch_warnings_at_both_ends_only():
+    from implicit_snn.app.report import epoch_warnings
+
+    assert epoch_warnings({"firing_rate": 0.13}) == [] and epoch_warnings({}) == []
+    assert "try a higher --vth" in epoch_warnings({"firing_rate": 1.0})[0]
+    assert epoch_warnings({"firing_rate": 5e-5}) and not epoch_warnings({"firing_rate": 2e-4})

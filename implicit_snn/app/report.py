@@ -53,6 +53,26 @@ class Report:
 
     def epoch_done(self, row: dict[str, Any]) -> None:
         self.line(format_row(row))
+        for warning in row.get("warnings", []):
+            self.line(f"warning: epoch {row['epoch']}: {warning}")
+
+
+#: A mean firing rate this close to 0 or 1 over a whole epoch means the neurons are stuck.
+STUCK_RATE = 1e-4
+
+
+def epoch_warnings(row: dict[str, Any]) -> list[str]:
+    """What in an epoch's metrics row points at a run that cannot learn, and what to try."""
+    rate = row.get("firing_rate")
+    if rate is None:
+        return []
+    if rate < STUCK_RATE:
+        return [f"the mean firing rate is {rate:.2g}: the neurons (almost) never fire, so no gradient reaches the "
+                "weights; try a lower --vth or check the input scale"]
+    if rate > 1 - STUCK_RATE:
+        return [f"the mean firing rate is {rate:.6g}: the neurons (almost) always fire, so no gradient reaches the "
+                "weights; try a higher --vth"]
+    return []
 
 
 def format_row(row: dict[str, Any]) -> str:

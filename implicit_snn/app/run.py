@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import distributed
 from ..training import Trainer, summarize
-from .report import Report
+from .report import Report, epoch_warnings
 from .rundir import RunDir, load_checkpoint
 
 
@@ -90,6 +90,8 @@ class TrainingRun:
                     raise Interrupted(f"stopped at epoch {trainer.epoch + 1}, batch {trainer.batch}; checkpoint "
                                       f"saved to {self.run_dir.last_checkpoint}; continue with --resume")
                 row = trainer.end_epoch()
+                if warnings := epoch_warnings(row):  # a run that cannot learn says so, in the log and the metrics
+                    row["warnings"] = warnings
                 self.report.epoch_done(row)
                 rows.append(row)
                 if self._main:
