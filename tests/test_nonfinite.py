@@ -1,6 +1,6 @@
 """Non-finite numbers in training (a NaN sample, a NaN gradient, a NaN weight): stop or skip,
 with exact counts and an exact resume; checkpoints holding NaN are refused; a stuck firing rate
-is a warning."""
+is a warning; learning rates that can only overflow are refused."""
 
 import math
 import os
@@ -280,3 +280,14 @@ def test_epoch_warnings_at_both_ends_only():
     assert epoch_warnings({"firing_rate": 0.13}) == [] and epoch_warnings({}) == []
     assert "try a higher --vth" in epoch_warnings({"firing_rate": 1.0})[0]
     assert epoch_warnings({"firing_rate": 5e-5}) and not epoch_warnings({"firing_rate": 2e-4})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "1e300"], "--lr: must be a number in (0, 10], got '1e300'"),
+    (["--lr", "11"], "--lr: must be a number in (0, 10], got '11'"),
+    (["--momentum", "1"], "--momentum: must be a number in [0, 1), got '1'"),
+    (["--weight-decay", "2"], "--weight-decay: must be a number in [0, 1], got '2'"),
+])
+def test_optimizer_settings_that_can_only_overflow_are_refused(argv, message, tmp_path, capsys):
+    assert message in cli_error(["train", *argv, "--out", str(tmp_path / "x")], capsys)
+    assert not (tmp_path / "x").exists()

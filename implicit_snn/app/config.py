@@ -127,7 +127,11 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "alpha_init": (lambda v: v in SpectralNorm.ALPHA_INITS, " or ".join(map(repr, SpectralNorm.ALPHA_INITS))),
     "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "epochs": POS_INT, "batch_size": POS_INT, "test_batch_size": POS_INT,
-    "lr": POS_NUMBER, "momentum": NONNEG_NUMBER, "weight_decay": NONNEG_NUMBER, "gamma": POS_NUMBER,
+    # Bounded so that a typo (1e300) is refused here rather than overflowing in the first steps.
+    "lr": (lambda v: _is_number(v) and 0 < v <= 10, "a number in (0, 10]"),
+    "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "gamma": POS_NUMBER,
     "nonfinite": (lambda v: v in NONFINITE, " or ".join(map(repr, NONFINITE))),
     "max_skipped_steps": NONNEG_INT,
     "milestones": (lambda v: isinstance(v, (list, tuple)) and all(_is_int(m) and m >= 0 for m in v),
