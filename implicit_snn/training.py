@@ -3,17 +3,22 @@
 The trainer takes any classifier ``model(x) -> logits``; when the model exposes
 ``last_backward`` (a ``SolverResult``) and ``last_forward`` (producer statistics), their
 numbers are kept per epoch: backward evaluations, residuals, the fraction of converged
-samples, the status counts, and the mean firing rate. It writes no files and prints nothing:
+samples, the status counts, and the mean firing rate. Every step is checked for non-finite
+numbers (the loss, the gradients, then the parameters and buffers after the update): by default
+``NonFiniteError`` stops training, with ``nonfinite="skip"`` the step is skipped (up to
+``max_skipped_steps`` per epoch). It writes no files and prints nothing:
 ``state_dict``/``load_state_dict`` give what a checkpoint must hold to resume exactly, and the
 application (``implicit_snn.app``) decides where that goes and what is shown.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import resource
 import time
+import warnings
 from typing import Any, Callable, Optional
 
 import torch
@@ -22,6 +27,45 @@ import torch.nn.functional as F
 from . import distributed
 from .data import ArrayDataset, BatchLoader
 from .distributed import Context
+
+#: What ``Trainer`` does at a step with a non-finite loss, gradient or updated parameter.
+NONFINITE = ("stop", "skip")
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a non-finite number (NaN or inf) and stopped.
+
+    ``epoch`` and ``batch`` count from 1; ``what`` names it (``the loss``, ``the gradient of
+    <parameter>``, ``parameter <name>``, ``buffer <name>``). The message is one line and says
+    what to try.
+    """
+
+    def __init__(self, message: str, *, epoch: int, batch: int, what: str):
+        super().__init__(message)
+        self.epoch, self.batch, self.what = epoch, batch, what
+
+
+_ADVICE = ("try a lower `lr`, a tighter backward solve (a smaller `b_tol`, a larger `b_max_iter`), "
+           "or check the input data for NaN or inf")
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    """Which non-finite values ``tensor`` holds: ``NaN``, ``inf`` or both (or values so large that
+    their sum overflows, the one case the sums of ``_sums`` take for non-finite with all values finite)."""
+    kinds = [name for name, found in (("NaN", torch.isnan(tensor).any()), ("inf", torch.isinf(tensor).any()))
+             if bool(found)]
+    return " and ".join(kinds) or f"values so large that their sum overflows (|x| up to {float(tensor.abs().max()):.3g})"
+
+
+def _sums(tensors: list[torch.Tensor]) -> list[float]:
+    """The sum of each tensor, read at once: a NaN or inf anywhere makes its tensor's sum non-finite.
+
+    Plain sums, stacked into one tensor: on a CPU the cheapest test (an inf-norm or isfinite over
+    every value costs over ten times as much); a sum of finite values overflows only for values
+    within a factor of the tensor's size of the float range, which is a blow-up all the same.
+    """
+    return torch.stack([t.detach().sum() for t in tensors]).tolist() if tensors else []
+
 
 def step_schedule(optimizer: torch.optim.Optimizer, *, iters_per_epoch: int, milestones: list[int], gamma: float,
                   warmup_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -86,6 +130,7 @@ class EpochTotals:
     seconds: float = 0.0
     backward_seconds: float = 0.0  # in loss.backward() (the implicit backward's solve, or BPTT's)
     lr: float = math.nan  # the learning rate of the epoch's latest step
+    skipped: int = 0  # steps skipped for a non-finite number (the same in every process; not in the other sums)
 
     def add(self, loss: float, correct: int, samples: int, model: torch.nn.Module) -> None:
         self.samples += samples
@@ -144,6 +189,7 @@ class EpochTotals:
             "train_acc": self.correct / max(self.samples, 1),
             "train_seconds": self.seconds,
             "train_images_per_s": self.samples / self.seconds if self.seconds > 0 else math.nan,
+            "skipped_steps": self.skipped,  # steps not taken (non-finite numbers); loss and accuracy leave them out
         }
         if self.backward_seconds > 0:
             out["backward_ms_mean"] = 1e3 * self.backward_seconds / n
@@ -192,13 +238,26 @@ class Trainer:
     ``torchrun``) every process trains a part of each ``batch_size`` batch through
     DistributedDataParallel, the metrics are totals over all processes, and the state keeps
     every process's RNG state (continue with as many processes).
+
+    Every step is checked for non-finite numbers: the loss and the gradients before the update
+    (one fused reduction, read with the loss), the parameters and floating-point buffers after it
+    (a second one). ``nonfinite="stop"`` (the default) raises ``NonFiniteError``; ``"skip"``
+    leaves model and optimizer as they were before the step (buffers such as batch norm's running
+    statistics included; this keeps a copy of parameters, optimizer state and buffers at every
+    step), advances the schedule as after any step, counts it in the epoch's ``skipped_steps``, and
+    raises ``NonFiniteError`` once more than ``max_skipped_steps`` steps of one epoch were skipped.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, train_data: ArrayDataset,
                  val_data: Optional[ArrayDataset], test_data: Optional[ArrayDataset], epochs: int, batch_size: int,
                  test_batch_size: int, milestones: list[int], gamma: float, warmup_iters: int,
                  device: torch.device, seed: int, augment: Optional[Callable] = None,
-                 context: Context = Context.single()):
+                 context: Context = Context.single(), nonfinite: str = "stop", max_skipped_steps: int = 10):
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"`nonfinite` must be {' or '.join(map(repr, NONFINITE))}, got {nonfinite!r}")
+        if isinstance(max_skipped_steps, bool) or not isinstance(max_skipped_steps, int) or max_skipped_steps < 0:
+            raise ValueError(f"`max_skipped_steps` must be an integer >= 0, got {max_skipped_steps!r}")
+        self.nonfinite, self.max_skipped_steps = nonfinite, max_skipped_steps
         self.model, self.optimizer = model, optimizer
         self.context = context
         self.net = distributed.wrap_model(model, context, device)  # what training calls
@@ -259,7 +318,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.batch, self.best_val_acc = state["epoch"], state["batch"], state["best_val_acc"]
         # The saved totals are all processes' together: one process carries them on.
-        self.totals = EpochTotals(**state["totals"]) if self.context.is_main else EpochTotals(lr=state["totals"]["lr"])
+        self.totals = EpochTotals(**state["totals"]) if self.context.is_main else EpochTotals(
+            lr=state["totals"]["lr"], skipped=state["totals"].get("skipped", 0))  # skips count alike in every process
         self.loader_state = state["loader_state"]
         torch_rng, cuda_rng = ([(state["torch_rng"], state["cuda_rng"])] + state.get("rank_rng", []))[self.context.rank]
         torch.set_rng_state(torch_rng)
@@ -271,16 +331,25 @@ class Trainer:
         """Run the rest of the current epoch; False when ``should_stop()`` turned true (checked after
         every step, in every process together), True when the epoch's batches are done.
 
-        ``on_batch(trainer)`` is called after every step (a progress display reads ``trainer.totals``).
+        ``on_batch(trainer)`` is called after every step, skipped ones too (a progress display reads
+        ``trainer.totals``).
+
+        Raises:
+            NonFiniteError: a non-finite loss, gradient, parameter or buffer (``nonfinite="stop"``),
+                or more than ``max_skipped_steps`` skipped steps in the epoch (``"skip"``). The
+                trainer is then left mid-step (after a non-finite update, with it): go back to the
+                last ``state_dict`` saved.
         """
         self.loader.generator.set_state(self.loader_state)
         self.model.train()
+        skip = self.nonfinite == "skip"
         tick = time.perf_counter()
         for index, (x, y) in enumerate(self.loader):
             if index < self.batch:
                 tick = time.perf_counter()
                 continue  # already trained before the interruption; the loader replays its RNG draws
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            buffers = self._copy_buffers() if skip else None  # the forward updates batch norm's statistics
             logits = self.net(x)
             loss = F.cross_entropy(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -290,10 +359,26 @@ class Trainer:
             (loss * weight if weight != 1 else loss).backward()
             timer.stop()
             self.totals.lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.scheduler.step()
-            self.totals.add(loss.item(), int((logits.argmax(1) == y).sum()), y.shape[0], self.model)
-            self.totals.backward_seconds += timer.seconds()  # after .item(), which waited for the device
+            loss_value, problem = self._check_loss_and_gradients(loss)
+            if problem is None:
+                before = self._copy_update_state() if skip else None
+                self.optimizer.step()
+                problem = self._check_updated()
+                if problem is not None and before is not None:
+                    self._restore_update_state(before)
+            if problem is None:
+                self.scheduler.step()
+                self.totals.add(loss_value, int((logits.argmax(1) == y).sum()), y.shape[0], self.model)
+                self.totals.backward_seconds += timer.seconds()  # after reading the loss, which waited for the device
+            else:
+                self._non_finite(problem, index)  # raises, unless the step is skipped
+                self._restore_buffers(buffers)
+                self.totals.skipped += 1
+                # The schedule counts batches, skipped ones too (its milestones are epochs); a skipped
+                # first step leaves the optimizer unstepped, which torch would warn about.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                    self.scheduler.step()
             now = time.perf_counter()
             self.totals.seconds += now - tick  # wall time including fetching the batch
             tick = now
@@ -303,6 +388,84 @@ class Trainer:
             if distributed.any_across(should_stop(), self.context, self.device):
                 return False
         return True
+
+    # -- the non-finite checks ----------------------------------------------------------------------
+    def _agreed(self, problem: Optional[str]) -> Optional[str]:
+        """``problem``, or a problem of another process: all processes skip or stop together."""
+        if self.context.distributed and distributed.any_across(problem is not None, self.context, self.device):
+            return problem or "a value in another process"
+        return problem
+
+    def _check_loss_and_gradients(self, loss: torch.Tensor) -> tuple[float, Optional[str]]:
+        """The loss as a number, and what is not finite among the loss and the gradients (None: all
+        finite). One read of the loss and the gradients' sums together."""
+        named = [(name, p.grad) for name, p in self.model.named_parameters() if p.grad is not None]
+        values = _sums([loss, *(g for _, g in named)])
+        problem = None
+        if not math.isfinite(values[0]):
+            problem = f"the loss is {'NaN' if math.isnan(values[0]) else values[0]}"
+        elif not all(map(math.isfinite, values)):
+            name, grad = named[next(i for i, v in enumerate(values[1:]) if not math.isfinite(v))]
+            problem = f"the gradient of {name} holds {_kind(grad)}"
+        return values[0], self._agreed(problem)
+
+    def _state_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """The model's parameters and floating-point buffers, named as in its state dict."""
+        return ([(f"parameter {n}", p) for n, p in self.model.named_parameters()]
+                + [(f"buffer {n}", b) for n, b in self.model.named_buffers() if b.is_floating_point()])
+
+    def _check_updated(self) -> Optional[str]:
+        """What is not finite among the parameters and buffers after the update (None: all finite)."""
+        named = self._state_tensors()
+        values = _sums([t for _, t in named])
+        problem = None
+        if not all(map(math.isfinite, values)):
+            name, tensor = named[next(i for i, v in enumerate(values) if not math.isfinite(v))]
+            problem = f"{name} holds {_kind(tensor)} after the optimizer step"
+        return self._agreed(problem)
+
+    def _non_finite(self, problem: str, index: int) -> None:
+        """Raise ``NonFiniteError`` for ``problem`` at batch ``index``, unless the step may be skipped."""
+        where = f"epoch {self.epoch + 1}, batch {index + 1} of {len(self.loader)}"
+        if self.nonfinite == "stop":
+            raise NonFiniteError(f"non-finite numbers at {where}: {problem}; {_ADVICE}, or skip such steps with "
+                                 "`nonfinite` 'skip'", epoch=self.epoch + 1, batch=index + 1, what=problem)
+        if self.totals.skipped + 1 > self.max_skipped_steps:
+            raise NonFiniteError(f"non-finite numbers at {where}: {problem}; that is {self.totals.skipped + 1} steps "
+                                 f"skipped in this epoch, more than `max_skipped_steps` {self.max_skipped_steps}; "
+                                 f"{_ADVICE}", epoch=self.epoch + 1, batch=index + 1, what=problem)
+
+    def _copy_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        return [(name, b.detach().clone()) for name, b in self.model.named_buffers()]
+
+    def _restore_buffers(self, saved: Optional[list[tuple[str, torch.Tensor]]]) -> None:
+        with torch.no_grad():
+            for name, value in saved or []:
+                current = self.model.get_buffer(name)
+                if current.shape == value.shape:
+                    current.copy_(value)
+                else:  # the forward replaced it (a lazily sized buffer)
+                    module, _, leaf = name.rpartition(".")
+                    setattr(self.model.get_submodule(module), leaf, value)
+
+    def _copy_update_state(self) -> tuple[list[torch.Tensor], dict]:
+        """The parameters and the optimizer's state of each, to undo a non-finite update."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        state = {p: {k: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in self.optimizer.state[p].items()}
+                 for p in params if p in self.optimizer.state}
+        return [p.detach().clone() for p in params], state
+
+    def _restore_update_state(self, saved: tuple[list[torch.Tensor], dict]) -> None:
+        values, state = saved
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        with torch.no_grad():
+            for p, value in zip(params, values):
+                p.copy_(value)
+        for p in params:
+            if p in state:
+                self.optimizer.state[p] = state[p]
+            else:
+                self.optimizer.state.pop(p, None)
 
     @property
     def batches_per_epoch(self) -> int:

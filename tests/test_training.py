@@ -156,8 +156,8 @@ def test_config_file_with_flag_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("lr = -1", "setting `lr` must be a number > 0, got -1"),
-    ('lr = "abc"', "setting `lr` must be a number > 0"),
+    ("lr = -1", "setting `lr` must be a number in (0, 10], got -1"),
+    ('lr = "abc"', "setting `lr` must be a number in (0, 10]"),
     ("milestones = 5", "setting `milestones` must be a list of distinct integers >= 0 (epochs) in increasing order, got 5"),
     ("val_size = -3", "setting `val_size` must be an integer >= 0"),
     ("download = 1", "setting `download` must be true or false"),
@@ -241,7 +241,7 @@ def test_schedule_warmup_and_milestones():
     (["train", "--dataset", "cifar100"], "no data folder was given"),
     (["train", "--seed", "x"], "--seed: must be an integer, got 'x'"),
     (["train", "--bn-momentum", "1.5"], "--bn-momentum: must be a number in (0, 1], got '1.5'"),
-    (["train", "--lr", "inf"], "--lr: must be a number > 0, got 'inf'"),
+    (["train", "--lr", "inf"], "--lr: must be a number in (0, 10], got 'inf'"),
     (["train", "--milestones", "5", "x"], "--milestones: must be an integer >= 0, got 'x'"),
     (["train", "--model", "f4000"], "unknown model"),
     (["train", "--dataset", "synthetic", "--val-size", "64", "--batch-size", "1"],
@@ -260,7 +260,7 @@ def test_the_entry_point_prints_one_line_without_a_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "implicit_snn", "train", "--lr", "inf", "--out", str(tmp_path / "x")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "implicit-snn train: error: argument --lr: must be a number > 0, got 'inf'"
+    assert proc.stderr.strip().splitlines()[-1] == "implicit-snn train: error: argument --lr: must be a number in (0, 10], got 'inf'"
     proc = subprocess.run([sys.executable, "-m", "implicit_snn", "train", "--model", "f4000", "--out", str(tmp_path / "x")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown model 'f4000'")

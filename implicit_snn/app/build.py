@@ -128,7 +128,7 @@ def make_trainer(config: RunConfig, context: Context = Context.single()) -> Trai
         model, optimizer, train_data=train, val_data=val, test_data=test, epochs=config.epochs,
         batch_size=config.batch_size, test_batch_size=config.test_batch_size, milestones=list(config.milestones),
         gamma=config.gamma, warmup_iters=config.warmup_iters, device=device, seed=config.seed, augment=augment,
-        context=context,
+        context=context, nonfinite=config.nonfinite, max_skipped_steps=config.max_skipped_steps,
     )
 
 

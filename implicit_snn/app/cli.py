@@ -22,6 +22,7 @@ from ..distributed import Context
 from ..files import WriteError
 from ..network import BN_BACKWARDS
 from ..spectral import SpectralNorm
+from ..training import NONFINITE, NonFiniteError
 from . import plotting
 from ._allocator import retain_freed_memory
 from .commands import backward_table, cli_settings, run_analyze, run_eval
@@ -152,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(train, "milestones", type=_typed(int, NONNEG_INT), nargs="*", help="epochs (0-based) where lr is multiplied by gamma")
     _flag(train, "gamma", type=_setting("gamma"))
     _flag(train, "warmup_iters", type=_setting("warmup_iters", int))
+    _flag(train, "nonfinite", choices=NONFINITE,
+          help="at a NaN or inf in the loss, a gradient or a parameter: stop the run (default; the last checkpoint "
+               "stays the last good one) or skip the step")
+    _flag(train, "max_skipped_steps", type=_setting("max_skipped_steps", int),
+          help="with --nonfinite skip, more skipped steps than this in one epoch stop the run (default 10)")
     _flag(train, "val_size", type=_setting("val_size", int),
           help="validation samples carved from the training set (default 5000, or a tenth of a smaller one; 0: none)")
     _flag(train, "seed", type=_setting("seed", int))
@@ -251,7 +257,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
 
 # What --resume lets a continued run change; every other setting is the run's own.
-RESUME_MAY_CHANGE = ("epochs", "device", "threads", "data_root", "download")
+RESUME_MAY_CHANGE = ("epochs", "device", "threads", "data_root", "download", "nonfinite", "max_skipped_steps")
 
 
 def _resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunConfig:
@@ -275,7 +281,8 @@ def _resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunCon
     changed = {k: (saved[k], getattr(config, k)) for k in sorted(given) if k in fixed and saved[k] != getattr(config, k)}
     if changed:
         raise UsageError(f"--resume with settings that differ from the run's: {changed}; "
-                         "only --epochs, --device, --threads and --data-root may change")
+                         "only --epochs, --device, --threads, --data-root, --nonfinite and --max-skipped-steps "
+                         "may change")
     kept = {k: getattr(config, k) for k in RESUME_MAY_CHANGE if k in given}
     if kept.get("epochs", saved["epochs"]) < done:
         raise UsageError(f"--resume --epochs {kept['epochs']}: the run has already trained {done} epochs; "
@@ -331,6 +338,10 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
                 if run_dir.last_checkpoint.exists() else "no epoch finished, so there is no checkpoint")
         raise SystemExit(f"error: a backward solve did not converge and throw=True was set, so training stopped at "
                          f"epoch {trainer.epoch + 1}, batch {trainer.batch + 1}: {error}; {last}") from None
+    except NonFiniteError as error:  # the settings or the data, not the code: one line, exit status 1
+        kept = (f"{run_dir.last_checkpoint} is still the last good state" if run_dir.last_checkpoint.exists()
+                else "no checkpoint was written")
+        raise SystemExit(f"error: {flag_message(str(error), SETTINGS)} ({kept})") from None
     report.line(f"final test accuracy {summary['final_test_acc']:.2%}"
                 + (f"; checkpoint chosen on validation (epoch {summary['val_chosen_epoch']}): "
                    f"{summary['val_chosen_test_acc']:.2%}" if "val_chosen_epoch" in summary else "")

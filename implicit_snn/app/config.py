@@ -21,6 +21,7 @@ from ..bptt import available_surrogates
 from ..classifier import ImplicitClassifier
 from ..network import BN_BACKWARDS
 from ..spectral import SpectralNorm
+from ..training import NONFINITE
 
 def paper_defaults(model: str) -> dict[str, Any]:
     """The paper's run settings for a preset (from ``models``' preset table); {} for a spec string."""
@@ -67,6 +68,8 @@ class RunConfig:
     milestones: list = dataclasses.field(default_factory=lambda: [30, 60, 90])
     gamma: float = 0.1
     warmup_iters: int = 0
+    nonfinite: str = "stop"  # at a non-finite loss, gradient or parameter: stop the run, or skip the step
+    max_skipped_steps: int = 10  # with nonfinite "skip": more skipped steps in one epoch stop the run
     val_size: Optional[int] = None  # 5000, or a tenth of a smaller training set
     seed: int = 0
     device: str = "auto"
@@ -127,7 +130,13 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "alpha_init": (lambda v: v in SpectralNorm.ALPHA_INITS, " or ".join(map(repr, SpectralNorm.ALPHA_INITS))),
     "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "epochs": POS_INT, "batch_size": POS_INT, "test_batch_size": POS_INT,
-    "lr": POS_NUMBER, "momentum": NONNEG_NUMBER, "weight_decay": NONNEG_NUMBER, "gamma": POS_NUMBER,
+    # Bounded so that a typo (1e300) is refused here rather than overflowing in the first steps.
+    "lr": (lambda v: _is_number(v) and 0 < v <= 10, "a number in (0, 10]"),
+    "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "gamma": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1] (the factor lr is multiplied by)"),
+    "nonfinite": (lambda v: v in NONFINITE, " or ".join(map(repr, NONFINITE))),
+    "max_skipped_steps": NONNEG_INT,
     "milestones": (lambda v: isinstance(v, (list, tuple)) and all(_is_int(m) and m >= 0 for m in v)
                    and list(v) == sorted(set(v)), "a list of distinct integers >= 0 (epochs) in increasing order"),
     "warmup_iters": NONNEG_INT, "val_size": (_optional(NONNEG_INT[0]), NONNEG_INT[1]),

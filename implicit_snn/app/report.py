@@ -47,11 +47,32 @@ class Report:
         if self._progress is None:
             return
         t = trainer.totals
-        self._progress.update(self._task, advance=1, stats=f"loss {t.loss / t.samples:.4f} acc {t.correct / t.samples:.2%} "
+        done = max(t.samples, 1)  # none yet when the first steps were skipped
+        self._progress.update(self._task, advance=1, stats=f"loss {t.loss / done:.4f} acc {t.correct / done:.2%} "
                                                            f"{t.samples / max(t.seconds, 1e-9):.0f} img/s")
 
     def epoch_done(self, row: dict[str, Any]) -> None:
         self.line(format_row(row))
+        for warning in row.get("warnings", []):
+            self.line(f"warning: epoch {row['epoch']}: {warning}")
+
+
+#: A mean firing rate this close to 0 or 1 over a whole epoch means the neurons are stuck.
+STUCK_RATE = 1e-4
+
+
+def epoch_warnings(row: dict[str, Any]) -> list[str]:
+    """What in an epoch's metrics row points at a run that cannot learn, and what to try."""
+    rate = row.get("firing_rate")
+    if rate is None:
+        return []
+    if rate < STUCK_RATE:
+        return [f"the mean firing rate is {rate:.2g}: the neurons (almost) never fire, so no gradient reaches the "
+                "weights; try a lower --vth or check the input scale"]
+    if rate > 1 - STUCK_RATE:
+        return [f"the mean firing rate is {rate:.6g}: the neurons (almost) always fire, so no gradient reaches the "
+                "weights; try a higher --vth"]
+    return []
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -69,6 +90,8 @@ def format_row(row: dict[str, Any]) -> str:
         parts.append("forward " + ", ".join(f"{k} {v}" for k, v in sorted(row["forward_status"].items())))
     if "firing_rate" in row:
         parts.append(f"rate {row['firing_rate']:.3f}")
+    if row.get("skipped_steps"):
+        parts.append(f"skipped {row['skipped_steps']} non-finite step{'s' if row['skipped_steps'] > 1 else ''}")
     parts.append(f"{row['train_seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)")
     return " | ".join(parts)
 

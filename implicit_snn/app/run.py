@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 from .. import distributed
 from ..training import Trainer, summarize
-from .report import Report
+from .report import Report, epoch_warnings
 from .rundir import RunDir
 
 
@@ -120,6 +120,8 @@ class TrainingRun:
                     raise Interrupted(f"stopped at epoch {trainer.epoch + 1}, batch {trainer.batch}; checkpoint "
                                       f"saved to {self.run_dir.last_checkpoint}; continue with --resume")
                 row = trainer.end_epoch()
+                if warnings := epoch_warnings(row):  # a run that cannot learn says so, in the log and the metrics
+                    row["warnings"] = warnings
                 self.report.epoch_done(row)
                 rows.append(row)
                 with self._saving(stop):
