@@ -41,3 +41,29 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     assert comparable(metrics(killed)) == comparable(metrics(tmp_path / "whole"))
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert json.loads((killed / "summary.json").read_text())["final_test_acc"] == whole["final_test_acc"]
+
+
+def test_a_non_contractive_map_is_reported_not_hidden():
+    import torch
+
+    from implicit_snn import implicit_grad
+
+    weight = torch.nn.Parameter(1.5 * torch.eye(4, dtype=torch.float64))  # ‖J‖ = 1.5: no adjoint series converges
+    x = torch.randn(3, 4, dtype=torch.float64)
+    results = []
+    a = implicit_grad(lambda a, x: a @ weight.T + x, torch.zeros(3, 4, dtype=torch.float64), x,
+                      backward="fixed_point", b_max_iter=200, b_tol=1e-8, on_backward=results.append)
+    a.sum().backward()
+    (result,) = results
+    assert not result.converged.any() and result.status.name == "DIVERGED"
+    assert result.summary()["converged_fraction"] == 0.0
+
+
+def test_analyze_says_when_the_feedback_breaks_the_convergence_condition(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--vth", "0.05", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(out), "--samples", "32", "--time-steps", "2", "--b_solver", "broyden",
+                 "--repeats", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "‖W‖₂/Vth = 20.00" in text and "≥ 1: the convergence condition does not hold" in text

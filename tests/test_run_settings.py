@@ -87,3 +87,8 @@ def test_a_runs_config_json_is_a_settings_file_for_the_next_run(finished_run, tm
     first, second = (json.loads((d / "config.json").read_text()) for d in (finished_run, again))
     assert {**first, "out": None} == {**second, "out": None}
     assert json.loads((again / "data-files.json").read_text()) == []  # the synthetic dataset reads no files
+
+
+def test_gamma_is_a_decay(tmp_path, capsys):
+    message = cli_error(["train", "--gamma", "10", "--out", str(tmp_path / "x")], capsys)
+    assert message.endswith("--gamma: must be a number in (0, 1] (the factor lr is multiplied by), got '10'")
