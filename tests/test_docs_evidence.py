@@ -47,3 +47,20 @@ def test_every_cited_file_exists(doc, path):
 def test_the_docs_link_only_inside_the_repository():
     for doc in DOCS:
         assert "../shared" not in doc.read_text(encoding="utf-8"), f"{doc.name} links outside the repository"
+
+
+def test_every_test_that_reliability_md_names_exists():
+    text = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(test_\w+\.py)(?:::(test_\w+))?`", text)
+    # A name after a comma in the same cell belongs to the file named before it.
+    cells = re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)`|`(test_\w+\.py)`", text)
+    assert len(named) > 20
+    current = None
+    for file, function, bare in cells:
+        if bare:
+            assert (ROOT / "tests" / bare).is_file(), bare
+            continue
+        current = file or current
+        assert current is not None, function
+        source = (ROOT / "tests" / current).read_text(encoding="utf-8")
+        assert re.search(rf"^def {function}\(", source, re.M), f"reliability.md names {current}::{function}, not found"
