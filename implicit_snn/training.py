@@ -67,6 +67,11 @@ def _sums(tensors: list[torch.Tensor]) -> list[float]:
     return torch.stack([t.detach().sum() for t in tensors]).tolist() if tensors else []
 
 
+def _first_non_finite(named: list[tuple[str, torch.Tensor]], sums: list[float]) -> Optional[tuple[str, torch.Tensor]]:
+    """The first (name, tensor) of ``named`` whose sum in ``sums`` is not finite; None if all are."""
+    return next((entry for entry, value in zip(named, sums) if not math.isfinite(value)), None)
+
+
 def step_schedule(optimizer: torch.optim.Optimizer, *, iters_per_epoch: int, milestones: list[int], gamma: float,
                   warmup_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
     """LR × γ^(milestones passed) per epoch, with a linear warm-up (k+1)/W over the first W iterations.
@@ -404,9 +409,8 @@ class Trainer:
         problem = None
         if not math.isfinite(values[0]):
             problem = f"the loss is {'NaN' if math.isnan(values[0]) else values[0]}"
-        elif not all(map(math.isfinite, values)):
-            name, grad = named[next(i for i, v in enumerate(values[1:]) if not math.isfinite(v))]
-            problem = f"the gradient of {name} holds {_kind(grad)}"
+        elif (found := _first_non_finite(named, values[1:])) is not None:
+            problem = f"the gradient of {found[0]} holds {_kind(found[1])}"
         return values[0], self._agreed(problem)
 
     def _state_tensors(self) -> list[tuple[str, torch.Tensor]]:
@@ -417,11 +421,8 @@ class Trainer:
     def _check_updated(self) -> Optional[str]:
         """What is not finite among the parameters and buffers after the update (None: all finite)."""
         named = self._state_tensors()
-        values = _sums([t for _, t in named])
-        problem = None
-        if not all(map(math.isfinite, values)):
-            name, tensor = named[next(i for i, v in enumerate(values) if not math.isfinite(v))]
-            problem = f"{name} holds {_kind(tensor)} after the optimizer step"
+        found = _first_non_finite(named, _sums([t for _, t in named]))
+        problem = None if found is None else f"{found[0]} holds {_kind(found[1])} after the optimizer step"
         return self._agreed(problem)
 
     def _non_finite(self, problem: str, index: int) -> None:
@@ -448,16 +449,19 @@ class Trainer:
                     module, _, leaf = name.rpartition(".")
                     setattr(self.model.get_submodule(module), leaf, value)
 
+    def _optimized(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
     def _copy_update_state(self) -> tuple[list[torch.Tensor], dict]:
         """The parameters and the optimizer's state of each, to undo a non-finite update."""
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        params = self._optimized()
         state = {p: {k: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in self.optimizer.state[p].items()}
                  for p in params if p in self.optimizer.state}
         return [p.detach().clone() for p in params], state
 
     def _restore_update_state(self, saved: tuple[list[torch.Tensor], dict]) -> None:
         values, state = saved
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        params = self._optimized()
         with torch.no_grad():
             for p, value in zip(params, values):
                 p.copy_(value)

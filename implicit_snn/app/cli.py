@@ -6,7 +6,7 @@ import argparse
 import ast
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from rich.console import Console
@@ -241,12 +241,13 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         config.out = str(Path(config.out) if config.out else _default_run_dir(config))
         if args.resume and args.overwrite:
             raise UsageError("--resume and --overwrite exclude each other")
+        resumed = None  # the checkpoint --resume continues from, loaded once
         if args.resume:
-            config = _resumed_config(Path(config.out), config, given)
+            config, resumed = _resumed_config(Path(config.out), config, given)
         # Under torchrun every process runs this; rank 0 alone prints and writes files.
         context = distributed.init_process_group(resolve_device(config.device))
     try:
-        code = _train_process(args, config, console if context.is_main else Console(quiet=True), context)
+        code = _train_process(args, config, console if context.is_main else Console(quiet=True), context, resumed)
     except BaseException:
         distributed.shutdown(context, together=False)
         raise
@@ -260,8 +261,9 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 RESUME_MAY_CHANGE = ("epochs", "device", "threads", "data_root", "download", "nonfinite", "max_skipped_steps")
 
 
-def _resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunConfig:
-    """The run's settings, with the given ones that may change on resume. The last checkpoint's
+def _resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> tuple[RunConfig, tuple]:
+    """The run's settings, with the given ones that may change on resume, and the checkpoint to
+    resume from (``RunDir.load_for_resume``'s path, checkpoint and warnings). The checkpoint's
     settings are the run's: a config.json that disagrees with them is refused, as is a given
     setting that differs from the run's (it would silently not take effect) and ``--epochs``
     below the epochs already trained."""
@@ -270,7 +272,8 @@ def _resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunCon
     saved = _completed_settings(run.read_config())
     fixed = [k for k in RunConfig.field_names() if k not in RESUME_MAY_CHANGE and k != "out"]
     # The checkpoint resume will continue from (the last, else the best): its settings are the run's.
-    used, checkpoint, _ = run.load_for_resume()
+    loaded = run.load_for_resume()
+    used, checkpoint, _ = loaded
     trained, done = _completed_settings(checkpoint["config"]), int(checkpoint["epoch"])
     edited = {k: (saved[k], trained[k]) for k in fixed if saved[k] != trained[k]}
     if edited:
@@ -287,7 +290,7 @@ def _resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunCon
     if kept.get("epochs", saved["epochs"]) < done:
         raise UsageError(f"--resume --epochs {kept['epochs']}: the run has already trained {done} epochs; "
                          f"give at least {done}")
-    return RunConfig(**{**saved, **kept, "out": str(run_dir)})
+    return RunConfig(**{**saved, **kept, "out": str(run_dir)}), loaded
 
 
 def _completed_settings(values: dict[str, Any]) -> dict[str, Any]:
@@ -295,7 +298,8 @@ def _completed_settings(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in {**RunConfig().to_dict(), **values}.items() if k in RunConfig.field_names()}
 
 
-def _train_process(args: argparse.Namespace, config: RunConfig, console: Console, context: Context) -> int:
+def _train_process(args: argparse.Namespace, config: RunConfig, console: Console, context: Context,
+                   resumed: Optional[tuple] = None) -> int:
     from .build import data_files, make_trainer
 
     run_dir = RunDir(config.out)
@@ -316,9 +320,9 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
     report.line(f"training {config.model} on {config.dataset} ({config.producer or 'lif'}, "
                 f"T={config.time_steps}, {method}{processes}) → {run_dir}")
     run = TrainingRun(trainer, run_dir, config.to_dict(), report)
-    if args.resume:  # before anything is written: a checkpoint that cannot be used changes nothing
+    if resumed is not None:  # before anything is written: a checkpoint that cannot be used changes nothing
         with checked_settings():
-            run.resume()
+            run.resume(resumed)
     distributed.barrier(context)  # every process has checked the run directory before rank 0 changes it
     if context.is_main:
         if not args.resume:
@@ -349,15 +353,19 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
     return 0
 
 
+def _described(title: str, lines: dict[str, str]) -> Table:
+    """A table of registered names and their one-line descriptions."""
+    table = Table(title=title)
+    table.add_column("name", no_wrap=True)
+    table.add_column("description")
+    for name, line in lines.items():
+        table.add_row(name, line)
+    return table
+
+
 def _list_solvers(console: Console) -> None:
-    for title, lines in (("fixed-point solvers (forward of `analytic`, and the backward)", solvers.describe_solvers()),
-                         ("equilibrium producers", producers.describe_producers())):
-        table = Table(title=title)
-        table.add_column("name", no_wrap=True)
-        table.add_column("description")
-        for name, line in lines.items():
-            table.add_row(name, line)
-        console.print(table)
+    console.print(_described("fixed-point solvers (forward of `analytic`, and the backward)", solvers.describe_solvers()))
+    console.print(_described("equilibrium producers", producers.describe_producers()))
 
 
 def _list_models(console: Console) -> None:
@@ -373,12 +381,7 @@ def _list_models(console: Console) -> None:
     console.print(table)
     others = {name: line for name, line in models.describe_models().items() if name not in models.PRESETS}
     if others:
-        table = Table(title="other registered models")
-        table.add_column("name", no_wrap=True)
-        table.add_column("description")
-        for name, line in others.items():
-            table.add_row(name, line)
-        console.print(table)
+        console.print(_described("other registered models", others))
 
 
 def _demo(args: argparse.Namespace, console: Console) -> int:

@@ -55,8 +55,8 @@ def load_checkpoint(where: str, warn: Callable[[str], None] = _warn) -> tuple[Pa
 def check_finite(path: Path, checkpoint: dict[str, Any]) -> None:
     """Refuse a checkpoint whose model holds a NaN or inf: its accuracy would mean nothing."""
     for name, tensor in checkpoint.get("model", {}).items():
-        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
+        bad = int((~torch.isfinite(tensor)).sum()) if torch.is_tensor(tensor) and tensor.is_floating_point() else 0
+        if bad:
             raise UsageError(f"{path}: the model's {name} holds {bad} non-finite value{'s' if bad > 1 else ''} "
                              f"(NaN or inf) of {tensor.numel()}; use a checkpoint from before it (training stops "
                              "at a non-finite number and keeps the last good checkpoint)")

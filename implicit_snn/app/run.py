@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 from .. import distributed
 from ..training import Trainer, summarize
@@ -70,10 +71,11 @@ class TrainingRun:
             self.run_dir.save_checkpoint(state, self.config)
         distributed.barrier(self.trainer.context)  # nobody reads the file before it is complete
 
-    def resume(self) -> None:
+    def resume(self, loaded: Optional[tuple[Path, dict[str, Any], list[str]]] = None) -> None:
         """Restore the trainer from the last checkpoint (from the best one, an earlier epoch's,
-        where the last cannot be used: the report says so)."""
-        path, state, warnings = self.run_dir.load_for_resume(map_location=self.trainer.device)
+        where the last cannot be used: the report says so). ``loaded``: what
+        ``RunDir.load_for_resume`` returned, where the caller has read it already."""
+        path, state, warnings = loaded or self.run_dir.load_for_resume(map_location=self.trainer.device)
         for message in warnings:
             self.report.line(f"warning: {message}")
         try:

@@ -134,9 +134,6 @@ class RunDir:
         """The data files the run read (path, content MD5, whether it was verified)."""
         atomic_write_text(self.data_files_file, json.dumps(files, indent=2) + "\n")
 
-    def read_data_files(self) -> list[dict[str, Any]]:
-        return json.loads(self.data_files_file.read_text(encoding="utf-8"))
-
     def read_metrics(self) -> list[dict[str, Any]]:
         """The metrics rows so far ([] before the first epoch ends)."""
         return read_jsonl(self.metrics_file) if self.metrics_file.exists() else []
