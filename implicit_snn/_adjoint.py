@@ -40,6 +40,7 @@ class ImplicitAdjoint:
 
     Attributes:
         solver: the solver, its own options applied; ``call_options``: what each solve passes it.
+        name: the registered name it was given by, or the solver object's class name.
         max_iter, tol, stop_mode: the settings of each solve.
         last_result: the ``SolverResult`` of the most recent backward solve (None before any).
     """
@@ -60,6 +61,7 @@ class ImplicitAdjoint:
             raise ValueError(f"`vjp` must be one of {VJP_MODES}, got {vjp!r}")
         self.vjp = vjp
         self.solver, self.call_options = configure(get_solver(backward), options)
+        self.name = backward if isinstance(backward, str) else type(backward).__name__
         self.max_iter = b_max_iter
         self.tol = b_tol
         self.stop_mode = b_stop_mode

@@ -47,6 +47,8 @@ class SolverResult:
         status: why the solve ended (``SolverStatus.SUCCESS`` when every sample converged).
         stop_mode: ``"abs"`` or ``"rel"``, the residual compared with ``tol``.
         tol: the tolerance used.
+        counters: a solver's own measurements beyond evaluations (e.g. the spiking solver's
+            ``spike_events``); empty for most solvers.
     """
 
     z: torch.Tensor
@@ -59,6 +61,7 @@ class SolverResult:
     status: SolverStatus
     stop_mode: str
     tol: float
+    counters: dict = dataclasses.field(default_factory=dict)
 
     @property
     def residual(self) -> torch.Tensor:

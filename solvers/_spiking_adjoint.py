@@ -182,8 +182,9 @@ class SpikingAdjoint:
         if steps == 0:  # as every solver: the initial guess, measured
             z, gz, trace = z0f, first_evaluation(g, z0f), z0f.new_empty(0, shape[0])
             start = peak = None
+            events = torch.zeros_like(z0f)
         else:
-            z, gz, trace, start, peak = self._simulate(g, z0f, steps, pick, coupled)
+            z, gz, trace, start, peak, events = self._simulate(g, z0f, steps, pick, coupled)
         abs_res, rel_res = residual_norms(gz - z, gz)
         best = (abs_res, rel_res)[pick]
         converged = best <= tol
@@ -196,14 +197,15 @@ class SpikingAdjoint:
             abs_residual=abs_res, rel_residual=rel_res, converged=converged,
             trace=torch.cat([trace, best[None]]).amax(dim=1),
             status=final_status(converged, ~torch.isfinite(best), diverged),
-            stop_mode=stop_mode, tol=tol,
+            stop_mode=stop_mode, tol=tol, counters={"spike_events": events.reshape(shape)},
         )
 
     def _simulate(self, g: BatchedMap, z0: torch.Tensor, steps: int, pick: int,
                   coupled: bool) -> tuple[torch.Tensor, ...]:
         """Run the neurons: the estimate, g at it (measured), [steps, B] residuals of the running
-        estimates after 0 … steps − 1 steps (the trace but its last, measured, entry), and [B]
-        absolute residuals: at the start (z = 0, ‖c‖) and the largest of the running estimates'."""
+        estimates after 0 … steps − 1 steps (the trace but its last, measured, entry), [B]
+        absolute residuals: at the start (z = 0, ‖c‖) and the largest of the running estimates',
+        and [B, D] spike events per neuron that g received (the last step's spikes are not fed)."""
         if not all_finite(z0):
             raise ValueError("`z0` contains NaN or Inf; a fixed-point solve needs a finite initial guess")
         c = g(torch.zeros_like(z0))  # the first step's input: no spikes yet, so g(0) = c
@@ -215,6 +217,7 @@ class SpikingAdjoint:
         u = torch.zeros_like(c)  # membrane potentials
         positive, negative = torch.empty_like(c), torch.empty_like(c)
         count = torch.zeros_like(c)  # Σₜ sₜ, integers held exactly in floating point
+        events = torch.zeros_like(c)  # Σₜ |sₜ| over the spikes fed through g
         inputs = torch.zeros_like(c) if pick else None  # Σ of the inputs after the first: t'·g(z_t')
         scaled, scales = [], []  # the trace's numerators and denominators, divided once at the end
         y = c
@@ -234,6 +237,7 @@ class SpikingAdjoint:
             u -= x  # reset by subtraction keeps the surplus for the next step
             count += spikes
             if t < steps:
+                events += spikes.abs()
                 y = g(x)
         z = count * (theta / steps)
         start = residual_norms(c, c)  # at z = 0, where g(0) − 0 = c
@@ -247,4 +251,4 @@ class SpikingAdjoint:
                 trace = torch.cat([trace, absolute])
             else:
                 trace = torch.cat([trace, numerators / torch.stack(scales).clamp_min_(torch.finfo(u.dtype).tiny)])
-        return z, g(z), trace, start[0], peak
+        return z, g(z), trace, start[0], peak, events

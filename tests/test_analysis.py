@@ -109,13 +109,14 @@ def test_analyze_command_reports_gap_and_solvers(tmp_path, capsys):
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
     report = tmp_path / "analysis.json"
     assert main(["analyze", str(out), "--time-steps", "1", "50", "--b-solver", "broyden", "anderson",
-                 "--samples", "64", "--batch-size", "32", "--threads", "1", "--json", str(report)]) == 0
+                 "--samples", "64", "--batch-size", "32", "--threads", "1", "--json", str(report), "--no-plots"]) == 0
     printed = capsys.readouterr().out
     assert "simulated rates a_T against the equilibrium" in printed and "anderson" in printed
     data = json.loads(report.read_text())
-    assert [g["time_steps"] for g in data["equilibrium_gap"]] == [1, 50]
-    assert all(g["samples"] == 64 for g in data["equilibrium_gap"])
-    assert data["equilibrium_gap"][1]["distance"] < data["equilibrium_gap"][0]["distance"]
+    gaps = data["producers"][0]["convergence"]
+    assert [g["time_steps"] for g in gaps] == [1, 50]
+    assert all(g["samples"] == 64 for g in gaps)
+    assert gaps[1]["distance"] < gaps[0]["distance"]
     assert [b["solver"] for b in data["backward"]] == ["broyden", "anderson"]
     assert all(b["status"] == "SUCCESS" and b["grad_error"] < 1e-4 for b in data["backward"])
     assert data["feedback"]["vth"] == 2.0

@@ -86,7 +86,7 @@ def test_analyze_measures_exactly_the_samples_asked_for(tmp_path):
     report = tmp_path / "analyze.json"
     assert main(["analyze", str(out), "--samples", "37", "--batch-size", "16", "--time-steps", "2",
                  "--b_solver", "broyden", "--repeats", "1", "--json", str(report)]) == 0
-    assert json.loads(report.read_text())["equilibrium_gap"][0]["samples"] == 37
+    assert json.loads(report.read_text())["producers"][0]["convergence"][0]["samples"] == 37
 
 
 def test_a_solve_setting_passed_as_an_option_says_which_flag_sets_it(tmp_path, capsys):

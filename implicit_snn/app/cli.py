@@ -25,8 +25,10 @@ from ..spectral import SpectralNorm
 from ..training import NONFINITE, NonFiniteError
 from . import plotting
 from ._allocator import retain_freed_memory
-from .commands import backward_table, cli_settings, run_analyze, run_eval
-from .config import ALLOWED, NONNEG_INT, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
+from ..analysis import OperationEnergy
+from .analyze import REPORT_NAME, SECTIONS, run_analyze
+from .commands import backward_table, cli_settings, run_eval
+from .config import ALLOWED, NONNEG_INT, NONNEG_NUMBER, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
 from .errors import UsageError, UsageExit, checked_settings, flag_message
 from .report import Report
 from .run import Interrupted, TrainingRun
@@ -59,6 +61,7 @@ def _setting(name: str, kind: type = float) -> Callable[[str], Any]:
 
 _positive_int = _typed(int, POS_INT)
 _positive_float = _typed(float, POS_NUMBER)
+_nonnegative_float = _typed(float, NONNEG_NUMBER)
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -78,6 +81,12 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
     if other != name:
         spellings.append(f"--{other}")
     parser.add_argument(*spellings, dest=name.replace("-", "_"), **kwargs)
+
+
+def _add_figure_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=plotting.FORMATS, default="png", help="figure format (default png)")
+    parser.add_argument("--no-plots", "--no_plots", dest="no_plots", action="store_true",
+                        help="write the JSON report only (figures need matplotlib: pip install 'implicit-snn[plot]')")
 
 
 def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False) -> None:
@@ -170,34 +179,52 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", help="a checkpoint file or a run directory (uses its best, else last)")
     evaluate.add_argument("--split", choices=["test", "val", "train"], default="test")
     evaluate.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int, default=200)
-    evaluate.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
+    evaluate.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON (with several T, "
+                          "the accuracy and firing rate against T as a figure beside it)")
+    _add_figure_flags(evaluate)
     _add_model_flags(evaluate, for_eval=True)
 
-    analyze = sub.add_parser("analyze", help="what the solvers do on a trained model: the simulation's distance "
-                             "to the equilibrium over T, and every backward solver on one training step")
+    analyze = sub.add_parser("analyze", help="what a trained model does: the simulation's distance to the "
+                             "equilibrium over T, every backward solver on one training step, per-layer activity, "
+                             "synaptic operations and energy; a JSON report and figures")
     analyze.add_argument("checkpoint", help="a checkpoint file or a run directory (uses its best, else last)")
+    analyze.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="NAME",
+                         help=f"what to measure (default all: {' '.join(SECTIONS)}); the feedback norm always")
     analyze.add_argument("--split", choices=["test", "val", "train"], default="test")
     analyze.add_argument("--samples", type=_positive_int, default=1000, help="samples measured (default 1000)")
     analyze.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int, default=200)
+    _flag(analyze, "producer", choices=["if", "lif"], nargs="+", metavar="NAME",
+          help="neuron models to simulate on the same weights, e.g. 'lif if' (default: the checkpoint's)")
     _flag(analyze, "time_steps", type=_setting("time_steps", int), nargs="+", metavar="T", default=[1, 2, 5, 10, 30, 100],
-          help="simulation lengths compared with the equilibrium (default 1 2 5 10 30 100)")
-    _flag(analyze, "producer", choices=["if", "lif"], help="neuron model (default: the checkpoint's)")
+          help="convergence: simulation lengths compared with the equilibrium (default 1 2 5 10 30 100); activity "
+               "and energy run at the checkpoint's T")
     _flag(analyze, "leak", type=_setting("leak"), help="LIF leak λ")
     names = solvers.available_solvers()
     _flag(analyze, "f_solver", choices=names, help="solver for the equilibrium a* of f (default broyden)")
     _flag(analyze, "f_max_iter", type=_setting("f_max_iter", int), help="its step cap (default 100)")
     _flag(analyze, "f_tol", type=_setting("f_tol"), help="its relative tolerance (default 1e-6)")
     _flag(analyze, "b_solver", nargs="+", choices=names, metavar="NAME",
-          help="backward solvers to compare (default: all but exact; torchdeq's where installed)")
+          help="backward solvers to compare and to cost a training step with (default: all but exact; torchdeq's "
+               "where installed)")
     _flag(analyze, "b_max_iter", type=_setting("b_max_iter", int))
     _flag(analyze, "b_tol", type=_setting("b_tol"))
     analyze.add_argument("--repeats", type=_positive_int, default=3, help="timed backward steps per solver (median)")
+    analyze.add_argument("--energy-per-sop", "--energy_per_sop", dest="energy_per_sop", type=_nonnegative_float,
+                         default=OperationEnergy.per_sop_pj, metavar="PJ",
+                         help="assumed energy of one spike-triggered accumulate (default 0.9 pJ, 45 nm)")
+    analyze.add_argument("--energy-per-mac", "--energy_per_mac", dest="energy_per_mac", type=_nonnegative_float,
+                         default=OperationEnergy.per_mac_pj, metavar="PJ",
+                         help="assumed energy of one multiply-accumulate (default 4.6 pJ, 45 nm)")
     _flag(analyze, "data_root", help="folder with the dataset's files")
     analyze.add_argument("--no-verify-data", dest="verify_data", action="store_const", const=False,
                          help="load files that are not the published ones")
     _flag(analyze, "device", help="cpu, cuda or auto")
     _flag(analyze, "threads", type=_setting("threads", int), help="CPU threads for torch")
-    analyze.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
+    analyze.add_argument("--out", metavar="DIR",
+                         help=f"folder for {REPORT_NAME} and its figures (default: the run directory, or the "
+                              "checkpoint's folder)")
+    analyze.add_argument("--json", metavar="FILE", help="the JSON report's path instead (figures beside it)")
+    _add_figure_flags(analyze)
 
     plot = sub.add_parser("plot", help="per-epoch curves of one or several runs in one figure (needs matplotlib)")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help=f"run directories (their {RunDir.METRICS})")

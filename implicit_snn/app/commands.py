@@ -1,5 +1,5 @@
-"""The commands that read a checkpoint: ``eval`` (accuracy, at one or several T) and ``analyze``
-(what the solvers do on the trained model)."""
+"""The commands that read a checkpoint: ``eval`` (accuracy, at one or several T), and what it
+shares with ``analyze`` (``implicit_snn.app.analyze``): loading a checkpoint and its settings."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def checkpoint_config(ckpt: dict[str, Any], settings: dict[str, Any]) -> RunConf
     return config
 
 
-def _load_data(config: RunConfig, split: str):
+def load_data(config: RunConfig, split: str):
     from .build import load_split
 
     data = load_split(config, split)
@@ -96,7 +96,7 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
             config = RunConfig(**{**base.to_dict(), "time_steps": time_steps})
             # Spike datasets are binned into T frames, so each T needs its own data; images load once.
             if model is None or dataset_info(config.dataset).input_kind == "spikes":
-                data = _load_data(config, args.split)
+                data = load_data(config, args.split)
             if model is None:
                 model = build_model(config, data.info.num_classes, data.info.in_shape)
                 model.load_state_dict(ckpt["model"])
@@ -140,9 +140,24 @@ def _print_eval(args, console, path, ckpt, base, data, rows) -> None:
                       "—" if statuses is None else ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
     console.print(table)
     if args.json:
-        report = {"checkpoint": str(path), "dataset": base.dataset, "split": args.split, "samples": len(data),
-                  "producer": base.producer, "trained_method": trained, "results": rows}
+        report = {"kind": "eval", "checkpoint": str(path), "dataset": base.dataset, "split": args.split,
+                  "samples": len(data), "producer": base.producer, "leak": base.leak if base.producer == "lif" else None,
+                  "trained_method": trained, "results": rows}
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        if len(rows) > 1 and not args.no_plots:
+            _plot_sweep(console, report, Path(args.json).with_suffix("." + args.format))
+
+
+def _plot_sweep(console: Console, report: dict[str, Any], out: Path) -> None:
+    """Accuracy and firing rate against T beside the eval report (the paper's Table 2 as a figure)."""
+    from .figures import plot_time_steps
+
+    try:
+        console.print(f"wrote {plot_time_steps([report], out)}")
+    except ModuleNotFoundError as missing:
+        if "matplotlib" not in str(missing):  # a missing module of ours is a bug, not an option
+            raise
+        console.print(f"no figure drawn ({missing}); the JSON report is complete")
 
 
 def backward_table(title: str, rows, error_label: str, time_label: str) -> Table:
@@ -155,101 +170,3 @@ def backward_table(title: str, rows, error_label: str, time_label: str) -> Table
         table.add_row(row.solver, str(row.n_evals), f"{row.rel_residual:.2e}", f"{row.converged:.0%}", row.status,
                       f"{row.grad_error:.2e}", f"{row.milliseconds:.1f}")
     return table
-
-
-def default_analysis_solvers() -> list[str]:
-    """The backward solvers ``analyze`` compares by default: all registered ones but the dense
-    ``exact`` (D evaluations per solve), torchdeq's only where torchdeq is installed."""
-    import importlib.util
-
-    import solvers
-
-    has_torchdeq = importlib.util.find_spec("torchdeq") is not None
-    return [n for n in solvers.available_solvers() if n != "exact" and (has_torchdeq or not n.startswith("torchdeq"))]
-
-
-def run_analyze(args: argparse.Namespace, console: Console) -> int:
-    """``implicit-snn analyze``: feedback norm, equilibrium gap over T, backward solvers on one step."""
-    with checked_settings():
-        path, ckpt, config, device, data, model = _analyze_setup(args)
-    return _analyze(args, console, path, ckpt, config, device, data, model)
-
-
-def _analyze_setup(args: argparse.Namespace):
-    """The checkpoint, its settings, the device, the data and the trained model, for ``analyze``."""
-    from .build import build_model, producer_settings, resolve_device
-
-    if args.json:
-        check_writable(args.json)  # before the measurements, not after them
-    path, ckpt = load_checkpoint(args.checkpoint)
-    settings = cli_settings(args)
-    settings.pop("b_solver")  # here a list of solvers to compare, not the model's backward
-    # analyze studies IDE's equilibrium and backward solvers on the trained weights, whichever
-    # method trained them, so the model is built for IDE.
-    config = dataclasses.replace(checkpoint_config(ckpt, settings), method="ide")
-    if config.producer == "analytic":
-        raise UsageError("analyze compares the spiking simulation with its equilibrium; this checkpoint "
-                         "uses the analytic producer (pass --producer if or lif)")
-    if dataset_info(config.dataset).input_kind == "spikes":
-        # Spike datasets are binned into frames: bin into the longest T analysed.
-        config = RunConfig(**{**config.to_dict(), "time_steps": max(args.time_steps)})
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    data = _load_data(config, args.split)
-    model = build_model(config, data.info.num_classes, data.info.in_shape)
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
-    model.set_producer(config.producer or "lif", **producer_settings(config))
-    return path, ckpt, config, device, data, model
-
-
-def _analyze(args, console, path, ckpt, config, device, data, model) -> int:
-    from ..analysis import compare_backward, equilibrium_gap, feedback_norm
-    from ..data import BatchLoader
-
-    loader = BatchLoader(data, args.batch_size, shuffle=False, generator=torch.Generator())
-    batches, taken = [], 0
-    for x, y in loader:
-        keep = min(len(y), args.samples - taken)  # exactly --samples (or the whole split if smaller)
-        batches.append((x[:keep].to(device), y[:keep].to(device)))
-        taken += keep
-        if taken >= args.samples:
-            break
-
-    norm = feedback_norm(model)
-    gaps = equilibrium_gap(model, batches, args.time_steps, f_solver=args.f_solver or "broyden",
-                           f_max_iter=args.f_max_iter or 100, f_tol=args.f_tol or 1e-6)
-    x, y = batches[0]
-    step_batch = min(config.batch_size, len(y))
-    names = args.b_solver or default_analysis_solvers()
-    outcomes, reference = compare_backward(
-        model, x[:step_batch], y[:step_batch], names, b_max_iter=config.b_max_iter, b_tol=config.b_tol,
-        seed=config.seed, repeats=args.repeats)
-
-    console.print(f"{path}: {config.model} on {config.dataset} {args.split}, producer {config.producer}, "
-                  f"trained at T={ckpt['config'].get('time_steps')}, device {device}")
-    condition = ("< 1: Theorem 2's convergence condition holds" if norm["norm_over_vth"] < 1
-                 else "≥ 1: the convergence condition does not hold; the equilibrium may not be unique")
-    scale = "" if norm["alpha_clipped"] is None else f", α = {norm['alpha_clipped']:.4f} (clip {norm['bound']:g})"
-    console.print(f"feedback: ‖W‖₂ = {norm['operator_norm']:.4f}, ‖W‖₂/Vth = {norm['norm_over_vth']:.4f} "
-                  f"({condition}){scale}")
-    table = Table(title=f"simulated rates a_T against the equilibrium a* of f ({gaps[0].samples} samples, eval mode)")
-    for column in ("T", "firing rate", "‖f(a_T)−a_T‖/‖a_T‖", "‖a_T−a*‖/‖a*‖", "same class", "acc. a_T",
-                   "acc. a*", "a* converged"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for g in gaps:
-        table.add_row(str(g.time_steps), f"{g.firing_rate:.4f}", f"{g.fixed_point_residual:.4f}", f"{g.distance:.4f}",
-                      f"{g.agreement:.2%}", f"{g.accuracy_simulated:.2%}", f"{g.accuracy_equilibrium:.2%}",
-                      f"{g.solve_converged:.0%}")
-    console.print(table)
-    ref = reference.summary()
-    title = (f"backward solvers on one training step (batch {step_batch}, at most {config.b_max_iter} steps to rel. "
-             f"{config.b_tol:g}); gradient error against broyden to rel. residual {ref['rel_residual_max']:.1e}")
-    console.print(backward_table(title, outcomes, "∇θ error", f"backward ms (median of {args.repeats})"))
-    if args.json:
-        report = {"checkpoint": str(path), "dataset": config.dataset, "split": args.split, "producer": config.producer,
-                  "device": str(device), "feedback": norm, "equilibrium_gap": [dataclasses.asdict(g) for g in gaps],
-                  "backward": [dataclasses.asdict(o) for o in outcomes], "backward_reference": ref}
-        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
-    return 0

@@ -62,7 +62,7 @@ class _Simulation(Producer):
             f_args = network.map_inputs(x_bar)
             state = f_args[-1]
             constant = None if spikes_in else network.input_drive(x_bar, state)
-            rates, counts, trains = self._simulate(network, x, constant, state, steps, vth, leak)
+            rates, counts, trains, last = self._simulate(network, x, constant, state, steps, vth, leak)
         normaliser = rate_weights(steps, leak, dtype=torch.float64)[-1].item()  # = 1 / Σ λᵏ
         rates = [r.mul_(normaliser) for r in rates]
         firing = [c / steps for c in counts] if counts is not None else rates
@@ -75,6 +75,8 @@ class _Simulation(Producer):
         if self.record != "none":
             extras["rates"] = rates
             extras["firing_rates"] = firing
+            # The last step's spikes never reach the feedback (it delivers them one step later).
+            extras["last_spikes"] = last
         if trains is not None:
             extras["spikes"] = trains
         return Equilibrium(a=rates[-1], f_args=f_args, stats=stats, extras=extras)
@@ -115,7 +117,7 @@ class _Simulation(Producer):
                     rates[index].add_(s)
                 if trains is not None:
                     trains[index][:, t] = s
-        return rates, counts, trains
+        return rates, counts, trains, spikes
 
 
 def averaged_input(network: SpikingNetwork, x: torch.Tensor, steps: int, leak: float) -> tuple[bool, torch.Tensor]:
@@ -143,8 +145,9 @@ class IFProducer(_Simulation):
     Args:
         time_steps: T.
         vth: must equal the network's threshold if given (the network owns Vth).
-        record: ``"rates"`` adds every layer's rates to ``extras``, ``"spikes"`` also the spike
-            trains ``[B, T, ...]`` per layer.
+        record: ``"rates"`` adds to ``extras`` every layer's rates (``rates``: the equilibrium's
+            weighting), spike counts over T (``firing_rates``) and last step's spikes
+            (``last_spikes``); ``"spikes"`` also the spike trains ``[B, T, ...]`` per layer.
     """
 
     leak = 1.0  # a class constant, not an option: IF has no leak

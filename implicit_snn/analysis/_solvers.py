@@ -1,133 +1,20 @@
-"""What a trained implicit classifier's solvers actually do: the questions behind ``implicit-snn analyze``.
-
-* ``equilibrium_gap``: how far the SNN's average rates after T steps are from the equilibrium of
-  f they are meant to approximate (supplement Theorems 1–2: the gap shrinks like 1/T), and
-  whether the read-out's decision changes between the two.
-* ``compare_backward``: every backward solver on the same training step of the model: VJPs,
-  residuals, convergence, time, and how far its parameter gradient is from a tight solve.
-* ``feedback_norm``: the feedback weight against the convergence condition ‖W‖₂ < V_th.
-
-The model is never changed: each function restores its state (weights, batch-norm statistics,
-power-iteration vectors, train/eval mode) before returning.
-"""
+"""Backward solvers on a real training step, and the feedback weight against the convergence condition."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import statistics
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
 import solvers
 
-from ._ops import apply_op
-from .classifier import ImplicitClassifier
-
-
-@contextlib.contextmanager
-def _preserved(model: ImplicitClassifier) -> Iterator[dict[str, torch.Tensor]]:
-    """Restore the model's state dict, mode, producer and backward on exit; yields the saved state dict."""
-    state = copy.deepcopy(model.state_dict())
-    training, producer, adjoint = model.training, model.producer, model.adjoint
-    try:
-        yield state
-    finally:
-        model.load_state_dict(state)
-        model.train(training)
-        model.producer, model.adjoint = producer, adjoint
-
-
-def _sync(tensor: torch.Tensor) -> None:
-    if tensor.is_cuda:
-        torch.cuda.synchronize(tensor.device)
-
-
-@dataclasses.dataclass(frozen=True)
-class EquilibriumGap:
-    """The simulated rates a_T against the equilibrium a* of f, averaged over samples.
-
-    Attributes:
-        time_steps: T of the simulation.
-        samples: number of samples measured.
-        firing_rate: mean firing rate of the simulation.
-        fixed_point_residual: mean of ‖f(a_T) − a_T‖ / ‖a_T‖ (0 at an equilibrium).
-        distance: mean of ‖a_T − a*‖ / ‖a*‖.
-        agreement: fraction of samples whose predicted class is the same from a_T and from a*.
-        accuracy_simulated, accuracy_equilibrium: accuracy of the read-out on a_T and on a*.
-        solve_converged: fraction of samples whose a* solve reached its tolerance.
-    """
-
-    time_steps: int
-    samples: int
-    firing_rate: float
-    fixed_point_residual: float
-    distance: float
-    agreement: float
-    accuracy_simulated: float
-    accuracy_equilibrium: float
-    solve_converged: float
-
-
-def _relative(difference: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per-sample ‖difference‖ / ‖reference‖ (0/0 counts as 0)."""
-    num = difference.flatten(1).norm(dim=1)
-    den = reference.flatten(1).norm(dim=1)
-    return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), num)
-
-
-@torch.no_grad()
-def equilibrium_gap(model: ImplicitClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                    time_steps: Sequence[int], *, f_solver: str = "broyden", f_max_iter: int = 100,
-                    f_tol: float = 1e-6) -> list[EquilibriumGap]:
-    """For each T, the gap between the spiking producer's a_T and f's equilibrium a* (eval mode).
-
-    a* is found by ``f_solver`` on f with the same inputs from the network's initial state (so for
-    static inputs it is the same a* at every T); ``solve_converged`` says whether it met ``f_tol``
-    (relative residual), so an unreliable a* shows.
-    """
-    if not hasattr(model.producer, "time_steps"):
-        raise ValueError(f"the equilibrium gap needs a spiking producer (if, lif), the model has "
-                         f"{type(model.producer).__name__}")
-    batches = list(batches)
-    if not any(len(y) for _, y in batches):
-        raise ValueError("the equilibrium gap needs at least one sample in `batches`")
-    rows = []
-    with _preserved(model):
-        model.eval()
-        network, solve = model.network, solvers.get_solver(f_solver)
-        for steps in time_steps:
-            producer = dataclasses.replace(model.producer, time_steps=int(steps))
-            totals = dict(n=0, rate=0.0, residual=0.0, distance=0.0, agree=0, sim_ok=0, eq_ok=0, converged=0)
-            for x, y in batches:
-                eq = producer(network, x)
-
-                def f(a: torch.Tensor) -> torch.Tensor:
-                    return network.fixed_point_map(a, *eq.f_args)
-
-                result = solve(f, network.initial_state(x), max_iter=f_max_iter, tol=f_tol)
-                pred_sim = model.classifier(eq.a.flatten(1)).argmax(1)
-                pred_eq = model.classifier(result.z.flatten(1)).argmax(1)
-                totals["n"] += len(y)
-                totals["rate"] += float(eq.stats["firing_rate"]) * len(y)
-                totals["residual"] += float(_relative(f(eq.a) - eq.a, eq.a).sum())
-                totals["distance"] += float(_relative(eq.a - result.z, result.z).sum())
-                totals["agree"] += int((pred_sim == pred_eq).sum())
-                totals["sim_ok"] += int((pred_sim == y).sum())
-                totals["eq_ok"] += int((pred_eq == y).sum())
-                totals["converged"] += int(result.converged.sum())
-            n = totals["n"]
-            rows.append(EquilibriumGap(
-                time_steps=int(steps), samples=n, firing_rate=totals["rate"] / n,
-                fixed_point_residual=totals["residual"] / n, distance=totals["distance"] / n,
-                agreement=totals["agree"] / n, accuracy_simulated=totals["sim_ok"] / n,
-                accuracy_equilibrium=totals["eq_ok"] / n, solve_converged=totals["converged"] / n,
-            ))
-    return rows
+from .._ops import apply_op
+from ..classifier import ImplicitClassifier
+from ._common import preserved, sync
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,10 +47,10 @@ def _training_step_gradient(model: ImplicitClassifier, state: dict[str, torch.Te
     torch.manual_seed(seed)  # the same dropout masks for every solver
     loss = F.cross_entropy(model(x), y)
     params = [p for p in model.parameters() if p.requires_grad]
-    _sync(loss)
+    sync(loss)
     start = time.perf_counter()
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    _sync(loss)
+    sync(loss)
     elapsed = 1e3 * (time.perf_counter() - start)
     flat = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)])
     return flat, elapsed
@@ -182,7 +69,7 @@ def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"`repeats` must be an int >= 1, got {repeats!r}")
-    with _preserved(model) as state:
+    with preserved(model) as state:
         model.train()
         model.set_backward(reference, b_max_iter=reference_max_iter, b_tol=reference_tol)
         ref_grad, _ = _training_step_gradient(model, state, x, y, seed)
