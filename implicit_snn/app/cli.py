@@ -23,7 +23,7 @@ from ..files import WriteError
 from ..network import BN_BACKWARDS
 from ..spectral import SpectralNorm
 from ..training import NONFINITE, NonFiniteError
-from . import plotting
+from . import figures, plotting
 from ._allocator import retain_freed_memory
 from ..analysis import OperationEnergy
 from .analyze import REPORT_NAME, SECTIONS, run_analyze
@@ -226,13 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", metavar="FILE", help="the JSON report's path instead (figures beside it)")
     _add_figure_flags(analyze)
 
-    plot = sub.add_parser("plot", help="per-epoch curves of one or several runs in one figure (needs matplotlib)")
-    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help=f"run directories (their {RunDir.METRICS})")
+    plot = sub.add_parser("plot", help="one figure: per-epoch curves of runs, or the JSON reports of analyze/eval "
+                                       "(convergence to the equilibrium, accuracy against T, activity, energy; "
+                                       "needs matplotlib)")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_REPORT",
+                      help=f"run directories (their {RunDir.METRICS}), or JSON reports of analyze --json / eval --json")
     plot.add_argument("--out", required=True, help="figure file: .png, .pdf or .svg")
-    plot.add_argument("--metrics", nargs="+", choices=list(plotting.METRICS), default=list(plotting.DEFAULT_METRICS),
-                      metavar="NAME", help=f"one panel each (default {' '.join(plotting.DEFAULT_METRICS)}; "
-                                          f"from: {', '.join(plotting.METRICS)})")
-    plot.add_argument("--labels", nargs="+", metavar="LABEL", help="legend entries, one per run (default: folder names)")
+    plot.add_argument("--figure", choices=list(figures.FIGURES),
+                      help="what to draw (default: curves for run directories, convergence for analysis reports, "
+                           "time-steps for eval reports; activity and energy draw one analysis report)")
+    # No argparse default: a --metrics given with JSON reports is refused, not silently ignored.
+    plot.add_argument("--metrics", nargs="+", choices=list(plotting.METRICS), metavar="NAME",
+                      help=f"curves only: one panel each (default {' '.join(plotting.DEFAULT_METRICS)}; "
+                           f"from: {', '.join(plotting.METRICS)})")
+    plot.add_argument("--labels", nargs="+", metavar="LABEL",
+                      help="legend entries, one per run or report (default: folder names; a report's neuron model)")
     plot.add_argument("--title")
 
     sub.add_parser("solvers", help="list fixed-point solvers and equilibrium producers")
@@ -456,7 +464,8 @@ def _run_command(args: argparse.Namespace, console: Console) -> int:
         return run_analyze(args, console)
     if args.command == "plot":
         with checked_settings():
-            path = plotting.plot_runs(args.runs, args.out, metrics=args.metrics, labels=args.labels, title=args.title)
+            path = figures.plot_files(args.runs, args.out, figure=args.figure, metrics=args.metrics, labels=args.labels,
+                                      title=args.title)
         console.print(f"wrote {path}")
     elif args.command == "solvers":
         _list_solvers(console)

@@ -1,4 +1,5 @@
-"""Per-epoch curves of one or several runs, from their ``metrics.jsonl`` (needs matplotlib).
+"""Per-epoch curves of one or several runs, from their ``metrics.jsonl`` (needs matplotlib), and
+the helpers every figure shares (``figures`` draws the analysis and eval reports with them).
 
     implicit-snn plot runs/a runs/b --out curves.png
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..files import atomic_write_bytes
 from .rundir import RunDir
@@ -47,6 +48,47 @@ def _series(rows: list[dict[str, Any]], metric: str) -> tuple[list[int], list[fl
     return [e for e, _ in points], [v * scale for _, v in points]
 
 
+def figure_format(out: str | Path) -> str:
+    """The figure format named by ``out``'s suffix: png, pdf or svg."""
+    out = Path(out)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise ValueError(f"plot file {out.name}: unknown format {out.suffix!r}; use {', '.join('.' + f for f in FORMATS)}")
+    return fmt
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend; a missing matplotlib is an error saying how to install it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; never needs a display
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("plotting needs matplotlib: pip install 'implicit-snn[plot]'") from None
+    return plt
+
+
+def write_figure(out: str | Path, draw: Callable[[Any, Any], None], *, panels: tuple[int, int] = (1, 1),
+                 figsize: tuple[float, float] = (6.0, 3.6)) -> Path:
+    """Make a figure of ``panels`` (rows, columns) axes, let ``draw(fig, axes)`` fill it, write it to ``out``.
+
+    ``axes`` is always a 2-D array. The format follows ``out``'s suffix; the file is written
+    atomically (a reader never sees half a figure) and the figure is closed even when drawing fails.
+    """
+    fmt = figure_format(out)
+    plt = pyplot()
+    fig, axes = plt.subplots(*panels, figsize=figsize, squeeze=False)
+    try:
+        draw(fig, axes)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=120)
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(out, buffer.getvalue())
+
+
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metrics: Sequence[str] = DEFAULT_METRICS,
               labels: Optional[Sequence[str]] = None, title: Optional[str] = None) -> Path:
     """Draw each metric against the epoch, one panel per metric and one line per run; write ``out``.
@@ -55,10 +97,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metrics: Seque
     without a metric (e.g. no validation split) is left out of that panel; a metric no run has
     is an error. Returns the written path.
     """
-    out = Path(out)
-    fmt = out.suffix.lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise ValueError(f"plot file {out.name}: unknown format {out.suffix!r}; use {', '.join('.' + f for f in FORMATS)}")
+    figure_format(out)  # a bad suffix is reported before any file is read
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
@@ -71,19 +110,10 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metrics: Seque
     missing = [m for m in metrics if not any(_series(rows, m)[0] for rows in runs)]
     if missing:
         raise ValueError(f"no run has metric(s) {missing}")
-    try:
-        import matplotlib
 
-        matplotlib.use("Agg")  # files only; never needs a display
-        import matplotlib.pyplot as plt
+    def draw(fig: Any, axes: Any) -> None:
         from matplotlib.ticker import MaxNLocator
-    except ModuleNotFoundError:
-        raise ModuleNotFoundError("plotting needs matplotlib: pip install 'implicit-snn[plot]'") from None
 
-    columns = min(2, len(metrics))
-    rows_of_panels = math.ceil(len(metrics) / columns)
-    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(6 * columns, 3.6 * rows_of_panels), squeeze=False)
-    try:
         for ax, metric in zip(axes.flat, metrics):
             for rows, label in zip(runs, labels):
                 epochs, values = _series(rows, metric)
@@ -102,9 +132,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metrics: Seque
         axes.flat[0].legend(fontsize="small")
         if title:
             fig.suptitle(title)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt, dpi=120)
-    finally:
-        plt.close(fig)
-    return atomic_write_bytes(out, buffer.getvalue())
+
+    columns = min(2, len(metrics))
+    rows_of_panels = math.ceil(len(metrics) / columns)
+    return write_figure(out, draw, panels=(rows_of_panels, columns), figsize=(6 * columns, 3.6 * rows_of_panels))
