@@ -10,7 +10,7 @@ import models
 from implicit_snn.analysis import compare_backward, equilibrium_gap, feedback_norm
 from implicit_snn.app.cli import main
 
-from tests.helpers import SMALL
+from tests.helpers import SMALL, cli_error
 
 
 def trained_like_f400(seed=0):
@@ -129,3 +129,72 @@ def test_analyze_rejects_the_analytic_producer(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["time_steps"] is None  # the preset's T played no part
     with pytest.raises(SystemExit, match="analyze compares the spiking simulation"):
         main(["analyze", str(out)])
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A one-epoch LIF run on synthetic data (a module fixture: several analyze tests read it)."""
+    out = tmp_path_factory.mktemp("analyze") / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def test_analyze_writes_every_section_for_each_producer_and_its_figures_in_the_run_directory(small_run, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["analyze", str(small_run), "--producer", "lif", "if", "--time-steps", "1", "20", "--samples", "40",
+                 "--b_solver", "broyden", "spiking", "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((small_run / "analysis.json").read_text())
+    assert report["kind"] == "analysis" and report["sections"] == ["convergence", "backward", "activity", "energy"]
+    lif, if_ = report["producers"]
+    assert (lif["producer"], lif["leak"], if_["producer"], if_["leak"]) == ("lif", 0.95, "if", None)
+    for entry in (lif, if_):
+        assert entry["time_steps"] == 3  # the run's T: activity and energy run at it
+        assert [g["time_steps"] for g in entry["convergence"]] == [1, 20]
+        assert entry["activity"]["samples"] == 40 and entry["energy"]["samples"] == 40
+        layer = entry["activity"]["layers"][0]
+        assert sum(layer["histogram"]["fraction"]) == pytest.approx(1.0) and len(layer["histogram"]["fraction"]) == 4
+        names = [row["name"] for row in entry["energy"]["layers"]]
+        assert names == ["input", "feedback 1→1", "readout"]
+        steps = {row["solver"]: row for row in entry["energy"]["training_step"]}
+        assert set(steps) == {"broyden", "spiking"} and steps["spiking"]["backward"]["spikes"] > 0
+    # IF's gap falls further than LIF's by T = 20 (Theorem 2 against Proposition 2).
+    assert if_["convergence"][1]["distance"] < lif["convergence"][1]["distance"]
+    for figure in ("convergence", "activity", "energy"):
+        assert (small_run / f"analysis-{figure}.png").read_bytes().startswith(b"\x89PNG")
+    assert "LIF (λ=0.95): activity per layer at T=3" in printed and "IF: operations and energy per sample" in printed
+    assert "one training step per sample" in printed
+
+
+def test_analyze_runs_only_the_sections_asked_for(small_run, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["analyze", str(small_run), "--sections", "activity", "--samples", "16", "--out", str(out),
+                 "--no-plots"]) == 0
+    report = json.loads((out / "analysis.json").read_text())
+    (entry,) = report["producers"]
+    assert set(entry) == {"producer", "leak", "time_steps", "activity"} and "backward" not in report
+    assert sorted(p.name for p in out.iterdir()) == ["analysis.json"]  # --no-plots: the JSON only
+    assert "simulated rates a_T" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--producer", "if", "--leak", "0.9"], "error: --leak does not apply to the if producer, only to lif"),
+    (["--producer", "lif", "lif"], "--producer lists a producer twice"),
+    (["--json", "a.json", "--out", "b"], "give --json FILE or --out DIR, not both"),
+    (["--energy-per-sop", "-1"], "argument --energy-per-sop"),
+    (["--sections", "speed"], "argument --sections"),
+])
+def test_analyze_refuses_bad_settings_in_one_line(small_run, capsys, argv, message):
+    assert message in cli_error(["analyze", str(small_run), *argv], capsys)
+
+
+def test_eval_sweep_draws_accuracy_and_firing_rate_against_t(small_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    report = tmp_path / "sweep.json"
+    assert main(["eval", str(small_run), "--time-steps", "1", "3", "8", "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["kind"] == "eval" and [r["time_steps"] for r in data["results"]] == [1, 3, 8]
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    single = tmp_path / "one.json"
+    assert main(["eval", str(small_run), "--json", str(single)]) == 0
+    assert not (tmp_path / "one.png").exists()  # one T is not a sweep

@@ -12,8 +12,7 @@ from implicit_snn.app.cli import main
 from tests.helpers import cli_error
 
 RUNS = Path(__file__).resolve().parent.parent / "docs" / "runs"
-ANALYZE_LIF = RUNS / "analyze-f400-lif-seed0.json"
-ANALYZE_IF = RUNS / "analyze-f400-lif-seed0-if.json"
+ANALYZE = RUNS / "repro-f400-lif-seed0" / "analysis.json"  # LIF and IF on the same weights
 EVAL_T = RUNS / "repro-f400-lif-noval-seed0" / "eval-time-steps.json"
 EVAL_IF = RUNS / "repro-f400-lif-noval-seed0" / "eval-if.json"
 EVAL_ANALYTIC = RUNS / "repro-f400-lif-noval-seed0" / "eval-analytic.json"
@@ -59,6 +58,12 @@ def analysis(*, convergence=True, with_activity=True, with_energy=True):
             "split": "test", "device": "cpu", "trained_time_steps": 5, "producers": [lif, ide], "backward": []}
 
 
+def old_format(entry):
+    """A report as analyze wrote it before it had sections: one producer, its rows as "equilibrium_gap"."""
+    return {"checkpoint": "docs/runs/repro-f400-lif-seed0/checkpoint-best.pt", "producer": entry["producer"],
+            "equilibrium_gap": entry["convergence"], "feedback": {}, "backward": []}
+
+
 def check_figure(path, fmt):
     path = Path(path)
     assert path.read_bytes().startswith(MAGIC[fmt]) and path.stat().st_size > 1000
@@ -67,7 +72,8 @@ def check_figure(path, fmt):
 
 def test_report_kinds_new_and_old():
     assert figures.report_kind(analysis()) == "analysis"
-    assert figures.report_kind(json.loads(ANALYZE_LIF.read_text())) == "analysis"  # no "kind": equilibrium_gap
+    old = old_format(json.loads(ANALYZE.read_text())["producers"][0])
+    assert figures.report_kind(old) == "analysis"  # no "kind": equilibrium_gap
     assert figures.report_kind(json.loads(EVAL_T.read_text())) == "eval"  # no "kind": results
     assert figures.report_kind({"kind": "eval", "results": []}) == "eval"
     with pytest.raises(ValueError, match="neither an analysis report"):
@@ -94,11 +100,12 @@ def test_convergence_series_labels_and_the_one_over_t_guide():
 
 
 def test_an_old_analysis_report_is_one_producer_entry():
-    old = json.loads(ANALYZE_IF.read_text())
+    lif_entry, if_entry = json.loads(ANALYZE.read_text())["producers"]
+    old = old_format(if_entry)
     (line,) = figures.convergence_series([old])
     assert line.label == "IF" and line.time_steps == [row["time_steps"] for row in old["equilibrium_gap"]]
     assert line.distance[-1] == old["equilibrium_gap"][-1]["distance"]
-    lif, ide = figures.convergence_series([json.loads(ANALYZE_LIF.read_text()), old])
+    lif, ide = figures.convergence_series([old_format(lif_entry), old])
     assert lif.label == "LIF"  # the old report does not state the leak
     assert figures.one_over_t_reference([lif, ide])[0] == [1, 1000]
 
@@ -165,8 +172,13 @@ def test_write_report_figures_writes_the_figures_its_sections_allow(tmp_path, se
 def test_the_plot_command_draws_the_committed_reports(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "convergence.png"
-    assert main(["plot", str(ANALYZE_LIF), str(ANALYZE_IF), "--out", str(out)]) == 0
+    assert main(["plot", str(ANALYZE), "--out", str(out)]) == 0
     check_figure(out, "png")
+    lif, if_ = figures.convergence_series([json.loads(ANALYZE.read_text())])
+    assert (lif.label, if_.label) == ("LIF (λ=0.95)", "IF") and if_.time_steps[-1] == 1000
+    # IF's distance falls like 1/T (within 10% over the last decade); LIF's levels off.
+    assert if_.distance[-1] * 1000 == pytest.approx(if_.distance[if_.time_steps.index(100)] * 100, rel=0.1)
+    assert lif.distance[-1] > 0.5 * lif.distance[lif.time_steps.index(100)]
     out = tmp_path / "time-steps.pdf"
     assert main(["plot", str(EVAL_T), str(EVAL_IF), "--out", str(out), "--labels", "LIF T-sweep", "IF"]) == 0
     check_figure(out, "pdf")
@@ -190,6 +202,9 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     other.write_text(json.dumps({"epochs": 3}))
     plain = tmp_path / "analysis.json"
     plain.write_text(json.dumps(analysis(convergence=False, with_activity=False, with_energy=False)))
+    ANALYZE_LIF, ANALYZE_IF = tmp_path / "old-lif.json", tmp_path / "old-if.json"
+    for path, entry in zip((ANALYZE_LIF, ANALYZE_IF), json.loads(ANALYZE.read_text())["producers"]):
+        path.write_text(json.dumps(old_format(entry)))
     out = str(tmp_path / "x.png")
     cases = [
         ([str(run), str(EVAL_T)], f"{run} is a run directory but {EVAL_T} is a JSON report"),
@@ -231,6 +246,6 @@ def test_a_sweep_needs_two_time_steps_and_reports_need_sections():
 
 def test_a_missing_matplotlib_is_named_for_reports_too(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    message = cli_error(["plot", str(ANALYZE_LIF), "--out", str(tmp_path / "x.png")], capsys)
+    message = cli_error(["plot", str(ANALYZE), "--out", str(tmp_path / "x.png")], capsys)
     assert "plotting needs matplotlib: pip install 'implicit-snn[plot]'" in message
     assert not list(tmp_path.iterdir())
