@@ -44,6 +44,17 @@ def test_every_cited_file_exists(doc, path):
     assert glob.glob(str(ROOT / path)), f"{doc} cites {path}, which is not in the repository"
 
 
+def test_every_relative_link_and_image_resolves():
+    links = 0
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+            if target.startswith(("http://", "https://", "#", "mailto:")):
+                continue
+            links += 1
+            assert (doc.parent / target.split("#")[0]).exists(), f"{doc.name} links to {target}, which does not exist"
+    assert links > 5  # figures and cross-references are checked
+
+
 def test_the_docs_link_only_inside_the_repository():
     for doc in DOCS:
         assert "../shared" not in doc.read_text(encoding="utf-8"), f"{doc.name} links outside the repository"

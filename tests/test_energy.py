@@ -206,3 +206,13 @@ def test_the_spiking_solver_counts_the_spikes_it_feeds_through_the_map():
     fed = sum((z / theta).round().abs() for z in inputs[1:-1])
     assert len(inputs) == result.n_evals == 21
     assert torch.equal(result.counters["spike_events"], fed) and float(fed.sum()) > 0
+
+
+def test_the_analysis_page_runs_as_written():
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "analysis.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "docs/analysis.md", "exec"), {})
