@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from rich.console import Console
