@@ -107,6 +107,22 @@ def test_sops_of_known_spikes_by_hand():
     assert report.total["sops_per_sample"] == 46 and report.total["ann_macs_per_sample"] == 49 + 16 + 16 + 12
 
 
+def test_sops_of_known_spikes_in_a_linear_two_layer_network_by_hand():
+    network = FeedbackSNN((4,), SynapticLayer(nn.Linear(4, 3)), [SynapticLayer(nn.Linear(3, 2))],
+                          SynapticLayer(nn.Linear(2, 3, bias=False)))
+    model = ImplicitClassifier(network, 5, producer="if", producer_options=dict(time_steps=4))
+    census = SpikeCensus.empty(4, network.layer_shapes)
+    layer1, layer2 = torch.tensor([[2., 0., 1.]]), torch.tensor([[3., 1.]])
+    census.add(Equilibrium(a=layer2 / 4, f_args=(), extras={
+        "firing_rates": [layer1 / 4, layer2 / 4], "last_spikes": [torch.zeros(1, 3), torch.tensor([[1., 0.]])]}),
+        torch.zeros(1, 4), spike_input=False)
+    rows = {row.name: row for row in energy_report(model, census).layers}
+    assert rows["forward 1→2"].sops_per_sample == 3 * 2  # three spikes, each to both neurons of layer 2
+    assert rows["feedback 2→1"].spikes_per_sample == 3 and rows["feedback 2→1"].sops_per_sample == 3 * 3
+    assert rows["input"].macs_per_sample == 12 and rows["readout"].macs_per_sample == 10
+    assert rows["feedback 2→1"].ann_macs_per_sample == 6 and rows["forward 1→2"].dense_macs_per_sample == 4 * 6
+
+
 def test_the_energy_formula_and_its_assumptions():
     model = two_layer_conv_network()
     layer1, layer2 = torch.full((2, 1, 3, 3), 2.0), torch.ones(2, 1, 2, 2)
