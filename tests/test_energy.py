@@ -232,3 +232,16 @@ def test_the_analysis_page_runs_as_written():
     blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
     assert len(blocks) == 1
     exec(compile(blocks[0], "docs/analysis.md", "exec"), {})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_counts_on_cuda_equal_those_on_the_cpu():
+    torch.manual_seed(4)
+    model = models.from_spec("4C3s-4C3s (F4C3u)", (1, 8, 8), 3, producer="if", producer_options=dict(time_steps=6))
+    x = torch.rand(8, 1, 8, 8) * 3
+    cpu = energy_report(model, spike_census(model, [(x, None)])).to_dict()
+    model.cuda()
+    gpu = energy_report(model, spike_census(model, [(x.cuda(), None)])).to_dict()
+    # A float32 product may round differently on the GPU and move the odd spike.
+    assert gpu["total"]["sops_per_sample"] == pytest.approx(cpu["total"]["sops_per_sample"], rel=1e-3)
+    assert training_step_cost(model, x.cuda(), torch.zeros(8, dtype=torch.long).cuda()).backward["vjps"] > 0
