@@ -198,3 +198,24 @@ def test_eval_sweep_draws_accuracy_and_firing_rate_against_t(small_run, tmp_path
     single = tmp_path / "one.json"
     assert main(["eval", str(small_run), "--json", str(single)]) == 0
     assert not (tmp_path / "one.png").exists()  # one T is not a sweep
+
+
+def test_analyze_on_spike_input_runs_at_the_trained_t_and_counts_input_events(tmp_path, capsys):
+    from tests.helpers import write_nmnist
+
+    write_nmnist(tmp_path / "NMNIST")
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "nmnist", "--data-root", str(tmp_path), "--model", "8 (F8)", "--val-size", "0",
+                 "--epochs", "1", "--batch-size", "2", "--time-steps", "4", "--threads", "1", "--out", str(out)]) == 0
+    assert main(["analyze", str(out), "--sections", "activity", "energy", "--time-steps", "2", "9", "--split", "train",
+                 "--b_solver", "broyden", "--no-plots"]) == 0
+    (entry,) = json.loads((out / "analysis.json").read_text())["producers"]
+    # The data are binned into 9 frames for the longest T, but the producer runs the trained 4.
+    assert entry["time_steps"] == 4 and entry["activity"]["time_steps"] == 4
+    assert len(entry["activity"]["layers"][0]["histogram"]["fraction"]) == 5
+    energy = entry["energy"]
+    assert energy["input"] == "spikes" and energy["layers"][0]["spikes_per_sample"] is not None
+    assert energy["layers"][0]["dense_macs_per_sample"] == 4 * energy["layers"][0]["synapses"]
+    # The test split holds one sample: too few for a training step with batch norm, said in one line.
+    message = cli_error(["analyze", str(out), "--sections", "energy", "--no-plots"], capsys)
+    assert "the backward and energy sections run a training step, which needs at least 2 samples" in message

@@ -105,14 +105,16 @@ def _setup(args: argparse.Namespace):
     # analyze studies IDE's equilibrium and backward solvers on the trained weights, whichever
     # method trained them, so the model is built for IDE.
     config = dataclasses.replace(checkpoint_config(ckpt, {**settings, "producer": first}), method="ide")
+    data_config = config
     if dataset_info(config.dataset).input_kind == "spikes":
-        # Spike datasets are binned into frames: bin into the longest T analysed.
+        # Spike datasets are binned into frames: bin into the longest T analysed (the producers
+        # still run at the checkpoint's T, and read the first T frames).
         longest = max([*args.time_steps, config.time_steps or 1])
-        config = RunConfig(**{**config.to_dict(), "time_steps": longest})
+        data_config = RunConfig(**{**config.to_dict(), "time_steps": longest})
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    data = load_data(config, args.split)
+    data = load_data(data_config, args.split)
     model = build_model(config, data.info.num_classes, data.info.in_shape)
     model.load_state_dict(ckpt["model"])
     model.to(device)
@@ -170,6 +172,10 @@ def _measure(args, console, path, ckpt, config, names, sections, device, data, m
     }
     x, y = batches[0]
     step_batch = min(config.batch_size, len(y))
+    if step_batch < 2 and {"backward", "energy"} & set(sections):
+        # Batch norm's batch statistics (training mode) need two samples or more.
+        raise UsageError(f"the backward and energy sections run a training step, which needs at least 2 samples; "
+                         f"the {args.split} split gives {step_batch} (use --samples >= 2 or another --split)")
     solver_names = args.b_solver or default_analysis_solvers()
     for name in names:
         model.set_producer(name, **_producer_config(config, name))
