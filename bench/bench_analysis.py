@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,16 +28,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import run_header, write_results  # noqa: E402
 from implicit_snn.app.cli import main as cli  # noqa: E402
 
-CASES = {"activity": ["activity"], "energy": ["energy"], "activity+energy": ["activity", "energy"]}
+# name: (sections, in a fresh process)
+CASES = {"activity": (["activity"], False), "energy": (["energy"], False),
+         "activity+energy": (["activity", "energy"], False),
+         "activity+energy, fresh process": (["activity", "energy"], True)}
 
 
-def time_analyze(checkpoint: str, sections: list[str], samples: int, threads: int, out: Path) -> float:
-    """Seconds of one ``analyze`` command (its console output discarded)."""
+def time_analyze(checkpoint: str, sections: list[str], samples: int, threads: int, out: Path,
+                 fresh: bool = False) -> float:
+    """Seconds of one ``analyze`` command (its console output discarded), in this process or, with
+    ``fresh``, as a new ``python -m implicit_snn`` process (imports and all, as a user runs it)."""
     argv = ["analyze", checkpoint, "--sections", *sections, "--samples", str(samples), "--threads", str(threads),
             "--out", str(out), "--no-plots"]
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert cli(argv) == 0
+    if fresh:
+        subprocess.run([sys.executable, "-m", "implicit_snn", *argv], check=True, stdout=subprocess.DEVNULL)
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert cli(argv) == 0
     return time.perf_counter() - start
 
 
@@ -52,8 +61,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     seconds: dict[str, list[float]] = {name: [] for name in CASES}
     with tempfile.TemporaryDirectory() as scratch:
         for _ in range(args.rounds):  # alternating the cases in rounds: the machine's speed drifts
-            for name, sections in CASES.items():
-                seconds[name].append(time_analyze(args.checkpoint, sections, args.samples, args.threads, Path(scratch)))
+            for name, (sections, fresh) in CASES.items():
+                seconds[name].append(time_analyze(args.checkpoint, sections, args.samples, args.threads, Path(scratch),
+                                                  fresh))
     report = {**run_header("cpu"), "checkpoint": args.checkpoint, "samples": args.samples, "threads": args.threads,
               "rounds": args.rounds, "seconds": seconds,
               "median_seconds": {name: statistics.median(times) for name, times in seconds.items()}}
