@@ -1,12 +1,14 @@
-"""What the analyses share: leaving the model as it was, timing on a device, relative norms."""
+"""What the analyses share: leaving the model as it was, one timed training step, relative norms."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from ..classifier import ImplicitClassifier
 
@@ -34,3 +36,19 @@ def relative(difference: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     num = difference.flatten(1).norm(dim=1)
     den = reference.flatten(1).norm(dim=1)
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), num)
+
+
+def training_step_gradient(model: ImplicitClassifier, state: dict[str, torch.Tensor], x: torch.Tensor,
+                           y: torch.Tensor, seed: int) -> tuple[torch.Tensor, float]:
+    """The flattened parameter gradient of one training step from ``state`` and its backward time (ms)."""
+    model.load_state_dict(state)
+    torch.manual_seed(seed)  # the same dropout masks for every solver
+    loss = F.cross_entropy(model(x), y)
+    params = [p for p in model.parameters() if p.requires_grad]
+    sync(loss)
+    start = time.perf_counter()
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    sync(loss)
+    elapsed = 1e3 * (time.perf_counter() - start)
+    flat = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)])
+    return flat, elapsed

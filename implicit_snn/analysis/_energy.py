@@ -23,14 +23,13 @@ import math
 from typing import Any, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._ops import OpModule, apply_op
 from ..classifier import ImplicitClassifier
 from ..producers import Producer
 from ._activity import SpikeCensus, recording
-from ._common import preserved
+from ._common import preserved, training_step_gradient
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +180,8 @@ def energy_report(model: ImplicitClassifier, census: SpikeCensus,
     spike_input = census.input_events is not None
     layers = []
     for index, (name, op, in_shape, pre, post) in enumerate(_network_ops(model)):
-        outs, count = fan_out(op, in_shape), synapses(op, in_shape)
+        outs, ins = _ones_pass(op, in_shape)
+        count = int(ins.sum())
         if name == "input":
             if spike_input:
                 events = census.input_events.reshape(-1)
@@ -268,24 +268,18 @@ def training_step_cost(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tens
     if model.method != "ide":
         raise ValueError("a training step's cost is measured for IDE (method 'ide'); BPTT has no adjoint solve")
     network = model.network
-    with preserved(model):
+    with preserved(model) as state:
         model.train()
         capture = _Capturing(recording(model))
         model.producer = capture
-        torch.manual_seed(seed)
-        loss = F.cross_entropy(model(x), y)
-        params = [p for p in model.parameters() if p.requires_grad]
-        torch.autograd.grad(loss, params, allow_unused=True)
+        training_step_gradient(model, state, x, y, seed)
         result = model.last_backward
         solver = model.adjoint.name
     census = SpikeCensus.empty(capture.inner.time_steps, network.layer_shapes)
     census.add(capture.seen[0], x, network.is_spike_train(x))
     simulation = energy_report(model, census, costs)
-    ops = _network_ops(model)
-    counts = [synapses(op, shape) for _, op, shape, _, _ in ops]
+    *counts, readout = (row.synapses for row in simulation.layers)  # the network's layers, then the read-out
     per_vjp = float(sum(counts[1:]))  # Jᵀ: the forward layers and the feedback, transposed
-    features, classes = _readout(model)
-    readout = float(features * classes)
     sops = simulation.total["sops_per_sample"]
     macs = simulation.total["macs_per_sample"] + per_vjp  # the read-out is in the simulation's report
     forward = {"spikes": float(sum(s.sum() for s in census.spikes)) / census.samples, "sops": sops, "macs": macs,
@@ -298,7 +292,8 @@ def training_step_cost(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tens
     events = None if result is None else result.counters.get("spike_events")
     if events is not None:
         # The first stage of Jᵀ transposes the op into the last layer: a spike there reaches its fan-in.
-        first_name, first_op, first_in, _, _ = ops[-2] if len(ops) > 2 else ops[-1]
+        ops = _network_ops(model)
+        _, first_op, first_in, _, _ = ops[-2] if len(ops) > 2 else ops[-1]
         reach = fan_in(first_op, first_in)
         events = events.detach().double().cpu().reshape(events.shape[0], *reach.shape)
         spike_sops = float((events * reach).sum()) / events.shape[0]

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 import solvers
 
 from .._ops import apply_op
 from ..classifier import ImplicitClassifier
-from ._common import preserved, sync
+from ._common import preserved, training_step_gradient
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,22 +38,6 @@ class BackwardOutcome:
     milliseconds: float
 
 
-def _training_step_gradient(model: ImplicitClassifier, state: dict[str, torch.Tensor], x: torch.Tensor,
-                            y: torch.Tensor, seed: int) -> tuple[torch.Tensor, float]:
-    """The flattened parameter gradient of one training step from ``state`` and its backward time (ms)."""
-    model.load_state_dict(state)
-    torch.manual_seed(seed)  # the same dropout masks for every solver
-    loss = F.cross_entropy(model(x), y)
-    params = [p for p in model.parameters() if p.requires_grad]
-    sync(loss)
-    start = time.perf_counter()
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    sync(loss)
-    elapsed = 1e3 * (time.perf_counter() - start)
-    flat = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)])
-    return flat, elapsed
-
-
 def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor, backwards: Sequence[str], *,
                      b_max_iter: int = 30, b_tol: float = 1e-6, reference: str = "broyden",
                      reference_max_iter: int = 200, reference_tol: float = 1e-7,
@@ -72,12 +54,12 @@ def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor
     with preserved(model) as state:
         model.train()
         model.set_backward(reference, b_max_iter=reference_max_iter, b_tol=reference_tol)
-        ref_grad, _ = _training_step_gradient(model, state, x, y, seed)
+        ref_grad, _ = training_step_gradient(model, state, x, y, seed)
         ref_result = model.last_backward
         rows = []
         for name in backwards:
             model.set_backward(name, b_max_iter=b_max_iter, b_tol=b_tol)
-            timed = [_training_step_gradient(model, state, x, y, seed) for _ in range(repeats)]
+            timed = [training_step_gradient(model, state, x, y, seed) for _ in range(repeats)]
             grad, elapsed = timed[0][0], statistics.median(t for _, t in timed)
             summary = model.last_backward.summary()
             rows.append(BackwardOutcome(

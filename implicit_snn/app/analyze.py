@@ -24,7 +24,7 @@ from rich.table import Table
 
 from ..data import dataset_info
 from ..files import atomic_write_text, check_writable
-from .commands import backward_table, checkpoint_config, cli_settings, load_checkpoint, load_data
+from .commands import backward_table, checkpoint_config, cli_settings, draw_figures, load_checkpoint, load_data
 from .config import RunConfig
 from .errors import UsageError, checked_settings
 
@@ -75,15 +75,7 @@ def write_figures(console: Console, report: dict[str, Any], json_path: Path, arg
         return
     from .figures import write_report_figures
 
-    try:
-        paths = write_report_figures(report, json_path.with_suffix(""), fmt=args.format)
-    except ModuleNotFoundError as missing:
-        if "matplotlib" not in str(missing):  # a missing module of ours is a bug, not an option
-            raise
-        console.print(f"no figures drawn ({missing}); the JSON report is complete")
-        return
-    for path in paths:
-        console.print(f"wrote {path}")
+    draw_figures(console, lambda: write_report_figures(report, json_path.with_suffix(""), fmt=args.format))
 
 
 def _setup(args: argparse.Namespace):

@@ -145,19 +145,25 @@ def _print_eval(args, console, path, ckpt, base, data, rows) -> None:
                   "trained_method": trained, "results": rows}
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
         if len(rows) > 1 and not args.no_plots:
-            _plot_sweep(console, report, Path(args.json).with_suffix("." + args.format))
+            from .figures import plot_time_steps
+
+            # Accuracy and firing rate against T beside the report: the paper's Table 2 as a figure.
+            out = Path(args.json).with_suffix("." + args.format)
+            draw_figures(console, lambda: [plot_time_steps([report], out)])
 
 
-def _plot_sweep(console: Console, report: dict[str, Any], out: Path) -> None:
-    """Accuracy and firing rate against T beside the eval report (the paper's Table 2 as a figure)."""
-    from .figures import plot_time_steps
-
+def draw_figures(console: Console, draw: Callable[[], list[Path]]) -> None:
+    """Run ``draw`` and name the files it wrote; without matplotlib say so, since the JSON report
+    beside them is complete anyway."""
     try:
-        console.print(f"wrote {plot_time_steps([report], out)}")
+        paths = draw()
     except ModuleNotFoundError as missing:
         if "matplotlib" not in str(missing):  # a missing module of ours is a bug, not an option
             raise
-        console.print(f"no figure drawn ({missing}); the JSON report is complete")
+        console.print(f"no figures drawn ({missing}); the JSON report is complete")
+        return
+    for path in paths:
+        console.print(f"wrote {path}")
 
 
 def backward_table(title: str, rows, error_label: str, time_label: str) -> Table:
