@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from solvers import SolverResult, check_settings, configure, get_solver
+from solvers import AffineMap, SolverResult, check_budget, check_settings, configure, get_solver
 
 OnBackward = Callable[[SolverResult], None]
 #: ``linearize(a, *args) -> (f(a, *args) with graph, jt)`` with ``jt(v, add=None) = J_f(a)ᵀ v (+ add)``.
@@ -61,6 +61,7 @@ class ImplicitAdjoint:
             raise ValueError(f"`vjp` must be one of {VJP_MODES}, got {vjp!r}")
         self.vjp = vjp
         self.solver, self.call_options = configure(get_solver(backward), options)
+        check_budget(self.solver, b_max_iter, prefix="b_")  # a fixed budget above the cap: an error now
         self.name = backward if isinstance(backward, str) else type(backward).__name__
         self.max_iter = b_max_iter
         self.tol = b_tol
@@ -128,8 +129,9 @@ class ImplicitAdjoint:
 
         # Only passed when set, so that a user's own solver callable need not know the argument.
         coupling = {"coupled": True} if coupled else {}
+        # Affine in v by construction: declared, so that GMRES may trust its recurrence.
         result = self.solver(
-            adjoint_map, grad, max_iter=self.max_iter, tol=self.tol, stop_mode=self.stop_mode,
+            AffineMap(adjoint_map), grad, max_iter=self.max_iter, tol=self.tol, stop_mode=self.stop_mode,
             **coupling, **self.call_options,
         )
         self.last_result = result

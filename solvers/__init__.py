@@ -8,14 +8,18 @@ validates once. Knows nothing of spiking networks.
 
 from ._anderson import Anderson
 from ._broyden import Broyden
-from ._driver import CALL_OPTIONS, BatchedMap, FixedPointSolver, IterState, check_settings, configure
+from ._driver import (
+    CALL_OPTIONS, AffineMap, BatchedMap, FixedPointSolver, IterState, check_settings, configure, is_declared_affine,
+)
 from ._exact import Exact
 from ._fixed_point import FixedPoint
 from ._gmres import GMRES
 from ._names import Registry
 from ._neumann import Neumann
 from ._phantom import Phantom
-from ._registry import available_solvers, describe_solvers, get_solver, register_solver
+from ._registry import (
+    available_solvers, check_budget, describe_solvers, get_solver, nonlinear_solvers, register_solver, solves_nonlinear,
+)
 from ._result import ConvergenceError, SolverResult, SolverStatus
 from ._spiking_adjoint import SpikingAdjoint
 from ._torchdeq import TorchDEQSolver
@@ -37,8 +41,9 @@ for _name, _solver in [
 del _name, _solver
 
 __all__ = [
-    "CALL_OPTIONS", "Anderson", "BatchedMap", "Broyden", "ConvergenceError", "Exact", "FixedPoint",
+    "CALL_OPTIONS", "AffineMap", "Anderson", "BatchedMap", "Broyden", "ConvergenceError", "Exact", "FixedPoint",
     "FixedPointSolver", "GMRES", "IterState", "Neumann", "Phantom", "Registry", "SolverResult", "SolverStatus",
     "SpikingAdjoint", "TorchDEQSolver",
-    "available_solvers", "check_settings", "configure", "describe_solvers", "get_solver", "register_solver",
+    "available_solvers", "check_budget", "check_settings", "configure", "describe_solvers", "get_solver",
+    "is_declared_affine", "nonlinear_solvers", "register_solver", "solves_nonlinear",
 ]

@@ -20,6 +20,35 @@ Map = Callable[[torch.Tensor], torch.Tensor]
 STOP_MODES = ("abs", "rel")
 
 
+class AffineMap:
+    """A map declared affine, g(z) = A z + c: solvers that rely on linearity may then trust it.
+
+    Wrap a map in it when it is affine by construction (the adjoint system of a backward pass
+    is): GMRES then takes the residual its Krylov recurrence extrapolates at the returned point
+    as measured, instead of spending one more evaluation to measure it. On any other map every
+    solver measures the residual it reports, so a declaration is a saving, never a requirement;
+    a false one makes GMRES's reported residuals wrong.
+    """
+
+    affine = True
+
+    def __init__(self, fn: Map):
+        if not callable(fn):
+            raise TypeError(f"AffineMap needs a callable, got {type(fn).__name__}")
+        self.fn = fn
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fn(z)
+
+    def __repr__(self) -> str:
+        return f"AffineMap({self.fn!r})"
+
+
+def is_declared_affine(g: Any) -> bool:
+    """Whether ``g`` was declared affine (an ``AffineMap``, or any callable with ``affine = True``)."""
+    return getattr(g, "affine", False) is True
+
+
 @dataclasses.dataclass
 class IterState:
     """The part of a solver's state the driver reads: the iterate ``z`` and ``gz = g(z)``, both [B, D].
@@ -189,16 +218,22 @@ def first_evaluation(g: BatchedMap, z0: torch.Tensor) -> torch.Tensor:
     return gz0
 
 
-def final_status(converged: torch.Tensor, nonfinite: torch.Tensor, diverged: torch.Tensor) -> SolverStatus:
-    """The status of a solve from per-sample flags (one host sync)."""
+def final_status(converged: torch.Tensor, nonfinite: torch.Tensor, diverged: torch.Tensor,
+                 extrapolated_met: Optional[torch.Tensor] = None) -> SolverStatus:
+    """The status of a solve from per-sample flags (one host sync); ``extrapolated_met``: [B]
+    samples whose extrapolated residual met ``tol`` (solvers that assume an affine map)."""
     failed = ~converged
-    flags = torch.stack([failed.any(), (nonfinite & failed).any(), (diverged & failed).any()]).tolist()
+    false_claim = torch.zeros_like(failed) if extrapolated_met is None else extrapolated_met & failed
+    flags = torch.stack([failed.any(), (nonfinite & failed).any(), (diverged & failed).any(),
+                         false_claim.any()]).tolist()
     if not flags[0]:
         return SolverStatus.SUCCESS
     if flags[1]:
         return SolverStatus.NONFINITE
     if flags[2]:
         return SolverStatus.DIVERGED
+    if flags[3]:
+        return SolverStatus.NOT_AFFINE
     return SolverStatus.MAX_ITER
 
 
@@ -216,6 +251,12 @@ class FixedPointSolver(abc.ABC):
     NAME: ClassVar[str] = ""
     #: The call options this solver honours (the others of ``CALL_OPTIONS`` it refuses).
     ACCEPTED_CALL_OPTIONS: ClassVar[tuple[str, ...]] = CALL_OPTIONS
+    #: Whether the solver is meant for nonlinear maps; False for those built on linearity (Krylov
+    #: spaces, series), which the analytic producer's forward refuses.
+    SOLVES_NONLINEAR: ClassVar[bool] = True
+    #: Whether a step's ``gz`` may be extrapolated by linearity instead of measured. The driver
+    #: then measures g at the returned point, unless the map is declared affine (``AffineMap``).
+    EXTRAPOLATES_IMAGE: ClassVar[bool] = False
 
     @property
     def owner(self) -> str:
@@ -400,6 +441,10 @@ class _Bookkeeper:
             self.best_z = torch.where(better[:, None], z, self.best_z)
         return n_active == 0
 
+    def measure(self, gz: torch.Tensor) -> torch.Tensor:
+        """[2, B] residuals of the best iterate from its measured image ``gz``."""
+        return self._norms(gz - self.best_z, gz)
+
     def _active(self) -> torch.Tensor:
         """[B] samples neither converged, nor with a non-finite residual, nor diverged."""
         return (self.best2[self.pick] > self.tol) & (self.peak2 <= self.bounds2).all(dim=0)
@@ -445,8 +490,16 @@ def _iterate(
 
     solver.finish(state)
 
-    converged = books.best <= tol
     nonfinite, diverged = books.flags()
+    extrapolated_met = None
+    if solver.EXTRAPOLATES_IMAGE and not is_declared_affine(g_user) and n_steps > 0:
+        # The residuals so far may be extrapolations, exact only for affine maps: measure the one
+        # reported, at the returned point (one evaluation), and judge the solve by it alone.
+        extrapolated_met = books.best <= tol
+        books.best2 = books.measure(g(books.best_z))
+        books.bests[-1] = books.best2[books.pick]
+        nonfinite = nonfinite | ~torch.isfinite(books.best)
+    converged = books.best <= tol
     return SolverResult(
         z=books.best_z.reshape(shape).to(z0.dtype),
         n_evals=g.n_evals,
@@ -455,7 +508,7 @@ def _iterate(
         rel_residual=books.best2[1],
         converged=converged,
         trace=torch.stack(books.bests).amax(dim=1),
-        status=final_status(converged, nonfinite, diverged),
+        status=final_status(converged, nonfinite, diverged, extrapolated_met),
         stop_mode=stop_mode,
         tol=tol,
     )

@@ -44,10 +44,13 @@ class GMRES(FixedPointSolver):
     (classical Gram–Schmidt, twice) against the sample's own basis, and a Givens update of the
     least-squares problem min ‖β e₁ − H̄ y‖. The iterate z = x0 + V y and its image
     g(z) = g(x0) + Σ yⱼ A vⱼ are formed from the stored products without another evaluation:
-    **g is assumed affine** (the adjoint system of the backward is). Then the reported
-    residuals are those at the returned z up to rounding at the scale of ‖z‖, ‖x0‖ and their
-    images (a measurement is rounded at the scale of ‖z‖ and ‖g(z)‖); for a map that is not
-    affine they are extrapolations, not measurements.
+    **g is assumed affine** (the adjoint system of the backward is). For a map declared affine
+    (``AffineMap``, as the backward declares its adjoint map) the reported residuals are those
+    at the returned z up to rounding at the scale of ‖z‖, ‖x0‖ and their images (a measurement
+    is rounded at the scale of ‖z‖ and ‖g(z)‖). For any other map the driver measures g at the
+    returned z (one more evaluation) and reports that residual; a sample the extrapolation
+    called converged that the measurement does not is reported as ``NOT_AFFINE``. It is not a
+    solver for nonlinear maps, and the analytic producer's forward refuses it.
 
     A v is taken as (g(x0 + s v) − g(x0)) / s with ‖v‖ = 1 and s = ‖x0‖ + ‖g(x0)‖, so that the
     difference of images is never dwarfed by the images themselves (a small step would cancel
@@ -64,6 +67,8 @@ class GMRES(FixedPointSolver):
     """
 
     NAME: ClassVar[str] = "gmres"
+    SOLVES_NONLINEAR: ClassVar[bool] = False
+    EXTRAPOLATES_IMAGE: ClassVar[bool] = True
 
     restart: int = 30
 

@@ -32,6 +32,7 @@ class Neumann(FixedPointSolver):
     """
 
     NAME: ClassVar[str] = "neumann"
+    SOLVES_NONLINEAR: ClassVar[bool] = False  # a series for affine maps, whatever its iterates coincide with
 
     damping: float = 1.0
 

@@ -60,6 +60,13 @@ class Phantom(FixedPointSolver):
     def step(self, g: BatchedMap, state: IterState) -> IterState:
         return damped_step(g, state, self.damping)
 
+    def check_budget(self, max_iter: int, *, setting: str = "max_iter") -> None:
+        """Refuse ``steps`` above ``max_iter`` (named ``setting``): the cap would silently cut the budget."""
+        if self.steps > max_iter:
+            raise ValueError(
+                f"phantom: `steps`={self.steps} exceeds `{setting}`={max_iter}; raise `{setting}` or lower `steps`"
+            )
+
     #: ``check_every`` is refused: the budget is never cut short, so there is nothing to check early.
     ACCEPTED_CALL_OPTIONS: ClassVar[tuple[str, ...]] = ("throw", "return_best", "divergence_factor")
 
@@ -102,11 +109,7 @@ class Phantom(FixedPointSolver):
         self.check_call_options(throw=throw, check_every=check_every, return_best=return_best,
                                 divergence_factor=divergence_factor)
         solver = self.with_options(**options)
-        if solver.steps > max_iter:
-            raise ValueError(
-                f"phantom: `steps`={solver.steps} exceeds `max_iter`={max_iter}; "
-                "raise `max_iter` or lower `steps`"
-            )
+        solver.check_budget(max_iter)
         # One check, after the last step: the driver then stops only at the end of the budget.
         with torch.no_grad():
             result = _iterate(

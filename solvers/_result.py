@@ -25,6 +25,11 @@ class SolverStatus(enum.Enum):
         "an iterate or its image became NaN or Inf; the map overflows along the solver's path "
         "(try `fixed_point` with `damping` < 1, or a smaller step)"
     )
+    NOT_AFFINE = (
+        "the residual measured at the returned point misses `tol`, although the solver's affine "
+        "recurrence (exact only for g(z) = A z + c) said it was met: the map is not affine; use a "
+        "solver for nonlinear maps (broyden, anderson, fixed_point)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,7 +60,8 @@ class SpikingAdjoint:
 
     Args:
         time_steps: T, simulation steps (SPIDE's ``time_step_back``, 250 in its CIFAR code,
-            100 for MNIST); a call's ``max_iter`` caps it, so the solve runs min(T, max_iter) steps.
+            100 for MNIST). None (the default): T is the call's ``max_iter``, the one budget; a
+            number must not exceed ``max_iter`` (a larger one is an error, never a silent cap).
         threshold: θ, the value one spike carries (SPIDE's V_th^b − u_rest^b). A number, or
             ``"auto"``: per sample θ = ``headroom`` · max(‖z0‖_∞, ‖c‖_∞), one θ for the whole
             batch when the call is ``coupled``. SPIDE instead fixes V_th^b = 0.5 with
@@ -74,13 +75,14 @@ class SpikingAdjoint:
             the error of the plain integrate-and-fire neuron (λ = 1, |u| < θ).
     """
 
-    time_steps: int = 250
+    time_steps: Optional[int] = None
     threshold: Union[float, str] = "auto"
     headroom: float = 2.0
     firing_level: float = 0.5
 
     def __post_init__(self) -> None:
-        check_int(OWNER, "time_steps", self.time_steps, minimum=1)
+        if self.time_steps is not None:
+            check_int(OWNER, "time_steps", self.time_steps, minimum=1)
         _check_positive("threshold", self.threshold, auto=True)
         _check_positive("headroom", self.headroom)
         check_range(OWNER, "firing_level", self.firing_level, 0.5, 1.0, low_open=False)
@@ -88,8 +90,24 @@ class SpikingAdjoint:
     @property
     def description(self) -> str:
         """One line for listings."""
-        return ("SPIDE: spiking solve of an affine problem, ternary spikes for `time_steps` steps, "
+        return ("SPIDE: spiking solve of an affine problem, ternary spikes for `time_steps` (default: max_iter) steps, "
                 "error O(θ/T) (Xiao et al. 2023)")
+
+    #: Built on linearity: the rate of spikes fed through g estimates z only for affine g.
+    SOLVES_NONLINEAR: ClassVar[bool] = False
+
+    def check_budget(self, max_iter: int, *, setting: str = "max_iter") -> None:
+        """Refuse ``time_steps`` above ``max_iter`` (named ``setting``), which would cap it silently."""
+        if self.time_steps is not None and self.time_steps > max_iter:
+            raise ValueError(
+                f"{OWNER}: `time_steps`={self.time_steps} exceeds `{setting}`={max_iter}, which caps the spike "
+                f"simulation; raise `{setting}`, or leave `time_steps` out to run `{setting}` steps"
+            )
+
+    def steps_for(self, max_iter: int) -> int:
+        """The simulation's length T for a call with ``max_iter``."""
+        self.check_budget(max_iter)
+        return max_iter if self.time_steps is None else self.time_steps
 
     #: ``check_every`` is refused (nothing is checked before the end) and so is
     #: ``return_best=True`` (the estimate is the spike rate of the whole run).
@@ -167,7 +185,7 @@ class SpikingAdjoint:
                                 divergence_factor=divergence_factor)
         solver = self.with_options(**options)
         with torch.no_grad():
-            result = solver._solve(g, z0, min(solver.time_steps, max_iter), float(tol), stop_mode, coupled,
+            result = solver._solve(g, z0, solver.steps_for(max_iter), float(tol), stop_mode, coupled,
                                    float(divergence_factor))
         if throw and not result.success:
             raise ConvergenceError(result)

@@ -47,7 +47,9 @@ def counting(g):
 
 
 def gmres(problem, z0, **kwargs):
-    return solvers.get_solver("gmres")(problem, z0, **kwargs)
+    """GMRES on a map declared affine (as the backward declares its adjoint): its own iterates,
+    counts and extrapolated residuals, without the final measurement an undeclared map gets."""
+    return solvers.get_solver("gmres")(solvers.AffineMap(problem), z0, **kwargs)
 
 
 # GMRES
@@ -170,6 +172,31 @@ def test_gmres_restart_step_measures_the_iterate_and_starts_from_its_true_residu
     measured = fz.norm(dim=1)
     assert not torch.allclose(cycle.abs_residual, measured, rtol=1e-6, atol=0)  # extrapolated: off
     torch.testing.assert_close(restarted.abs_residual, measured, rtol=1e-14, atol=0)
+
+
+def test_gmres_on_a_map_not_declared_affine_reports_the_residual_measured_at_its_result(float64):
+    """Undeclared, the map gets one more evaluation at the returned z, and that measurement alone
+    decides: on an affine map it agrees with the recurrence and the solve succeeds; on a nonlinear
+    one GMRES's recurrence claims convergence, the measurement refutes it, and the status says so."""
+    problem = random_problem(3, 10, 0.8, seed=21)
+    g, calls = counting(problem)
+    plain = solvers.get_solver("gmres")(g, problem.zeros(), max_iter=40, tol=1e-10)
+    declared = gmres(problem, problem.zeros(), max_iter=40, tol=1e-10)
+    assert plain.success and plain.n_evals == declared.n_evals + 1 == len(calls)
+    torch.testing.assert_close(plain.z, declared.z, rtol=0, atol=0)
+
+    def nonlinear(z):
+        return torch.tanh(3 * problem(z))
+
+    result = solvers.get_solver("gmres")(nonlinear, problem.zeros(), max_iter=40, tol=1e-6)
+    abs_res, rel_res = true_residuals(nonlinear, result.z)
+    torch.testing.assert_close(result.abs_residual, abs_res, rtol=1e-12, atol=0)
+    torch.testing.assert_close(result.rel_residual, rel_res, rtol=1e-12, atol=0)
+    assert bool((rel_res > 1e-6).any())
+    assert result.status is SolverStatus.NOT_AFFINE and not result.success
+    assert result.converged.tolist() == (rel_res <= 1e-6).tolist()
+    trusted = gmres(nonlinear, problem.zeros(), max_iter=40, tol=1e-6)  # a false declaration is believed
+    assert trusted.success
 
 
 def test_gmres_restart_converges_with_a_small_krylov_space(float64):

@@ -7,6 +7,7 @@ import torch
 
 import models
 import solvers
+from implicit_snn import ImplicitAdjoint
 from solvers import SolverStatus, SpikingAdjoint
 from tests.helpers import affine_problem, true_residuals
 
@@ -143,11 +144,18 @@ def test_reported_residuals_and_evaluations_are_measured_even_for_a_nonaffine_ma
         assert result.z.shape == (3, 5, 4)
 
 
-def test_max_iter_caps_the_steps_and_zero_steps_return_the_measured_initial_guess():
+def test_max_iter_is_the_budget_a_larger_time_steps_is_refused_and_zero_steps_measure_the_initial_guess():
     problem = affine_problem((2, 6), 0.5, seed=5)
-    capped = SPIKING(problem, problem.c, max_iter=10, tol=1e-9, time_steps=30)
-    assert capped.n_steps == 10 and capped.n_evals == 11
-    assert capped.status is SolverStatus.MAX_ITER
+    budget = SPIKING(problem, problem.c, max_iter=10, tol=1e-9)
+    assert budget.n_steps == 10 and budget.n_evals == 11
+    assert budget.status is SolverStatus.MAX_ITER
+    with pytest.raises(ValueError, match=r"^spiking: `time_steps`=30 exceeds `max_iter`=10"):
+        SPIKING(problem, problem.c, max_iter=10, tol=1e-9, time_steps=30)
+    with pytest.raises(ValueError, match=r"^spiking: `time_steps`=200 exceeds `b_max_iter`=30, which caps"):
+        ImplicitAdjoint("spiking", b_max_iter=30, time_steps=200)
+    with pytest.raises(ValueError, match=r"^phantom: `steps`=10 exceeds `b_max_iter`=5"):
+        ImplicitAdjoint("phantom", b_max_iter=5, steps=10)
+    assert SPIKING(problem, problem.c, max_iter=10, tol=1e-9, time_steps=10).n_steps == 10
     none = SPIKING(problem, problem.c, max_iter=0, tol=1e-9)
     assert none.n_steps == 0 and none.n_evals == 1 and torch.equal(none.z, problem.c)
     gz = problem(problem.c)
@@ -273,7 +281,7 @@ def test_map_turning_nonfinite_midway_is_nonfinite():
 def test_registered_with_a_description():
     assert "spiking" in solvers.available_solvers()
     assert "SPIDE" in solvers.describe_solvers()["spiking"]
-    assert isinstance(SPIKING, SpikingAdjoint) and SPIKING.time_steps == 250
+    assert isinstance(SPIKING, SpikingAdjoint) and SPIKING.time_steps is None  # the budget is max_iter
 
 
 def test_runs_on_every_device(device):

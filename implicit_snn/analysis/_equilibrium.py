@@ -52,6 +52,9 @@ def equilibrium_gap(model: ImplicitClassifier, batches: Iterable[tuple[torch.Ten
     if not hasattr(model.producer, "time_steps"):
         raise ValueError(f"the equilibrium gap needs a spiking producer (if, lif), the model has "
                          f"{type(model.producer).__name__}")
+    if not solvers.solves_nonlinear(f_solver):
+        raise ValueError(f"`f_solver` {f_solver!r} solves affine maps only and f is nonlinear; use one of "
+                         f"{', '.join(solvers.nonlinear_solvers())}")
     batches = list(batches)
     if not any(len(y) for _, y in batches):
         raise ValueError("the equilibrium gap needs at least one sample in `batches`")

@@ -98,7 +98,8 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
     else:
         _flag(parser, "time_steps", type=_setting("time_steps", int), help="simulation steps T")
     _flag(parser, "leak", type=_setting("leak"), help="LIF leak λ")
-    _flag(parser, "f_solver", choices=names, help="forward solver of the analytic producer")
+    _flag(parser, "f_solver", choices=solvers.nonlinear_solvers(),
+          help="forward solver of the analytic producer (solvers for nonlinear maps only)")
     _flag(parser, "f_max_iter", type=_setting("f_max_iter", int))
     _flag(parser, "f_tol", type=_setting("f_tol"))
     _flag(parser, "f_stop_mode", choices=["rel", "abs"])
@@ -200,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                "and energy run at the checkpoint's T")
     _flag(analyze, "leak", type=_setting("leak"), help="LIF leak λ")
     names = solvers.available_solvers()
-    _flag(analyze, "f_solver", choices=names, help="solver for the equilibrium a* of f (default broyden)")
+    _flag(analyze, "f_solver", choices=solvers.nonlinear_solvers(),
+          help="solver for the equilibrium a* of f (default broyden; solvers for nonlinear maps only)")
     _flag(analyze, "f_max_iter", type=_setting("f_max_iter", int), help="its step cap (default 100)")
     _flag(analyze, "f_tol", type=_setting("f_tol"), help="its relative tolerance (default 1e-6)")
     _flag(analyze, "b_solver", nargs="+", choices=names, metavar="NAME",

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from solvers import check_settings, configure, get_solver
+from solvers import check_budget, check_settings, configure, get_solver, nonlinear_solvers, solves_nonlinear
 
 from ._base import Equilibrium, ImplicitNetwork, Producer, couples_samples
 
@@ -34,7 +34,14 @@ class AnalyticProducer(Producer):
 
     def __post_init__(self) -> None:
         check_settings(self.f_max_iter, self.f_tol, self.f_stop_mode, prefix="f_")
-        configure(get_solver(self.f_solver), self.f_options)  # unknown or bad options fail here, not mid-training
+        if not solves_nonlinear(self.f_solver):
+            name = self.f_solver if isinstance(self.f_solver, str) else type(self.f_solver).__name__
+            raise ValueError(
+                f"`f_solver` {name!r} solves affine maps only (z = A z + c) and the analytic forward map is nonlinear; "
+                f"use one of {', '.join(nonlinear_solvers())}"
+            )
+        solver, _ = configure(get_solver(self.f_solver), self.f_options)  # bad options fail here, not mid-training
+        check_budget(solver, self.f_max_iter, prefix="f_")
 
     def __call__(self, network: ImplicitNetwork, x: torch.Tensor) -> Equilibrium:
         with torch.no_grad():
