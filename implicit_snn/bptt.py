@@ -42,6 +42,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from . import interrupt
 from .neurons import rate_weights
 from .producers._spiking import averaged_input, feedback_adder
 
@@ -363,6 +364,7 @@ def unroll(network, x: torch.Tensor, *, time_steps: int, leak: float = 1.0, surr
     counts: list[Optional[torch.Tensor]] = [None] * n_layers
     rate: Optional[torch.Tensor] = None
     for t in range(steps):
+        interrupt.check()  # a stop request ends a long unroll within one step (in training only)
         if constant is not None:
             drive = constant
         elif drives is not None:

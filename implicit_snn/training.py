@@ -13,6 +13,7 @@ application (``implicit_snn.app``) decides where that goes and what is shown.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -24,9 +25,10 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from . import distributed
+from . import distributed, interrupt
 from .data import ArrayDataset, BatchLoader
 from .distributed import Context
+from .interrupt import StopRequested
 
 #: What ``Trainer`` does at a step with a non-finite loss, gradient or updated parameter.
 NONFINITE = ("stop", "skip")
@@ -207,27 +209,36 @@ class EpochTotals:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, device: torch.device,
-             context: Context = Context.single()) -> dict[str, Any]:
+             context: Context = Context.single(), should_stop: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
     """Loss, accuracy, mean firing rate and forward-solver status counts of ``model`` (eval mode) on ``dataset``.
 
     ``firing_rate`` is present for spiking producers, ``forward_status`` (batches per status) for
     producers that solve for the equilibrium (``analytic``): a forward that did not converge shows.
     With several processes each evaluates its part of every batch and all return the totals.
+
+    Raises:
+        StopRequested: ``should_stop()`` turned true (checked before every batch, in every process
+            together); the model is back in the mode it was in.
     """
     was_training = model.training
     model.eval()
     totals = EpochTotals()  # loss, correct answers and the forward statistics
-    # Its own generator: evaluation must not draw from torch's global RNG, which training uses.
-    for x, y in BatchLoader(dataset, batch_size, shuffle=False, generator=torch.Generator(),
-                            shard=(context.rank, context.world_size)):
-        if y.shape[0] == 0:  # a last batch smaller than the number of processes leaves some without a part
-            continue
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        totals.loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        totals.correct += int((logits.argmax(1) == y).sum())
-        totals.add_forward(model)
-    model.train(was_training)
+    try:
+        # Its own generator: evaluation must not draw from torch's global RNG, which training uses.
+        for x, y in BatchLoader(dataset, batch_size, shuffle=False, generator=torch.Generator(),
+                                shard=(context.rank, context.world_size)):
+            # Before skipping an empty part: every process must take part in the agreement.
+            if should_stop is not None and distributed.any_across(should_stop(), context, device):
+                raise StopRequested("a stop was requested during the evaluation")
+            if y.shape[0] == 0:  # a last batch smaller than the number of processes leaves some without a part
+                continue
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(x)
+            totals.loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            totals.correct += int((logits.argmax(1) == y).sum())
+            totals.add_forward(model)
+    finally:
+        model.train(was_training)
     totals = totals.across_processes(context, device)
     return {"loss": totals.loss / len(dataset), "acc": totals.correct / len(dataset), **totals.forward_metrics()}
 
@@ -251,6 +262,14 @@ class Trainer:
     statistics included; this keeps a copy of parameters, optimizer state and buffers at every
     step), advances the schedule as after any step, counts it in the epoch's ``skipped_steps``, and
     raises ``NonFiniteError`` once more than ``max_skipped_steps`` steps of one epoch were skipped.
+
+    A stop request (``should_stop``) is acted on between steps. In a single process a request
+    made through ``implicit_snn.interrupt.request_stop`` (the command line's signal handler)
+    also abandons the step in progress, inside its simulation (``interrupt.check``): the trainer
+    is then exactly as after the last completed step, batch-norm statistics, power-iteration
+    vectors and RNG states included (each step starts by copying these small things), so a
+    ``state_dict`` taken then resumes bit-exactly. With several processes a step is never
+    abandoned halfway (the others would wait for it in their gradient reduction).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, train_data: ArrayDataset,
@@ -334,7 +353,8 @@ class Trainer:
     def train_epoch(self, *, should_stop: Callable[[], bool] = lambda: False,
                     on_batch: Optional[Callable[["Trainer"], None]] = None) -> bool:
         """Run the rest of the current epoch; False when ``should_stop()`` turned true (checked after
-        every step, in every process together), True when the epoch's batches are done.
+        every step, in every process together) or a step was abandoned on
+        ``interrupt.request_stop()`` (see the class), True when the epoch's batches are done.
 
         ``on_batch(trainer)`` is called after every step, skipped ones too (a progress display reads
         ``trainer.totals``).
@@ -348,21 +368,31 @@ class Trainer:
         self.loader.generator.set_state(self.loader_state)
         self.model.train()
         skip = self.nonfinite == "skip"
+        single = not self.context.distributed  # only a lone process may abandon a step halfway
         tick = time.perf_counter()
         for index, (x, y) in enumerate(self.loader):
             if index < self.batch:
                 tick = time.perf_counter()
                 continue  # already trained before the interruption; the loader replays its RNG draws
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            buffers = self._copy_buffers() if skip else None  # the forward updates batch norm's statistics
-            logits = self.net(x)
-            loss = F.cross_entropy(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            # DDP averages over processes; the weight makes that the whole batch's mean-loss gradient.
-            weight = distributed.loss_weight(y.shape[0], self.loader.global_batch_size(index), self.context)
-            timer = BackwardTimer(self.device)
-            (loss * weight if weight != 1 else loss).backward()
-            timer.stop()
+            # The forward moves batch norm's statistics and power-iteration vectors and draws dropout masks.
+            buffers = self._copy_buffers() if skip or single else None
+            rng = self._rng_states() if single else None
+            try:
+                with interrupt.abortable() if single else contextlib.nullcontext():
+                    logits = self.net(x)
+                    loss = F.cross_entropy(logits, y)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    # DDP averages over processes; the weight makes that the whole batch's mean-loss gradient.
+                    weight = distributed.loss_weight(y.shape[0], self.loader.global_batch_size(index), self.context)
+                    timer = BackwardTimer(self.device)
+                    (loss * weight if weight != 1 else loss).backward()
+                    timer.stop()
+            except StopRequested:
+                self._restore_buffers(buffers)
+                self._restore_rng_states(rng)
+                self.optimizer.zero_grad(set_to_none=True)
+                return False
             self.totals.lr = self.optimizer.param_groups[0]["lr"]
             loss_value, problem = self._check_loss_and_gradients(loss)
             if problem is None:
@@ -436,6 +466,18 @@ class Trainer:
                                  f"skipped in this epoch, more than `max_skipped_steps` {self.max_skipped_steps}; "
                                  f"{_ADVICE}", epoch=self.epoch + 1, batch=index + 1, what=problem)
 
+    def _rng_states(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """torch's CPU RNG state and, training on CUDA, the device's (what a step draws from)."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _restore_rng_states(self, saved: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]) -> None:
+        if saved is None:
+            return
+        torch.set_rng_state(saved[0])
+        if saved[1] is not None:
+            torch.cuda.set_rng_state(saved[1], self.device)
+
     def _copy_buffers(self) -> list[tuple[str, torch.Tensor]]:
         return [(name, b.detach().clone()) for name, b in self.model.named_buffers()]
 
@@ -476,18 +518,33 @@ class Trainer:
         """Steps in one epoch (of this process's loader)."""
         return len(self.loader)
 
-    def end_epoch(self) -> dict[str, Any]:
-        """Close the finished epoch: evaluate on the validation and test sets; returns the epoch's metrics row."""
+    def end_epoch(self, *, should_stop: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
+        """Close the finished epoch: evaluate on the validation and test sets; returns the epoch's metrics row.
+
+        Raises:
+            StopRequested: ``should_stop()`` turned true between evaluation batches (in every
+                process together) or, in a single process, ``interrupt.request_stop()`` was called
+                during one. The trainer is left as before the call: a ``state_dict`` taken now
+                resumes with this evaluation.
+        """
         row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.totals.lr}
         row.update(self.totals.across_processes(self.context, self.device).metrics())
+        single = not self.context.distributed
+        buffers, rng = (self._copy_buffers(), self._rng_states()) if single else (None, None)
         # Every process evaluates (its part of) the model rank 0 will save.
         distributed.broadcast_buffers(self.model, self.context)
         eval_start = time.perf_counter()
-        for name, data in (("val", self.val_data), ("test", self.test_data)):
-            if data is not None:
-                result = evaluate(self.model, data, batch_size=self.test_batch_size, device=self.device,
-                                  context=self.context)
-                row.update({f"{name}_loss": result["loss"], f"{name}_acc": result["acc"]})
+        try:
+            with interrupt.abortable() if single else contextlib.nullcontext():
+                for name, data in (("val", self.val_data), ("test", self.test_data)):
+                    if data is not None:
+                        result = evaluate(self.model, data, batch_size=self.test_batch_size, device=self.device,
+                                          context=self.context, should_stop=should_stop)
+                        row.update({f"{name}_loss": result["loss"], f"{name}_acc": result["acc"]})
+        except StopRequested:
+            self._restore_buffers(buffers)
+            self._restore_rng_states(rng)
+            raise
         row["eval_seconds"] = time.perf_counter() - eval_start
         row["peak_memory_mib"] = peak_memory_mib(self.device)
         if "val_acc" in row and row["val_acc"] > self.best_val_acc:

@@ -238,7 +238,7 @@ def test_schedule_warmup_and_milestones():
     (["train", "--producer", "analytic", "--time-steps", "3"], "--time-steps does not apply to the analytic producer"),
     (["train", "--producer", "lif", "--f_tol", "1e-3", "--f_option", "memory=3"],
      "--f_tol, --f_option do not apply to the lif producer, which takes --time-steps, --leak"),
-    (["train", "--dataset", "cifar100"], "no data folder was given"),
+    (["train", "--model", "alexnet_f", "--dataset", "cifar100"], "no data folder was given"),
     (["train", "--seed", "x"], "--seed: must be an integer, got 'x'"),
     (["train", "--bn-momentum", "1.5"], "--bn-momentum: must be a number in (0, 1], got '1.5'"),
     (["train", "--lr", "inf"], "--lr: must be a number in (0, 10], got 'inf'"),

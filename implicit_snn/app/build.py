@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Optional
 
 import torch
 
 import models
+import solvers
 
 from .. import distributed, producers
-from ..data import ArrayDataset, cifar_augment, dataset_info, dataset_options, load_dataset, split_validation
+from ..data import (ArrayDataset, available_datasets, cifar_augment, dataset_info, dataset_options, load_dataset,
+                    split_validation)
 from ..distributed import Context
 from ..training import Trainer
 from .config import PRODUCER_SETTINGS, RunConfig
@@ -46,13 +49,95 @@ def build_model(config: RunConfig, num_classes: int, in_shape: Optional[tuple[in
         method=config.method, surrogate=config.surrogate, surrogate_slope=config.surrogate_slope,
     )
     if config.model in models.available_models():
-        return models.build_model(config.model, num_classes=num_classes, **options)
+        model = models.build_model(config.model, num_classes=num_classes, **options)
+        if in_shape is not None:
+            expected = getattr(getattr(model, "network", None), "in_shape", None)
+            check_input_shape(expected, config.model, config.dataset, in_shape)
+        return model
     if "(" in config.model:
         if in_shape is None:
             raise ValueError("a spec-string model needs the dataset's input shape")
         return models.from_spec(config.model, in_shape, num_classes, **options)
     raise UsageError(f"unknown model {config.model!r}; presets: {', '.join(models.available_models())}, "
                      "or a spec such as '400 (F400)'")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def check_input_shape(expected: Optional[tuple[int, ...]], name: str, dataset: Optional[str],
+                      in_shape: tuple[int, ...]) -> None:
+    """Refuse (``UsageError``) a model built for inputs of shape ``expected`` on a dataset of
+    ``in_shape`` ones: it would fail at its first batch. ``expected`` None (a model that does not
+    say) passes."""
+    if expected is None or tuple(expected) == tuple(in_shape):
+        return
+    expected, in_shape = tuple(expected), tuple(in_shape)
+    datasets = [d for d in available_datasets() if _dataset_shape(d) == expected]
+    presets = [p for p, preset in models.PRESETS.items() if tuple(preset.in_shape) == in_shape]
+    instead = (f"--dataset {' or '.join(datasets)}" if datasets else f"a dataset of {_shape(expected)} inputs")
+    fitting = f"the presets {', '.join(presets)} or " if presets else ""
+    raise UsageError(f"model {name} takes {_shape(expected)} inputs, but the {dataset} dataset's are "
+                     f"{_shape(in_shape)}; use {instead}, or for {dataset} {fitting}a spec such as '400 (F400)' "
+                     "(built for the dataset's shape)")
+
+
+def _dataset_shape(name: str) -> Optional[tuple[int, ...]]:
+    try:
+        return tuple(dataset_info(name).in_shape)
+    except (KeyError, TypeError, ValueError):  # a registered dataset whose shape depends on options it needs
+        return None
+
+
+def backward_unknowns(model: torch.nn.Module, in_shape: tuple[int, ...], batch: int) -> Optional[tuple[int, int, bool]]:
+    """(unknowns of one backward solve, unknowns per sample, whether the batch is coupled) of a
+    training step on ``batch`` samples; None for a model without an implicit backward (BPTT).
+
+    Asks the network itself, as a training step does (``couples_samples`` on the arguments of f's
+    differentiable evaluation), on a copy and with the RNG restored, so the run is unchanged."""
+    network = getattr(model, "network", None)
+    if getattr(model, "method", "ide") == "bptt" or network is None or not hasattr(network, "map_inputs"):
+        return None
+    probe = copy.deepcopy(network).cpu().train()  # map_inputs takes a power-iteration step in training
+    x = torch.zeros((2, *in_shape))
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        f_args = probe.map_inputs(x)
+        differentiable = getattr(probe, "differentiable_args", None)
+        if differentiable is not None:
+            f_args = differentiable(*f_args)
+        coupled = producers.couples_samples(probe, f_args)
+        per_sample = probe.initial_state(x)[0].numel()
+    return (per_sample * batch if coupled else per_sample), per_sample, coupled
+
+
+def check_exact_size(model: torch.nn.Module, in_shape: tuple[int, ...], batch: int) -> None:
+    """Refuse (``UsageError``) an ``exact`` backward whose system would exceed its ``max_size``
+    on a training batch of ``batch`` samples (the largest one a process trains), before any
+    step: ``exact`` itself only finds out at the first backward."""
+    adjoint = getattr(model, "adjoint", None)
+    solver = getattr(adjoint, "solver", None)
+    if not isinstance(solver, solvers.Exact):
+        return
+    sized = backward_unknowns(model, in_shape, batch)
+    if sized is None:
+        return
+    unknowns, per_sample, coupled = sized
+    limit = solver.max_size
+    if unknowns <= limit:
+        return
+    if coupled:
+        fits = limit // per_sample  # batch norm needs 2 samples a batch: below that no batch size fits
+        smaller = f"a --batch-size of at most {fits}, " if fits >= 2 else ""
+        raise UsageError(
+            f"--b_solver exact: the backward is one system of {unknowns:,} unknowns ({batch} samples × "
+            f"{per_sample:,} last-layer neurons, coupled by batch norm's batch statistics), above exact's max_size "
+            f"{limit:,}; use {smaller}--bn-backward simulated (samples not coupled), another --b_solver, or "
+            f"--b_option max_size={unknowns} (a dense {unknowns:,}² Jacobian)")
+    raise UsageError(
+        f"--b_solver exact: the backward has {unknowns:,} unknowns per sample (the last layer's neurons), above "
+        f"exact's max_size {limit:,}; use another --b_solver, or --b_option max_size={unknowns} (a dense "
+        f"{unknowns:,}² Jacobian per sample)")
 
 
 def _load(config: RunConfig, split: str) -> ArrayDataset:
@@ -79,14 +164,25 @@ def default_val_size(train_size: int) -> int:
     return min(5000, train_size // 10)
 
 
+def _check_val_size(config: RunConfig, total: int, least: int) -> None:
+    """Refuse a validation split that leaves fewer than ``least`` of the ``total`` training samples
+    to train on, advising the largest one that is accepted."""
+    if config.val_size > 0 and total - config.val_size < least:
+        most = total - least
+        advice = f"use at most {most}, or 0 for no validation split" if most >= 1 else "use 0: it is too small to split"
+        left = max(total - config.val_size, 0)
+        what = "nothing" if left == 0 else f"only {left} sample{'' if left == 1 else 's'}"
+        raise ValueError(f"--val-size {config.val_size} leaves {what} to train on: the {config.dataset} training set "
+                         f"has {total} samples and training needs at least {least} (batch statistics); {advice}")
+
+
 def _split_train(config: RunConfig, train: ArrayDataset) -> tuple[ArrayDataset, Optional[ArrayDataset]]:
-    """The training set minus the validation split, and that split (None with ``val_size`` 0).
+    """The training set minus the validation split, and that split (None with ``val_size`` 0); at
+    least 2 samples must be left to train on (``Trainer``'s minimum in one process).
     An unset ``val_size`` is resolved here, in ``config``, so the saved configuration holds the number."""
     if config.val_size is None:
         config.val_size = default_val_size(len(train))
-    if config.val_size >= len(train):
-        raise ValueError(f"--val-size {config.val_size} leaves nothing to train on: the {config.dataset} training set "
-                         f"has {len(train)} samples (use at most {len(train) - 1}, or 0 for no validation split)")
+    _check_val_size(config, len(train), 2)
     if config.val_size > 0:
         return split_validation(train, config.val_size, seed=config.seed)
     return train, None
@@ -114,11 +210,20 @@ def make_trainer(config: RunConfig, context: Context = Context.single()) -> Trai
         torch.set_num_threads(config.threads)
     device = distributed.process_device(resolve_device(config.device), context)
     torch.manual_seed(config.seed)
+    if config.model in models.PRESETS:  # before the data are read; build_model checks any model again
+        shape = dataset_info(config.dataset).in_shape  # as _load reads it: the shape needs no options
+        check_input_shape(models.PRESETS[config.model].in_shape, config.model, config.dataset, shape)
     train, val, test = load_splits(config)
+    # Trainer's minimum is 2 samples per process: with several, the split may leave too few.
+    _check_val_size(config, len(train) + (len(val) if val is not None else 0), 2 * context.world_size)
     info = train.info
     # Every process builds the same initial model; from here on each draws its own dropout masks
     # (rank 0 goes on with the stream a one-process run has always used).
-    model = build_model(config, info.num_classes, info.in_shape).to(device)
+    model = build_model(config, info.num_classes, info.in_shape)
+    # The largest part of a batch any process trains: the first batch's, split as BatchLoader does.
+    largest = math.ceil(min(config.batch_size, len(train)) / context.world_size)
+    check_exact_size(model, info.in_shape, largest)
+    model = model.to(device)
     if context.rank > 0:
         torch.manual_seed(distributed.rank_seed(config.seed, context))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,

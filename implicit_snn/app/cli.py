@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -31,8 +33,9 @@ from .commands import backward_table, cli_settings, run_eval
 from .config import ALLOWED, NONNEG_INT, NONNEG_NUMBER, POS_INT, POS_NUMBER, RunConfig, read_config_file, resolve
 from .errors import UsageError, UsageExit, checked_settings, flag_message
 from .report import Report
-from .run import Interrupted, TrainingRun
+from .run import Interrupted, StopRequest, TrainingRun
 from .rundir import RunDir, default_run_name
+from .runlock import RunLock
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SETTINGS = frozenset(RunConfig.field_names())  # library arguments that name a run setting
@@ -64,14 +67,22 @@ _positive_float = _typed(float, POS_NUMBER)
 _nonnegative_float = _typed(float, NONNEG_NUMBER)
 
 
+# Shell-style spellings of a bool; Python's True/False are read by literal_eval.
+_BOOLS = {"true": True, "yes": True, "false": False, "no": False}
+
+
 def _option(text: str) -> tuple[str, Any]:
+    """A ``KEY=VALUE`` solver option: VALUE as a Python literal (``5``, ``0.5``, ``True``), a bool
+    for true/false/yes/no in any case, else the text itself."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
+    key, value = (part.strip() for part in text.split("=", 1))
+    if value.lower() in _BOOLS:
+        return key, _BOOLS[value.lower()]
     try:
-        return key.strip(), ast.literal_eval(value.strip())
+        return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
-        return key.strip(), value.strip()
+        return key, value
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
@@ -278,19 +289,32 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         config.out = str(Path(config.out) if config.out else _default_run_dir(config))
         if args.resume and args.overwrite:
             raise UsageError("--resume and --overwrite exclude each other")
-        resumed = None  # the checkpoint --resume continues from, loaded once
-        if args.resume:
-            config, resumed = _resumed_config(Path(config.out), config, given)
-        # Under torchrun every process runs this; rank 0 alone prints and writes files.
-        context = distributed.init_process_group(resolve_device(config.device))
-    try:
-        code = _train_process(args, config, console if context.is_main else Console(quiet=True), context, resumed)
-    except BaseException:
-        distributed.shutdown(context, together=False)
-        raise
-    distributed.shutdown(context)
+    run_dir = RunDir(config.out)
+    run_dir.check_writable()  # creates nothing: an --out that cannot take a run is refused before the lock
+    # One train per run directory, locked before it is checked, so nothing changes between check and write.
+    # Under torchrun rank 0 alone holds it; the process group does not exist yet, so its rank is read here.
+    rank = int(os.environ.get("RANK", "0")) if distributed.launched_by_torchrun() else 0
+    with (RunLock(run_dir.path) if rank == 0 else contextlib.nullcontext()) as lock:
+        if lock is not None and lock.warning:
+            console.print(f"warning: {lock.warning}", soft_wrap=True, highlight=False)
+        with checked_settings():
+            resumed = None  # the checkpoint --resume continues from, loaded once
+            if args.resume:
+                config, resumed = _resumed_config(run_dir.path, config, given)
+            # Under torchrun every process runs this; rank 0 alone prints and writes files.
+            context = distributed.init_process_group(resolve_device(config.device))
+        # Signals are ours from here: a process still waiting for the others to join must die of
+        # torchrun's SIGTERM as usual, and a handler would run only once that wait returns.
+        with StopRequest(run_dir, started=False) as stop:
+            try:
+                code = _train_process(args, config, console if context.is_main else Console(quiet=True), context,
+                                      resumed, stop, lock)
+            except BaseException:
+                distributed.shutdown(context, together=False)
+                raise
+        distributed.shutdown(context)
     if context.distributed:
-        distributed.exit_worker(code)
+        distributed.exit_worker(code)  # after the lock is released: this ends the process at once
     return code
 
 
@@ -336,13 +360,14 @@ def _completed_settings(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_process(args: argparse.Namespace, config: RunConfig, console: Console, context: Context,
-                   resumed: Optional[tuple] = None) -> int:
+                   resumed: Optional[tuple] = None, stop: Optional[StopRequest] = None,
+                   lock: Optional[RunLock] = None) -> int:
+    """Build, train and report one run into ``config.out`` (``lock``: the caller's on it); the exit status."""
     from .build import data_files, make_trainer
 
     run_dir = RunDir(config.out)
     if not args.resume and not args.overwrite:
         run_dir.check_new_run()
-    run_dir.check_writable()
     # Model, data and solvers are built (and every setting checked) before anything is written,
     # so a bad setting leaves no half-made run directory and --overwrite deletes nothing.
     with checked_settings():
@@ -362,6 +387,8 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
             run.resume(resumed)
     distributed.barrier(context)  # every process has checked the run directory before rank 0 changes it
     if context.is_main:
+        if lock is not None:
+            lock.keep_folders()  # from here on the folder is the run's, even if its first write fails
         if not args.resume:
             run_dir.clear()
         run_dir.path.mkdir(parents=True, exist_ok=True)
@@ -369,9 +396,9 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
         run_dir.write_data_files(data_files(trainer.train_data, trainer.test_data))
     distributed.barrier(context)
     try:
-        summary = run.fit()
-    except Interrupted as stop:
-        report.line(f"interrupted: {stop}")
+        summary = run.fit(stop)
+    except Interrupted as stopped:
+        report.line(f"interrupted: {stopped}")
         return 130
     except solvers.ConvergenceError as error:
         # Asked for with `throw=True`: a stop, not a bug; the last checkpoint is the last finished epoch's.

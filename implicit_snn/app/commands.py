@@ -43,13 +43,36 @@ def load_checkpoint(where: str, warn: Callable[[str], None] = _warn) -> tuple[Pa
     """A checkpoint file, or a run directory's best checkpoint (else its last, and the last too where
     the best cannot be used: ``warn`` is told why), loaded on the CPU."""
     if Path(where).is_dir():
-        path, checkpoint, warnings = RunDir(where).load_for_eval()
+        run = RunDir(where)
+        path, checkpoint, warnings = run.load_for_eval()
         for message in warnings:
             warn(message)
+        check_run_model(run, path, checkpoint)
     else:
         path, checkpoint = Path(where), read_checkpoint(where)
     check_finite(path, checkpoint)
     return path, checkpoint
+
+
+# The settings that say which model a checkpoint holds and how it was trained to run; a run's
+# config.json and its checkpoints agree on them (only RESUME_MAY_CHANGE's may differ).
+MODEL_SETTINGS = ("model", "dataset", "producer", "time_steps", "leak", "vth", "method", "surrogate",
+                  "surrogate_slope", "operator_norm", "bn_momentum", "bn_backward", "alpha_init", "dropout")
+
+
+def check_run_model(run: RunDir, path: Path, checkpoint: dict[str, Any]) -> None:
+    """Refuse (``UsageError``) a run folder whose checkpoint ``path`` holds another model than its
+    config.json describes (a checkpoint copied in from another run), as ``train --resume`` does;
+    a folder without config.json has nothing to compare."""
+    if not run.config_file.exists():
+        return
+    defaults = RunConfig().to_dict()  # settings added after a run was made read as their defaults
+    saved, trained = {**defaults, **run.read_config()}, {**defaults, **checkpoint.get("config", {})}
+    differ = {k: (saved[k], trained[k]) for k in MODEL_SETTINGS if saved[k] != trained[k]}
+    if differ:
+        raise UsageError(f"{run.config_file} disagrees with the run's checkpoint {path} in {differ} (config.json, "
+                         "checkpoint): the checkpoint holds another model; give the checkpoint file itself to "
+                         "evaluate it as what it is, or put the run's own checkpoint back")
 
 
 def check_finite(path: Path, checkpoint: dict[str, Any]) -> None:
@@ -128,7 +151,8 @@ def _eval_settings(args: argparse.Namespace) -> tuple[Path, dict[str, Any], RunC
 
 def _print_eval(args, console, path, ckpt, base, data, rows) -> None:
     trained = ckpt["config"].get("method", "ide")
-    console.print(f"{path} on {base.dataset} {args.split} ({len(data)} samples), producer {base.producer}"
+    producer = base.producer or "lif"  # unset in the runs of spec-string models: the library's default
+    console.print(f"{path} on {base.dataset} {args.split} ({len(data)} samples), producer {producer}"
                   + (", trained by BPTT" if trained == "bptt" else ""))
     table = Table()
     for column in ("T", "accuracy", "loss", "firing rate", "forward solver"):
@@ -141,7 +165,7 @@ def _print_eval(args, console, path, ckpt, base, data, rows) -> None:
     console.print(table)
     if args.json:
         report = {"kind": "eval", "checkpoint": str(path), "dataset": base.dataset, "split": args.split,
-                  "samples": len(data), "producer": base.producer, "leak": base.leak if base.producer == "lif" else None,
+                  "samples": len(data), "producer": producer, "leak": base.leak if producer == "lif" else None,
                   "trained_method": trained, "results": rows}
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
         if len(rows) > 1 and not args.no_plots:

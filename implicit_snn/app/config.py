@@ -103,6 +103,12 @@ NONNEG_INT = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 POS_NUMBER = (lambda v: _is_number(v) and v > 0, "a number > 0")
 NONNEG_NUMBER = (lambda v: _is_number(v) and v >= 0, "a number >= 0")
 
+# A bound, not a warning: the paper and docs/analysis.md run T <= 1000, and a batch's simulation
+# costs T steps (BPTT keeps all T in memory, and a spike dataset is binned into T frames per
+# sample). Ten times the longest T used leaves room; a typo like 1e8, 10^5 times the paper's
+# longest, would spend hours on its first batch before any output, so it is refused up front.
+MAX_TIME_STEPS = 10_000
+
 # What each setting may be: a check and the words that tell the user what is allowed. The
 # command line checks its flags against the same table.
 ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -112,7 +118,8 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "download": BOOL,
     "verify_data": BOOL,
     "producer": (_optional(STR[0]), "a producer name"),
-    "time_steps": (_optional(POS_INT[0]), POS_INT[1]),
+    "time_steps": (_optional(lambda v: POS_INT[0](v) and v <= MAX_TIME_STEPS),
+                   f"an integer from 1 to {MAX_TIME_STEPS:,}"),
     "leak": (_optional(lambda v: _is_number(v) and 0 < v < 1), "a number in (0, 1) (no leak: producer 'if')"),
     "vth": POS_NUMBER,
     "method": (lambda v: v in ImplicitClassifier.METHODS, " or ".join(map(repr, ImplicitClassifier.METHODS))),
@@ -220,8 +227,13 @@ def check_keys(values: dict[str, Any], source: str) -> None:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Settings from a TOML, YAML or JSON file (dashes in keys are read as underscores)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ValueError(f"config file {str(path)!r} is a folder; give a settings file (.toml, .yaml/.yml or .json)")
+    if not path.exists():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} is not a regular file; give a settings file (.toml, .yaml/.yml "
+                         "or .json)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, NoReturn, Optional
 
-from .. import distributed
+from .. import distributed, interrupt
+from ..interrupt import StopRequested
 from ..training import Trainer, summarize
 from .report import Report, epoch_warnings
 from .rundir import RunDir
@@ -15,27 +17,55 @@ from .rundir import RunDir
 
 class StopRequest:
     """First Ctrl-C (or SIGTERM, as from a cluster's scheduler or torchrun shutting down) asks the
-    loop to stop after the current step; a second one interrupts at once, except while the run's
-    files are being written (``saving``): then it waits until they are complete."""
+    run to stop: the trainer abandons the step or evaluation in progress at its next check (in the
+    simulation's time loop; ``implicit_snn.interrupt``), or stops after the current step. A second
+    one waits while the run's files are being written (``saving``) until they are complete; at any
+    other time it ends the process at once (``SystemExit(130)``) with one line on stderr saying
+    which checkpoint is whole, no traceback. ``run_dir``: the run's folder, for that line.
+
+    ``started`` False: the run is being set up (data, model), there is nothing to save yet, and
+    the first signal already ends the process so; ``TrainingRun.fit`` sets it."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, run_dir: Optional[RunDir] = None, *, started: bool = True) -> None:
+        self.run_dir = run_dir
+        self.started = started
         self.deferred = False  # a second signal came while saving
         self._saving = False
+        self._exiting = False
         self._previous: dict[int, Any] = {}
 
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was asked for (the library's loops read the same flag)."""
+        return interrupt.stop_requested()
+
     def __enter__(self) -> "StopRequest":
+        interrupt.clear_stop()
         self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
+        if self._exiting:  # a third signal while unwinding must not interrupt the clean-up
+            return
         if self.requested and self._saving:
             self.deferred = True
         elif self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            self._exit_now("interrupted again")
+        elif not self.started:
+            self._exit_now("interrupted before training started")
+        interrupt.request_stop()
+
+    def _exit_now(self, what: str) -> NoReturn:
+        self._exiting = True
+        run = self.run_dir
+        kept = next((p for p in ((run.last_checkpoint, run.best_checkpoint) if run else ()) if p.exists()), None)
+        state = (f"the last checkpoint {kept} is whole; continue with --resume" if kept is not None
+                 else "no checkpoint was saved yet")
+        # os.write, not print: the signal may have arrived in the middle of a buffered write.
+        os.write(2, f"{what}: exiting now; {state}\n".encode())
+        raise SystemExit(130)
 
     @contextlib.contextmanager
     def saving(self) -> Iterator[None]:
@@ -49,6 +79,7 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
+        interrupt.clear_stop()
 
 
 class Interrupted(Exception):
@@ -63,6 +94,7 @@ class TrainingRun:
     def __init__(self, trainer: Trainer, run_dir: RunDir, config: dict[str, Any], report: Report):
         self.trainer, self.run_dir, self.config, self.report = trainer, run_dir, config, report
         self._main = trainer.context.is_main
+        self._resumed_rows: Optional[list[dict[str, Any]]] = None  # the metrics a resumed run continues
 
     def save(self) -> None:
         """Write the last checkpoint; every process must call it (it gathers their RNG states)."""
@@ -82,6 +114,11 @@ class TrainingRun:
             self.trainer.load_state_dict(state)
         except ValueError as error:
             raise ValueError(f"--resume: {path}: {error}") from None
+        # Read now, before anything is written: a metrics file that cannot be continued changes nothing.
+        rows, warnings = self.run_dir.metrics_for_resume(self.trainer.epoch)
+        for message in warnings:
+            self.report.line(f"warning: {message}")
+        self._resumed_rows = rows
         self.report.line(f"resumed from {path} at epoch {self.trainer.epoch + 1}, batch {self.trainer.batch}")
 
     @contextlib.contextmanager
@@ -96,44 +133,65 @@ class TrainingRun:
             raise Interrupted(f"interrupted while saving, at {where}, once the files were complete; checkpoint "
                               f"saved to {self.run_dir.last_checkpoint}; continue with --resume")
 
-    def fit(self) -> dict[str, Any]:
+    def _stop(self, stop: StopRequest, where: str) -> NoReturn:
+        """Save the last checkpoint (the trainer is as after its last completed step) and raise ``Interrupted``."""
+        with self._saving(stop):
+            self.save()
+        raise Interrupted(f"stopped {where}; checkpoint saved to {self.run_dir.last_checkpoint}; "
+                          "continue with --resume")
+
+    def fit(self, stop: Optional[StopRequest] = None) -> dict[str, Any]:
         """Train from where the trainer is (its start, or where ``resume`` put it) to the last epoch;
-        returns the summary.
+        returns the summary. ``stop``: the signal handling already installed by the caller (else
+        installed for the call).
 
         Raises:
-            Interrupted: after Ctrl-C, once the checkpoint is saved.
+            Interrupted: after Ctrl-C or SIGTERM, once the checkpoint is saved.
         """
+        with contextlib.ExitStack() as stack:
+            if stop is None:
+                stop = stack.enter_context(StopRequest(self.run_dir))
+            stop.started = True  # from here a first signal stops at a step boundary with a checkpoint
+            return self._fit(stop)
+
+    def _fit(self, stop: StopRequest) -> dict[str, Any]:
         trainer = self.trainer
-        with StopRequest() as stop:
+        requested = lambda: stop.requested  # noqa: E731
+        with self._saving(stop):
+            if self._main:
+                self.run_dir.path.mkdir(parents=True, exist_ok=True)
+            # Rows of epochs after the checkpoint (a crash between the two writes, or a resume
+            # from the best checkpoint) are dropped.
+            rows = (self._resumed_rows if self._resumed_rows is not None else
+                    [row for row in self.run_dir.read_metrics() if row["epoch"] <= trainer.epoch])
+            if self._main:
+                self.run_dir.write_metrics(rows)
+        while not trainer.done:
+            with self.report.epoch(trainer):
+                finished = trainer.train_epoch(should_stop=requested, on_batch=self.report.batch)
+            if not finished:
+                self._stop(stop, f"at epoch {trainer.epoch + 1}, batch {trainer.batch}")
+            try:
+                row = trainer.end_epoch(should_stop=requested)
+            except StopRequested:
+                self._stop(stop, f"during the evaluation at the end of epoch {trainer.epoch + 1} (its batches are "
+                                 "trained; --resume evaluates it again)")
+            if warnings := epoch_warnings(row):  # a run that cannot learn says so, in the log and the metrics
+                row["warnings"] = warnings
+            self.report.epoch_done(row)
+            rows.append(row)
             with self._saving(stop):
-                if self._main:
-                    self.run_dir.path.mkdir(parents=True, exist_ok=True)
-                # Rows of epochs after the checkpoint (a crash between the two writes, or a resume
-                # from the best checkpoint) are dropped.
-                rows = [row for row in self.run_dir.read_metrics() if row["epoch"] <= trainer.epoch]
                 if self._main:
                     self.run_dir.write_metrics(rows)
-            while not trainer.done:
-                with self.report.epoch(trainer):
-                    finished = trainer.train_epoch(should_stop=lambda: stop.requested, on_batch=self.report.batch)
-                if not finished:
-                    with self._saving(stop):
-                        self.save()
-                    raise Interrupted(f"stopped at epoch {trainer.epoch + 1}, batch {trainer.batch}; checkpoint "
-                                      f"saved to {self.run_dir.last_checkpoint}; continue with --resume")
-                row = trainer.end_epoch()
-                if warnings := epoch_warnings(row):  # a run that cannot learn says so, in the log and the metrics
-                    row["warnings"] = warnings
-                self.report.epoch_done(row)
-                rows.append(row)
-                with self._saving(stop):
-                    if self._main:
-                        self.run_dir.write_metrics(rows)
-                    self.save()
-                    if row.get("is_best") and self._main:
-                        self.run_dir.keep_last_as_best()
-            summary = summarize(rows)
-            with self._saving(stop):
-                if self._main:
-                    self.run_dir.write_summary(summary)
+                self.save()
+                if row.get("is_best") and self._main:
+                    self.run_dir.keep_last_as_best()
+            # A request that came while the epoch's files were written: they are the checkpoint.
+            if not trainer.done and distributed.any_across(stop.requested, trainer.context, trainer.device):
+                raise Interrupted(f"stopped at the end of epoch {trainer.epoch}; checkpoint saved to "
+                                  f"{self.run_dir.last_checkpoint}; continue with --resume")
+        summary = summarize(rows)
+        with self._saving(stop):
+            if self._main:
+                self.run_dir.write_summary(summary)
         return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -38,6 +39,8 @@ class RunDir:
     DATA_FILES = "data-files.json"
     #: every file a training run writes, in the order a run creates them
     RUN_FILES = (CONFIG, DATA_FILES, METRICS, LAST, BEST, SUMMARY)
+    #: held while a ``train`` runs here (``RunLock``); not a run file: never counted, cleared or copied
+    LOCK = "train.lock"
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -137,6 +140,47 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         """The metrics rows so far ([] before the first epoch ends)."""
         return read_jsonl(self.metrics_file) if self.metrics_file.exists() else []
+
+    def metrics_for_resume(self, epochs: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """The metrics rows a run resumed after ``epochs`` completed epochs continues (rows of later
+        epochs, left by a resume from the best checkpoint, are dropped), and warnings to show.
+
+        A last line cut short (a torn write, a copy cut off) is dropped with a warning where the
+        whole rows before it hold every one of those epochs: the checkpoint has not trained what
+        it described. Otherwise, and for a bad line that is not the last, a ``UsageError`` names
+        the file and the line: the metrics of a trained epoch would be lost.
+        """
+        if not self.metrics_file.exists():
+            return [], []
+        try:
+            text = self.metrics_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"--resume: {self.metrics_file} is not UTF-8 text (damaged?); restore it, or start "
+                             "afresh with --overwrite") from None
+        lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        rows: list[dict[str, Any]] = []
+        warnings: list[str] = []
+        for position, (number, line) in enumerate(lines):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                rows.append(row)
+                continue
+            have = {r["epoch"] for r in rows}
+            missing = [epoch for epoch in range(1, epochs + 1) if epoch not in have]
+            if position == len(lines) - 1 and not missing:
+                found = re.match(r'\s*\{\s*"epoch"\s*:\s*(\d+)', line)
+                what = f"the row of epoch {found.group(1)}" if found else "a row"
+                warnings.append(f"{self.metrics_file} line {number} is cut short ({what}, after the {epochs} "
+                                f"epoch(s) the checkpoint has trained); dropped")
+                break
+            lost = (f"; the metrics of epoch(s) {', '.join(map(str, missing))}, which the checkpoint has trained, "
+                    "are not in the lines before it" if missing else "")
+            raise UsageError(f"--resume: {self.metrics_file} line {number} is not a metrics row (cut short or "
+                             f"edited){lost}: restore the file, or start afresh with --overwrite")
+        return [row for row in rows if row["epoch"] <= epochs], warnings
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.metrics_file, "".join(json.dumps(row) + "\n" for row in rows))

@@ -7,6 +7,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from .. import interrupt
 from ..neurons import fire_unleaked_, rate_weights, time_average
 from ._base import Equilibrium, Producer
 
@@ -100,6 +101,7 @@ class _Simulation(Producer):
         trains = [first.new_zeros((s[0], steps, *s[1:])) for s in shapes] if self.record == "spikes" else None
         with_feedback = feedback_adder(network)
         for t in range(steps):
+            interrupt.check()  # a stop request ends a long simulation within one step (in training only)
             if t == 0:
                 current = first
             else:  # the feedback carries the last layer's spikes of the previous step
