@@ -64,7 +64,8 @@ class Phantom(FixedPointSolver):
         """Refuse ``steps`` above ``max_iter`` (named ``setting``): the cap would silently cut the budget."""
         if self.steps > max_iter:
             raise ValueError(
-                f"phantom: `steps`={self.steps} exceeds `{setting}`={max_iter}; raise `{setting}` or lower `steps`"
+                f"phantom: its option `steps={self.steps}` exceeds `{setting}`={max_iter}; raise `{setting}` or lower "
+                "the option steps"
             )
 
     #: ``check_every`` is refused: the budget is never cut short, so there is nothing to check early.

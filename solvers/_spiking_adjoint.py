@@ -100,8 +100,8 @@ class SpikingAdjoint:
         """Refuse ``time_steps`` above ``max_iter`` (named ``setting``), which would cap it silently."""
         if self.time_steps is not None and self.time_steps > max_iter:
             raise ValueError(
-                f"{OWNER}: `time_steps`={self.time_steps} exceeds `{setting}`={max_iter}, which caps the spike "
-                f"simulation; raise `{setting}`, or leave `time_steps` out to run `{setting}` steps"
+                f"{OWNER}: its option `time_steps={self.time_steps}` exceeds `{setting}`={max_iter}, which caps the "
+                f"spike simulation; raise `{setting}`, or leave the option time_steps out to run `{setting}` steps"
             )
 
     def steps_for(self, max_iter: int) -> int:

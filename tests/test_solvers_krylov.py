@@ -341,7 +341,7 @@ def test_phantom_rejects_bad_options_naming_them(option, message):
 def test_phantom_rejects_calls_that_contradict_its_budget():
     problem = affine_problem((2, 4), 0.5)
     phantom = solvers.get_solver("phantom")
-    with pytest.raises(ValueError, match="`steps`=5 exceeds `max_iter`=3"):
+    with pytest.raises(ValueError, match="its option `steps=5` exceeds `max_iter`=3"):
         phantom(problem, problem.zeros(), max_iter=3, tol=1e-6)
     with pytest.raises(ValueError, match="`return_best` must be False"):
         phantom(problem, problem.zeros(), max_iter=10, tol=1e-6, return_best=True)

@@ -149,11 +149,11 @@ def test_max_iter_is_the_budget_a_larger_time_steps_is_refused_and_zero_steps_me
     budget = SPIKING(problem, problem.c, max_iter=10, tol=1e-9)
     assert budget.n_steps == 10 and budget.n_evals == 11
     assert budget.status is SolverStatus.MAX_ITER
-    with pytest.raises(ValueError, match=r"^spiking: `time_steps`=30 exceeds `max_iter`=10"):
+    with pytest.raises(ValueError, match=r"^spiking: its option `time_steps=30` exceeds `max_iter`=10"):
         SPIKING(problem, problem.c, max_iter=10, tol=1e-9, time_steps=30)
-    with pytest.raises(ValueError, match=r"^spiking: `time_steps`=200 exceeds `b_max_iter`=30, which caps"):
+    with pytest.raises(ValueError, match=r"^spiking: its option `time_steps=200` exceeds `b_max_iter`=30, which caps"):
         ImplicitAdjoint("spiking", b_max_iter=30, time_steps=200)
-    with pytest.raises(ValueError, match=r"^phantom: `steps`=10 exceeds `b_max_iter`=5"):
+    with pytest.raises(ValueError, match=r"^phantom: its option `steps=10` exceeds `b_max_iter`=5"):
         ImplicitAdjoint("phantom", b_max_iter=5, steps=10)
     assert SPIKING(problem, problem.c, max_iter=10, tol=1e-9, time_steps=10).n_steps == 10
     none = SPIKING(problem, problem.c, max_iter=0, tol=1e-9)
