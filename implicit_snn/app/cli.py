@@ -25,7 +25,7 @@ from ..files import WriteError
 from ..network import BN_BACKWARDS
 from ..spectral import SpectralNorm
 from ..training import NONFINITE, NonFiniteError
-from . import figures, plotting
+from . import figures, interchange, plotting
 from ._allocator import retain_freed_memory
 from ..analysis import OperationEnergy
 from .analyze import REPORT_NAME, SECTIONS, run_analyze
@@ -187,8 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="start afresh in an existing run directory")
 
-    evaluate = sub.add_parser("eval", help="evaluate a checkpoint, optionally with another producer, T or solver")
-    evaluate.add_argument("checkpoint", help="a checkpoint file or a run directory (uses its best, else last)")
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint (optionally with another producer, T or solver) "
+                                           "or a NIR graph")
+    evaluate.add_argument("checkpoint", help="a checkpoint file, a run directory (uses its best, else last), or a "
+                                             "NIR graph (.nir: replayed for its T steps; needs --dataset)")
+    _flag(evaluate, "dataset", choices=available_datasets(), help="the data to evaluate a NIR graph on")
+    evaluate.add_argument("--dtype", choices=sorted(interchange.DTYPES), default="float32",
+                          help="NIR graphs: the precision of the replay (default float32)")
     evaluate.add_argument("--split", choices=["test", "val", "train"], default="test")
     evaluate.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int, default=200)
     evaluate.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON (with several T, "
@@ -255,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--labels", nargs="+", metavar="LABEL",
                       help="legend entries, one per run or report (default: folder names; a report's neuron model)")
     plot.add_argument("--title")
+
+    export = sub.add_parser("export", help="write a trained network as a NIR graph (docs/nir.md)")
+    export.add_argument("checkpoint", help="a checkpoint file or a run directory (uses its best, else last)")
+    export.add_argument("--out", required=True, help="the NIR file to write, e.g. model.nir")
+    export.add_argument("--mode", choices=["exact", "portable"], default="exact",
+                        help="exact (reset by subtraction as a Scale edge; default) or portable (NIR LIF/IF nodes, "
+                             "which reset to zero: lossy, needs --lossy)")
+    export.add_argument("--lossy", action="store_true", help="accept the portable mode's lossy conversion")
+    export.add_argument("--dtype", choices=sorted(interchange.DTYPES), default="float32",
+                        help="the precision of the graph's arrays (default float32)")
 
     sub.add_parser("solvers", help="list fixed-point solvers and equilibrium producers")
     sub.add_parser("models", help="list model presets with neuron and parameter counts")
@@ -488,7 +503,13 @@ def _run_command(args: argparse.Namespace, console: Console) -> int:
     if args.command == "train":
         return _train(args, console)
     if args.command == "eval":
+        if interchange.is_nir_file(args.checkpoint):
+            return interchange.run_eval_nir(args, console)
+        if args.dataset is not None or args.dtype != "float32":
+            raise UsageError("--dataset and --dtype apply to NIR graphs; a checkpoint is evaluated on its own dataset")
         return run_eval(args, console)
+    if args.command == "export":
+        return interchange.run_export(args, console)
     if args.command == "analyze":
         return run_analyze(args, console)
     if args.command == "plot":
