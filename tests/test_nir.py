@@ -241,3 +241,25 @@ def test_snntorch_reads_what_docs_nir_md_says_it_reads():
     graph = to_nir(network("linear2", "lif"), mode="portable", lossy=True)
     with pytest.raises(ValueError, match="LI"):
         snntorch_import.import_from_nir(graph)
+
+
+def test_a_plain_recurrent_lif_graph_of_another_tool_replays_as_nirtorch_reads_it():
+    """An RLeaky-style graph (Affine → LIF with a Linear recurrence → Affine), as snnTorch writes
+    one: NIR's own reset to v_reset and spike at v > V_th; from_nir and nirtorch agree."""
+    gen = np.random.default_rng(0)
+    n, d = 12, 5
+    lif = nir.LIF(tau=np.full(n, 2e-3), r=np.full(n, 20.0), v_leak=np.zeros(n), v_threshold=np.full(n, 1.0),
+                  v_reset=np.zeros(n))
+    graph = nir.NIRGraph(
+        nodes={"input": nir.Input(input_type={"input": np.array([d])}),
+               "fc": nir.Affine(weight=gen.normal(size=(n, d)), bias=gen.normal(size=n) * 0.1),
+               "lif": lif, "rec": nir.Linear(weight=gen.normal(size=(n, n)) * 0.3),
+               "out": nir.Affine(weight=gen.normal(size=(3, n)), bias=np.zeros(3)),
+               "output": nir.Output(output_type={"output": np.array([3])})},
+        edges=[("input", "fc"), ("fc", "lif"), ("lif", "rec"), ("rec", "lif"), ("lif", "out"), ("out", "output")],
+        metadata={"time_steps": 7, "dt": 1e-4})
+    x = torch.as_tensor(gen.uniform(0, 2, size=(4, d)))
+    ours, recorded = from_nir(graph, dtype=torch.float64).run(x, record=("lif",))
+    theirs, spikes = replay(graph, x, at_equality=False)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    assert torch.equal(recorded["lif"], spikes["lif"]) and 0 < float(spikes["lif"].mean()) < 1
