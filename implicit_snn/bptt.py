@@ -1,6 +1,6 @@
 """Backpropagation through time (BPTT) with surrogate gradients: the baseline against IDE.
 
-``unroll`` runs the same simulation as the ``if``/``lif`` producers (``producers/_spiking.py``)
+``unroll`` runs the same simulation as the ``if``/``lif`` producers (``simulation``, ``neurons``)
 with autograd on: for each layer and step
 
     u ← u + I;  s = [u ≥ Vth];  u ← u − Vth·s (reset by subtraction);  u ← λ·u (LIF only)
@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from . import interrupt
-from .neurons import rate_weights
-from .producers._spiking import averaged_input, feedback_adder
+from .neurons import fire, rate_weights
+from .simulation import averaged_input, feedback_adder
 
 # -- surrogate derivatives -------------------------------------------------------------------
 
@@ -163,12 +163,7 @@ class _NeuronStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, potential, current, rate, vth: float, leak: float, rate_leak: float, with_rate: bool,
                 surrogate: Surrogate, detach_reset: bool):  # type: ignore[override]
-        pre = current if potential is None else potential + current
-        # Written straight into a float tensor: a bool tensor and a copy cost several times more.
-        spikes = torch.ge(pre, vth, out=torch.empty_like(pre))
-        post = torch.sub(pre, spikes, alpha=vth)
-        if leak != 1.0:
-            post.mul_(leak)
+        pre, spikes, post = fire(potential, current, vth=vth, leak=leak)
         ctx.save_for_backward(pre)
         ctx.has_potential = potential is not None
         ctx.has_rate = rate is not None

@@ -37,6 +37,19 @@ def fire_(potential: torch.Tensor, current: torch.Tensor, spikes: torch.Tensor, 
     return spikes
 
 
+def fire(potential: torch.Tensor | None, current: torch.Tensor, *, vth: float,
+         leak: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``fire_`` out of place, for autograd: ``(potential before the threshold test, spikes,
+    next potential)``; ``potential`` None is the first step's zero."""
+    pre = current if potential is None else potential + current
+    # Written straight into a float tensor: a bool tensor and a copy cost several times more.
+    spikes = torch.ge(pre, vth, out=torch.empty_like(pre))
+    post = torch.sub(pre, spikes, alpha=vth)
+    if leak != 1.0:
+        post.mul_(leak)
+    return pre, spikes, post
+
+
 def fire_unleaked_(potential: torch.Tensor, current: torch.Tensor, spikes: torch.Tensor, *, vth: float,
                    leak: float) -> torch.Tensor:
     """``fire_`` for a potential held before its leak: u ← λ·u + current, fire, reset by subtraction.

@@ -4,7 +4,8 @@ from ._analytic import AnalyticProducer
 from ._base import Equilibrium, ImplicitNetwork, Producer, couples_samples
 from ._registry import (available_producers, describe_producers, get_producer, producer_defaults, producer_options,
                         register_producer)
-from ._spiking import IFProducer, LIFProducer, SpikingNetwork
+from ..simulation import SpikingNetwork
+from ._spiking import IFProducer, LIFProducer
 
 register_producer("analytic")(AnalyticProducer)
 register_producer("if")(IFProducer)

@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import torch
 
 from .. import interrupt
-from ..neurons import fire_unleaked_, rate_weights, time_average
+from ..neurons import fire_unleaked_, rate_weights
+from ..simulation import SpikingNetwork, averaged_input, feedback_adder
 from ._base import Equilibrium, Producer
 
 RECORD = ("none", "rates", "spikes")
-
-
-class SpikingNetwork(Protocol):
-    """What a network offers the spiking producers (``implicit_snn.FeedbackSNN`` does)."""
-
-    vth: torch.Tensor
-    layer_shapes: tuple[tuple[int, ...], ...]  # per-sample shapes of layers 1..N
-
-    def is_spike_train(self, x: torch.Tensor) -> bool: ...
-
-    def map_inputs(self, x_bar: torch.Tensor) -> tuple[torch.Tensor, Any]: ...
-
-    def input_current(self, x_t: torch.Tensor, state: Any) -> torch.Tensor: ...
-
-    def input_drive(self, x_bar: torch.Tensor, state: Any) -> torch.Tensor: ...
-
-    def forward_current(self, index: int, spikes: torch.Tensor, state: Any) -> torch.Tensor: ...
-
-    def feedback_current(self, spikes: torch.Tensor, state: Any) -> torch.Tensor: ...
-
-    # Optional: ``add_feedback_current(drive, spikes, state)`` = drive + feedback_current(spikes, state),
-    # fused where the network can (one product-and-add instead of three passes).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,24 +99,6 @@ class _Simulation(Producer):
                 if trains is not None:
                     trains[index][:, t] = s
         return rates, counts, trains, spikes
-
-
-def averaged_input(network: SpikingNetwork, x: torch.Tensor, steps: int, leak: float) -> tuple[bool, torch.Tensor]:
-    """Whether ``x`` is a spike train ``[B, T', ...]`` (T' ≥ ``steps``, else an error), and the input x̄
-    the fixed-point map sees: the (λ-weighted) average of its first ``steps`` frames, or ``x`` itself."""
-    spikes_in = network.is_spike_train(x)
-    if spikes_in and x.shape[1] < steps:
-        raise ValueError(f"the spike train has {x.shape[1]} steps, fewer than time_steps={steps}")
-    return spikes_in, (time_average(x[:, :steps], leak) if spikes_in else x)
-
-
-def feedback_adder(network: SpikingNetwork) -> Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]:
-    """``(drive, spikes, state) -> drive + feedback_current(spikes, state)``: the network's fused
-    ``add_feedback_current`` where it has one, else the plain sum."""
-    fused = getattr(network, "add_feedback_current", None)
-    if fused is not None:
-        return fused
-    return lambda drive, spikes, state: drive + network.feedback_current(spikes, state)
 
 
 @dataclasses.dataclass(frozen=True)
