@@ -16,7 +16,8 @@ machine's conditions.
 
 This module must run against old revisions of the package too (``--baseline``): it uses only
 the standard library, torch, and API that has existed from the start (``models.build_model``
-with ``producer_options``/``backward``/``b_tol``/``b_max_iter``/``b_options``,
+with ``producer_options``/``b_tol``/``b_max_iter``/``b_options`` and the backward solver, named
+``b_solver`` since the renames and ``backward`` before them,
 ``FeedbackSNN``'s layers and ``fixed_point_map``, ``SynapticLayer.linear``). It does not import
 bench/common.py, which needs newer library modules.
 """
@@ -62,7 +63,7 @@ def _module_files() -> dict[str, str]:
 
 # -- building -------------------------------------------------------------------------------
 
-def build_model(config: dict[str, Any]) -> torch.nn.Module:
+def configured_model(config: dict[str, Any]) -> torch.nn.Module:
     """The configuration's model, seeded with ``torch.manual_seed(0)``."""
     import models
 
@@ -76,7 +77,12 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
             if "method" in str(error):
                 raise Unavailable(f"models.build_model has no BPTT yet ({error})") from error
             raise
-    model = models.build_model(config["model"], producer_options=producer_options, backward=config["solver"],
+    import implicit_snn
+
+    # A baseline revision may predate the rename of the solver argument: pass it by the name it takes.
+    takes = inspect.signature(implicit_snn.ImplicitClassifier.__init__).parameters
+    solver = {("b_solver" if "b_solver" in takes else "backward"): config["solver"]}
+    model = models.build_model(config["model"], producer_options=producer_options, **solver,
                                b_tol=config["tol"], b_max_iter=30, b_options=dict(config["solver_options"]))
     if method == "peer":
         try:
@@ -229,7 +235,7 @@ class Worker:
         self.config = config
         self.device = config["device"]
         torch.set_num_threads(config["threads"])
-        self.model = build_model(config).to(self.device).train()
+        self.model = configured_model(config).to(self.device).train()
         self.x, self.y = make_batch(config)
         self.state = copy.deepcopy(self.model.state_dict())
         self.memory_before: Optional[float] = None

@@ -44,7 +44,7 @@ def build(config: RunConfig, state: Optional[dict], mode: str, *, analytic: bool
     if analytic:
         settings.update(producer="analytic", f_tol=1e-12, f_max_iter=400, f_solver="broyden")
     settings.update(b_tol=1e-12 if analytic else config.b_tol, b_max_iter=400 if analytic else config.b_max_iter)
-    model = app.build_model(RunConfig(**settings), num_classes=10, in_shape=in_shape)
+    model = app.model_from_config(RunConfig(**settings), num_classes=10, in_shape=in_shape)
     if state is not None:
         model.load_state_dict(state)
     return model.to(dtype).train()

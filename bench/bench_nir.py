@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from implicit_snn.app.build import build_model, load_split, producer_settings  # noqa: E402
+from implicit_snn.app.build import load_split, model_from_config, producer_settings  # noqa: E402
 from implicit_snn.app.commands import load_checkpoint  # noqa: E402
 from implicit_snn.app.config import RunConfig  # noqa: E402
 from implicit_snn.files import atomic_write_text  # noqa: E402
@@ -92,9 +92,9 @@ def main() -> None:
     report = {"checkpoint": str(path), "split": args.split, "samples": len(data), "machine": platform.processor()
               or platform.machine(), "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), "rows": []}
     for dtype_name, dtype in DTYPES.items():
-        model = build_model(config, data.info.num_classes, data.info.in_shape)
+        model = model_from_config(config, data.info.num_classes, data.info.in_shape)
         model.load_state_dict(ckpt["model"])
-        model.set_producer(config.producer or "lif", **producer_settings(config))
+        model.set_producer(config.producer or "lif", producer_settings(config))
         model.to(dtype).eval()
         ours, our_logits = predictions(model, data, dtype, args.batch_size)
         row = {"dtype": dtype_name, "model_accuracy": float((ours == labels).double().mean())}

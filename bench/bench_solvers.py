@@ -1,13 +1,13 @@
-"""Which backward gives the best gradient for its compute? Backward methods × budgets on equilibria of real networks.
+"""Which backward gives the best gradient for its compute? Backward solvers × budgets on equilibria of real networks.
 
 For each problem (a preset, trained from a CLI checkpoint or at initialisation), one training
 step's equilibrium is fixed: train mode, a seeded batch, the model's own producer run once (so
-every method sees the same dropout masks, batch statistics and a*), and the adjoint problem
+every solver sees the same dropout masks, batch statistics and a*), and the adjoint problem
 v = J_f(a*)ᵀ v + ∂L/∂a built exactly as ``ImplicitClassifier.equilibrium`` builds it
 (``differentiable_args``, ``linearized_map``, ``coupled=network.couples_samples(...)``). The
 reference is the parameter gradient of that step with the adjoint solved by GMRES to a relative
 residual of 1e-10 in float64 (model, a* and f's arguments converted); its residual is reported
-as the solver measured it and as recomputed with autograd VJPs. Every method then gives the
+as the solver measured it and as recomputed with autograd VJPs. Every solver then gives the
 step's parameter gradient in float32 on the same a*; reported: cosine similarity and relative
 error ‖g − g_ref‖/‖g_ref‖ of the full flattened parameter gradient (and of the network's part,
 without the read-out, whose gradient no backward changes), the adjoint's error and residual, VJPs
@@ -17,10 +17,11 @@ set over the backward, read from /proc with the peak reset just before it (``cle
 glibc's mmap threshold fixed so that freed buffers leave the resident set, solver workspaces
 cleared; in a pass of its own after the timed rounds; CUDA: ``max_memory_allocated`` growth).
 
-Methods: broyden, anderson, fixed_point, gmres and torchdeq_broyden with ``max_iter`` = budget and
-tol 1e-12 (so the budget limits them); phantom (``steps`` = budget, damping 1.0 and 0.5); the
-Jacobian-free gradient (phantom ``steps=0``); spiking (SPIDE, ``time_steps`` T swept); Broyden at
-the training defaults (30 steps, tol 1e-6 and 1e-3). Each problem runs in a process of its own.
+Solvers (each row's ``solver`` is its label, ``b_solver`` the registered name): broyden, anderson,
+fixed_point, gmres and torchdeq_broyden with ``max_iter`` = budget and tol 1e-12 (so the budget
+limits them); phantom (``steps`` = budget, damping 1.0 and 0.5); the Jacobian-free gradient
+(phantom, steps=0); spide (SPIDE, ``max_iter`` = T swept); Broyden at the training defaults (30
+steps, tol 1e-6 and 1e-3). Each problem runs in a process of its own.
 Writes ``<out>/solvers-real-<tag>.{json,md,png}``.
 
 Reproduce the committed results (after the two trainings below, 1 thread):
@@ -32,10 +33,12 @@ Reproduce the committed results (after the two trainings below, 1 thread):
         --checkpoint f400=bench/results/solver-checkpoints/f400-1epoch \\
         --checkpoint f64c5=bench/results/solver-checkpoints/f64c5-t10-1epoch \\
         --batch 128 f64c5=32 alexnet_f=16 --repeats 3 f400=5 alexnet_f=1 \\
-        --budgets-for alexnet_f=1,2,3,5,8,12,20,30 --spiking-steps-for alexnet_f=10,50,250 --tag cpu
+        --budgets-for alexnet_f=1,2,3,5,8,12,20,30 --spide-steps-for alexnet_f=10,50,250 --tag cpu
 
 The run took 17 minutes on one thread of an idle AMD EPYC. ``--render JSON`` rewrites the .md and .png from
-a json without measuring anything. A smoke test: ``python bench/bench_solvers.py --models f400:init --batch 16 --budgets 1 5 --spiking-steps 10
+a json without measuring anything (reports written before the renames, whose rows name the label
+``method`` and the solver ``spiking``, are read in today's names). A smoke test:
+``python bench/bench_solvers.py --models f400:init --batch 16 --budgets 1 5 --spide-steps 10
 --repeats 1 --tag smoke --out /tmp/bench-solvers``.
 """
 
@@ -62,7 +65,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
 DEFAULT_BUDGETS = [1, 2, 3, 5, 8, 12, 20, 30, 45, 60]
-DEFAULT_SPIKING_STEPS = [10, 25, 50, 100, 250, 500]
+DEFAULT_SPIDE_STEPS = [10, 25, 50, 100, 250, 500]
 DEFAULT_BATCH = {"f400": 128, "f64c5": 32, "alexnet_f": 16}
 SWEPT_SOLVERS = ["broyden", "anderson", "fixed_point", "gmres", "torchdeq_broyden"]
 TINY_TOL = 1e-12  # never met in float32: the budget is what stops a swept solver
@@ -107,11 +110,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     add("--budgets", nargs="+", type=int, default=DEFAULT_BUDGETS, metavar="K",
         help=f"max_iter of the swept solvers and steps of phantom (default {' '.join(map(str, DEFAULT_BUDGETS))})")
     add("--budgets-for", action="append", default=[], metavar="MODEL=K,K,...", help="budgets for one model")
-    add("--spiking-steps", nargs="+", type=int, default=DEFAULT_SPIKING_STEPS, metavar="T",
-        help=f"SPIDE's T_back (default {' '.join(map(str, DEFAULT_SPIKING_STEPS))})")
-    add("--spiking-steps-for", action="append", default=[], metavar="MODEL=T,T,...", help="T_back for one model")
+    add("--spide-steps", nargs="+", type=int, default=DEFAULT_SPIDE_STEPS, metavar="T",
+        help=f"SPIDE's T_back, its max_iter (default {' '.join(map(str, DEFAULT_SPIDE_STEPS))})")
+    add("--spide-steps-for", action="append", default=[], metavar="MODEL=T,T,...", help="T_back for one model")
     add("--repeats", nargs="+", default=[], metavar="N|MODEL=N",
-        help="timed rounds (alternating over the methods), for all models or per model (default 3)")
+        help="timed rounds (alternating over the solvers), for all models or per model (default 3)")
     add("--threads", type=int, default=1, help="torch threads (default 1)")
     add("--device", choices=["cpu", "cuda"], default="cpu")
     add("--seed", type=int, default=0, help="seed of the batch and of the dropout masks (default 0)")
@@ -138,9 +141,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.batch_all, args.batch_for = _per_model(args.batch, "--batch", int, None)
     args.repeats_all, args.repeats_for = _per_model(args.repeats, "--repeats", int, 3)
     _, args.budgets_map = _per_model(args.budgets_for, "--budgets-for", _int_list, None)
-    _, args.spiking_map = _per_model(args.spiking_steps_for, "--spiking-steps-for", _int_list, None)
-    if args.threads < 1 or any(b < 1 for b in args.budgets) or any(t < 1 for t in args.spiking_steps):
-        parser.error("--threads, --budgets and --spiking-steps must be >= 1")
+    _, args.spide_map = _per_model(args.spide_steps_for, "--spide-steps-for", _int_list, None)
+    if args.threads < 1 or any(b < 1 for b in args.budgets) or any(t < 1 for t in args.spide_steps):
+        parser.error("--threads, --budgets and --spide-steps must be >= 1")
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -159,24 +162,26 @@ def problem_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
         specs.append(dict(
             label=f"{name} ({'at initialisation' if checkpoint is None else 'trained: ' + source})",
             key=f"{name}-{source}", model=name, checkpoint=checkpoint, batch=batch, seed=args.seed,
-            budgets=args.budgets_map.get(name, args.budgets), spiking_steps=args.spiking_map.get(name, args.spiking_steps),
+            budgets=args.budgets_map.get(name, args.budgets), spide_steps=args.spide_map.get(name, args.spide_steps),
             repeats=args.repeats_for.get(name, args.repeats_all), threads=args.threads, device=args.device,
             data_root=args.data_root))
     return specs
 
 
-# -- the methods -----------------------------------------------------------------------------
+# -- the solvers -----------------------------------------------------------------------------
 
-def method_configs(budgets: list[int], spiking_steps: list[int]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every (method, budget) to run, and notes on what could not run."""
+def solver_configs(budgets: list[int], spide_steps: list[int]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every (solver, budget) to run, and notes on what could not run; ``solver`` labels a row,
+    ``b_solver`` is the registered solver it runs with ``b_options``."""
     notes, configs = [], []
     swept = list(SWEPT_SOLVERS)
     if importlib.util.find_spec("torchdeq") is None:
         swept.remove("torchdeq_broyden")
         notes.append("torchdeq is not installed: no torchdeq_broyden rows")
 
-    def add(method: str, solver: str, budget: int, max_iter: int, tol: float, **options: Any) -> None:
-        configs.append(dict(method=method, solver=solver, budget=budget, max_iter=max_iter, tol=tol, options=options))
+    def add(label: str, b_solver: str, budget: int, max_iter: int, tol: float, **b_options: Any) -> None:
+        configs.append(dict(solver=label, b_solver=b_solver, budget=budget, max_iter=max_iter, tol=tol,
+                            b_options=b_options))
 
     for name in swept:
         for budget in budgets:
@@ -184,9 +189,9 @@ def method_configs(budgets: list[int], spiking_steps: list[int]) -> tuple[list[d
     for damping in (1.0, 0.5):
         for budget in budgets:
             add(f"phantom λ={damping:g}", "phantom", budget, budget, TINY_TOL, steps=budget, damping=damping)
-    add("jacobian-free", "phantom", 0, 0, TINY_TOL, steps=0)
-    for steps in spiking_steps:
-        add("spiking", "spiking", steps, steps, TINY_TOL, time_steps=steps)
+    add("jacobian-free", "phantom", 0, 1, TINY_TOL, steps=0)  # the Jacobian-free gradient (phantom, steps=0)
+    for steps in spide_steps:
+        add("spide", "spide", steps, steps, TINY_TOL)
     for tol in (1e-6, 1e-3):
         add(f"broyden tol {tol:g}", "broyden", 30, 30, tol)
     return configs, notes
@@ -217,14 +222,14 @@ def _load_batch(spec: dict[str, Any]):
     facts: dict[str, Any] = {}
     if spec["checkpoint"] is not None:
         from implicit_snn.app.commands import checkpoint_config, load_checkpoint
-        from implicit_snn.app.build import build_model, load_split
+        from implicit_snn.app.build import load_split, model_from_config
         from implicit_snn.app.rundir import RunDir
         from implicit_snn.data import dataset_info
 
         path, ckpt = load_checkpoint(spec["checkpoint"])
         config = checkpoint_config(ckpt, {"data_root": spec["data_root"]})
         info = dataset_info(config.dataset)
-        model = build_model(config, info.num_classes, info.in_shape)
+        model = model_from_config(config, info.num_classes, info.in_shape)
         model.load_state_dict(ckpt["model"])
         data = load_split(config, "train")
         run_dir = RunDir(path.parent)
@@ -313,7 +318,7 @@ def step_gradient(problem: Problem, adjoint, device: str, memory: Optional["Memo
     import torch.nn.functional as F
 
     model, net = problem.model, problem.model.network
-    model.load_state_dict(problem.state)  # the same buffers for every method (batch-norm statistics)
+    model.load_state_dict(problem.state)  # the same buffers for every solver (batch-norm statistics)
     f_args = net.differentiable_args(*problem.f_args)
     a = adjoint(net.fixed_point_map, problem.a_star, *f_args, linearize=net.linearized_map, coupled=problem.coupled)
     loss = F.cross_entropy(model.classifier(a.flatten(1)), problem.y)
@@ -338,7 +343,7 @@ class MemoryProbe:
         self.device = device
         self.before = 0.0
         if device == "cpu":
-            # Freed buffers of 64 KiB and more go back to the system at once, so that one method's
+            # Freed buffers of 64 KiB and more go back to the system at once, so that one solver's
             # leftovers neither hide the next one's allocations nor count as its own.
             libc = ctypes.CDLL("libc.so.6")
             libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD (also disables glibc's dynamic threshold)
@@ -423,13 +428,13 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     load_start = _loadavg()
     problem = build_problem(spec)
-    configs, notes = method_configs(spec["budgets"], spec["spiking_steps"])
+    configs, notes = solver_configs(spec["budgets"], spec["spide_steps"])
     classifier_size = sum(p.numel() for p in problem.model.classifier.parameters() if p.requires_grad)
 
     # The reference: float64, GMRES to 1e-10.
     ref_problem = in_float64(problem)
     ref_adjoint = ImplicitAdjoint(REFERENCE["solver"], b_max_iter=REFERENCE["max_iter"], b_tol=REFERENCE["tol"],
-                                  restart=REFERENCE["restart"])
+                                  b_options={"restart": REFERENCE["restart"]})
     ref_grad, ref_ms, ref_result, _ = step_gradient(ref_problem, ref_adjoint, device)
     ref_v = ref_result.z.detach()
     reference = {**REFERENCE, "dtype": "float64", **ref_result.summary(), "ms": ref_ms,
@@ -444,7 +449,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
 
     def adjoint_for(config):
-        return ImplicitAdjoint(config["solver"], b_max_iter=config["max_iter"], b_tol=config["tol"], **config["options"])
+        return ImplicitAdjoint(config["b_solver"], b_max_iter=config["max_iter"], b_tol=config["tol"],
+                               b_options=config["b_options"])
 
     # Warm-up, untimed: the model's code paths and the cheapest solves.
     for config in configs[:2]:
@@ -490,14 +496,29 @@ def _revision() -> dict[str, Any]:
         return {"commit": None, "error": str(error)}
 
 
+def readable_rows(problem: dict[str, Any]) -> dict[str, Any]:
+    """``problem`` with its rows in today's keys: a report written before the renames labels a row
+    ``method`` (now ``solver``) and names its registered solver ``solver`` (now ``b_solver``, with
+    ``spiking`` now ``spide``); rows in today's keys are kept as they are."""
+    rows = []
+    for row in problem["rows"]:
+        if "method" in row:
+            row = dict(row)
+            row["b_solver"] = row["solver"]
+            row["solver"] = row.pop("method")
+            row["b_options"] = row.pop("options", {})
+        rows.append({**row, **{key: "spide" for key in ("solver", "b_solver") if row.get(key) == "spiking"}})
+    return {**problem, "rows": rows}
+
+
 def summary_rows(problem: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per method: the fewest VJPs and milliseconds reaching each cosine threshold, for the full gradient
+    """Per solver: the fewest VJPs and milliseconds reaching each cosine threshold, for the full gradient
     (``"0.999"``, ...) and for its network part (``"net 0.999"``, ...)."""
     out = []
-    methods = list(dict.fromkeys(row["method"] for row in problem["rows"]))
-    for method in methods:
-        rows = [r for r in problem["rows"] if r["method"] == method]
-        entry = {"method": method, "largest_budget": max(r["budget"] for r in rows)}
+    labels = list(dict.fromkeys(row["solver"] for row in problem["rows"]))
+    for label in labels:
+        rows = [r for r in problem["rows"] if r["solver"] == label]
+        entry = {"solver": label, "largest_budget": max(r["budget"] for r in rows)}
         for prefix in ("", "net "):
             for threshold in THRESHOLDS:
                 hits = [r for r in rows if r[prefix.replace(" ", "_") + "cosine"] >= threshold]
@@ -509,10 +530,10 @@ def summary_rows(problem: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _not_reached(entry: dict[str, Any]) -> str:
-    method = entry["method"]
-    if method == "spiking":
+    label = entry["solver"]
+    if label == "spide":
         return f"not reached within T={entry['largest_budget']}"
-    if method == "jacobian-free" or method.startswith("broyden tol"):
+    if label == "jacobian-free" or label.startswith("broyden tol"):
         return "not reached"
     return f"not reached within {entry['largest_budget']}"
 
@@ -524,11 +545,11 @@ def _cell(hit: Optional[dict[str, Any]], entry: dict[str, Any]) -> str:
 def summary_table(problems: list[dict[str, Any]], prefix: str = "") -> list[str]:
     """The summary as markdown rows: VJPs / ms to each threshold (``prefix`` "net " for the network part)."""
     heads = " | ".join(f"cos ≥ {t}: VJPs / ms" for t in THRESHOLDS)
-    lines = [f"| model | method | {heads} |", "|---|---|" + "---|" * len(THRESHOLDS)]
+    lines = [f"| model | solver | {heads} |", "|---|---|" + "---|" * len(THRESHOLDS)]
     for problem in problems:
         for entry in summary_rows(problem):
             cells = " | ".join(_cell(entry[f"{prefix}{t}"], entry) for t in THRESHOLDS)
-            lines.append(f"| {problem['spec']['label']} | {entry['method']} | {cells} |")
+            lines.append(f"| {problem['spec']['label']} | {entry['solver']} | {cells} |")
     return lines
 
 
@@ -541,23 +562,24 @@ def _load_text(load: Optional[dict[str, Any]]) -> str:
 def to_markdown(report: dict[str, Any]) -> str:
     ref = REFERENCE
     lines = [
-        f"# Backward methods on real equilibria ({report['device_name']}, torch {report['torch']}, {report['date']})", "",
+        f"# Backward solvers on real equilibria ({report['device_name']}, torch {report['torch']}, {report['date']})", "",
         f"Revision {report['revision'].get('commit')}{' (with uncommitted changes)' if report['revision'].get('dirty') else ''}. "
         f"Command: `{report['command']}`", "",
-        "One training step per problem: train mode, one seeded batch, the model's producer run once; every method "
+        "One training step per problem: train mode, one seeded batch, the model's producer run once; every solver "
         "differentiates the same a* (same dropout masks and weights) in float32, exactly as `ImplicitClassifier` "
         f"does (explicit transposed-Jacobian operator, `coupled` from `couples_samples`). Reference: the same step "
         f"with the adjoint solved by {ref['solver']} (restart {ref['restart']}) to relative residual {ref['tol']:g} in "
         "float64. 1 − cos, rel. err: one minus the cosine similarity and ‖g − g_ref‖/‖g_ref‖ of the full flattened parameter gradient; "
         "net rel. err: the same without the read-out layer (whose gradient no backward changes); adj. err: "
         "‖v − v_ref‖/‖v_ref‖ of the adjoint. budget: `max_iter` (swept solvers, tol 1e-12 so that the budget "
-        "stops them), phantom's `steps`, spiking's T. VJPs: the solve's `n_evals` (each solver also evaluates "
-        "once at its start or end: phantom k steps = k + 1, spiking T = T + 1, the Jacobian-free gradient = 1 "
+        "stops them), phantom's `steps`, spide's T (its `max_iter`). VJPs: the solve's `n_evals` (each solver also "
+        "evaluates once at its start or end: phantom k steps = k + 1, spide T = T + 1, the Jacobian-free gradient "
+        "(phantom, steps=0) = 1 "
         "that only measures its residual). ms: `autograd.grad` of the loss (adjoint solve and the pass into θ), "
         "median of alternating rounds. MiB: growth of the resident set over that backward, "
         "in a separate pass (see the script's docstring). early: the solver stopped before its budget.", "",
         "## Summary: cheapest budget reaching a cosine similarity", "",
-        "VJPs and ms (of the backward) are minima over the budgets that reach the threshold (a method need not "
+        "VJPs and ms (of the backward) are minima over the budgets that reach the threshold (a solver need not "
         "improve monotonically). Full parameter gradient:", "",
         *summary_table(report["problems"]), "",
         "The network's part of the gradient only (without the read-out layer, whose gradient is the same for "
@@ -579,12 +601,12 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{refr['rel_residual_max']:.1e} as measured by GMRES, {refr['recomputed_rel_residual_max']:.1e} recomputed "
             f"with autograd VJPs. Timed rounds: {spec['repeats']}; 1-minute load average "
             f"{_load_text(facts.get('loadavg_1min'))} (this run adds about 1 on its own).", "",
-            "| method | budget | VJPs | status | ms | MiB | adj. residual | adj. err | 1 − cos | rel. err | net rel. err |",
+            "| solver | budget | VJPs | status | ms | MiB | adj. residual | adj. err | 1 − cos | rel. err | net rel. err |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in problem["rows"]:
-            status = (r["status"] or "SUCCESS") + (" (early)" if r["stopped_early"] and r["solver"] != "phantom" else "")
-            lines.append(f"| {r['method']} | {r['budget']} | {r['n_evals']} | {status} | {r['ms']:.1f} | "
+            status = (r["status"] or "SUCCESS") + (" (early)" if r["stopped_early"] and r["b_solver"] != "phantom" else "")
+            lines.append(f"| {r['solver']} | {r['budget']} | {r['n_evals']} | {status} | {r['ms']:.1f} | "
                          f"{r['peak_mib']:.1f} | {r['rel_residual_max']:.1e} | {r['adjoint_rel_error']:.1e} | "
                          f"{1 - r['cosine']:.1e} | {r['rel_error']:.1e} | {r['net_rel_error']:.1e} |")
         lines.append("")
@@ -594,7 +616,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def write_plot(report: dict[str, Any], path: Path) -> None:
-    """Per problem: relative gradient error against VJPs and against ms, one line per method; atomic."""
+    """Per problem: relative gradient error against VJPs and against ms, one line per solver; atomic."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -603,17 +625,17 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     problems = report["problems"]
     fig, axes = plt.subplots(len(problems), 2, figsize=(15, 4.2 * len(problems)), squeeze=False)
     for row_axes, problem in zip(axes, problems):
-        methods = list(dict.fromkeys(r["method"] for r in problem["rows"]))
+        labels = list(dict.fromkeys(r["solver"] for r in problem["rows"]))
         for ax, key, unit in ((row_axes[0], "n_evals", "VJPs (evaluations of Jᵀv)"),
                               (row_axes[1], "ms", "backward wall time (ms)")):
-            for index, method in enumerate(methods):
-                rows = sorted((r for r in problem["rows"] if r["method"] == method), key=lambda r: r["budget"])
+            for index, label in enumerate(labels):
+                rows = sorted((r for r in problem["rows"] if r["solver"] == label), key=lambda r: r["budget"])
                 xs = [r[key] for r in rows]
                 ys = [max(r["rel_error"], 1e-12) for r in rows]
                 single = len(rows) == 1
                 ax.plot(xs, ys, marker="*" if single else "o", markersize=11 if single else 3.5,
-                        linestyle="none" if single else ("--" if method.startswith("phantom") else "-"),
-                        label=method, color=f"C{index}" if index < 10 else "black")
+                        linestyle="none" if single else ("--" if label.startswith("phantom") else "-"),
+                        label=label, color=f"C{index}" if index < 10 else "black")
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -623,7 +645,7 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
                          fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
         row_axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    fig.suptitle(f"Backward methods on real equilibria, float32 against a float64 GMRES reference "
+    fig.suptitle(f"Backward solvers on real equilibria, float32 against a float64 GMRES reference "
                  f"({report['device_name']})", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (4.2 * len(problems))))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
@@ -652,6 +674,7 @@ def main() -> None:
     if args.render:
         path = Path(args.render)
         report = json.loads(path.read_text())
+        report["problems"] = [readable_rows(p) for p in report["problems"]]
         report["summary"] = {p["spec"]["key"]: summary_rows(p) for p in report["problems"]}
         write_plot(report, path.parent / f"{report['stem']}.png")
         write_results(path.parent, report["stem"], report, to_markdown(report))
@@ -669,7 +692,7 @@ def main() -> None:
             spec_path = Path(tmp) / f"spec-{index}.json"
             spec_path.write_text(json.dumps(spec))
             print(f"[{time.strftime('%H:%M:%S')}] {spec['label']}: batch {spec['batch']}, budgets {spec['budgets']}, "
-                  f"spiking T {spec['spiking_steps']}, {spec['repeats']} timed round(s)", flush=True)
+                  f"spide T {spec['spide_steps']}, {spec['repeats']} timed round(s)", flush=True)
             env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
             done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)],
                                   cwd=ROOT, env=env)
@@ -682,8 +705,8 @@ def main() -> None:
             problems.append(result)
     for problem in problems:
         for row in problem["rows"]:
-            if row["solver"] not in ("phantom", "spiking") and row["stopped_early"]:
-                notes.append(f"{problem['spec']['label']}: {row['method']} at budget {row['budget']} stopped after "
+            if row["b_solver"] not in ("phantom", "spide") and row["stopped_early"]:
+                notes.append(f"{problem['spec']['label']}: {row['solver']} at budget {row['budget']} stopped after "
                              f"{row['n_steps']} steps ({row['status'] or 'SUCCESS'})")
         if problem["reference"]["rel_residual_max"] > REFERENCE["tol"]:
             notes.append(f"{problem['spec']['label']}: the reference did not reach {REFERENCE['tol']:g} "

@@ -21,22 +21,32 @@ Linearize = Callable[..., tuple[torch.Tensor, Callable[..., torch.Tensor]]]
 VJP_MODES = ("auto", "autograd")
 
 
+def check_backward_budget(b_max_iter: Any) -> None:
+    """Refuse a backward budget below one step in one line: the Jacobian-free gradient has one
+    switch, ``b_solver="phantom"`` with ``b_options={"steps": 0}``, not a zero budget."""
+    if isinstance(b_max_iter, bool) or not isinstance(b_max_iter, int) or b_max_iter < 1:
+        raise ValueError(f"`b_max_iter` must be an int >= 1, got {b_max_iter!r}; for the Jacobian-free gradient "
+                         "use b_solver phantom with b_options steps=0")
+
+
 class ImplicitAdjoint:
-    """The backward method: solve the adjoint system with a registry solver.
+    """The backward: solve the adjoint system with a registry solver.
 
     Args:
-        backward: a registered solver name (``"broyden"``, ``"anderson"``, ...) or a solver object.
-        b_max_iter: cap on solver steps (each about one VJP of f).
+        b_solver: a registered solver name (``"broyden"``, ``"anderson"``, ...) or a solver object.
+        b_max_iter: cap on solver steps (each about one VJP of f), an int >= 1. The
+            Jacobian-free gradient is ``b_solver="phantom", b_options={"steps": 0}``.
         b_tol: tolerance of the adjoint solve, in ``b_stop_mode``.
         b_stop_mode: ``"rel"`` (default) or ``"abs"`` residual.
+        b_options: one dict of the solver's own options (e.g. ``{"memory": 10}``) and the
+            driver's call options (``throw``, ``check_every``, ``return_best``,
+            ``divergence_factor``), split by name and checked now (``solvers.configure``): an
+            unknown name is a ``ValueError`` listing what this solver accepts, and a call option
+            it cannot honour is refused.
         on_backward: called with the ``SolverResult`` after every backward solve.
         vjp: ``"auto"`` takes J_fᵀv from the explicit operator of a ``linearize`` callable when
             one is given (``FeedbackSNN.linearized_map``), else from autograd; ``"autograd"``
             always differentiates f's graph (the reference the explicit operator is tested on).
-        **options: the solver's own options (e.g. ``memory=10``) and the driver's call options
-            (``throw``, ``check_every``, ``return_best``, ``divergence_factor``), split by name and
-            checked now (``solvers.configure``): an unknown name is a ``ValueError`` listing what
-            this solver accepts, and a call option it cannot honour is refused.
 
     Attributes:
         solver: the solver, its own options applied; ``call_options``: what each solve passes it.
@@ -47,22 +57,25 @@ class ImplicitAdjoint:
 
     def __init__(
         self,
-        backward: Any = "broyden",
+        b_solver: Any = "broyden",
         *,
         b_max_iter: int = 30,
         b_tol: float = 1e-6,
         b_stop_mode: str = "rel",
+        b_options: Optional[dict[str, Any]] = None,
         on_backward: Optional[OnBackward] = None,
         vjp: str = "auto",
-        **options: Any,
     ):
+        check_backward_budget(b_max_iter)
         check_settings(b_max_iter, b_tol, b_stop_mode, prefix="b_")
         if vjp not in VJP_MODES:
             raise ValueError(f"`vjp` must be one of {VJP_MODES}, got {vjp!r}")
+        if b_options is not None and not isinstance(b_options, dict):
+            raise TypeError(f"`b_options` must be a dict, got {type(b_options).__name__}")
         self.vjp = vjp
-        self.solver, self.call_options = configure(get_solver(backward), options)
+        self.solver, self.call_options = configure(get_solver(b_solver), b_options or {})
         check_budget(self.solver, b_max_iter, prefix="b_")  # a fixed budget above the cap: an error now
-        self.name = backward if isinstance(backward, str) else type(backward).__name__
+        self.name = b_solver if isinstance(b_solver, str) else type(b_solver).__name__
         self.max_iter = b_max_iter
         self.tol = b_tol
         self.stop_mode = b_stop_mode
@@ -70,8 +83,8 @@ class ImplicitAdjoint:
         self.last_result: Optional[SolverResult] = None
 
     def __repr__(self) -> str:
-        return (f"ImplicitAdjoint(backward={self.solver!r}, b_max_iter={self.max_iter}, b_tol={self.tol}, "
-                f"b_stop_mode={self.stop_mode!r}, vjp={self.vjp!r}, options={self.call_options!r})")
+        return (f"ImplicitAdjoint(b_solver={self.solver!r}, b_max_iter={self.max_iter}, b_tol={self.tol}, "
+                f"b_stop_mode={self.stop_mode!r}, vjp={self.vjp!r}, call_options={self.call_options!r})")
 
     def __call__(self, f: Callable[..., torch.Tensor], a_star: torch.Tensor, *args: Any,
                  linearize: Optional[Linearize] = None, coupled: bool = False) -> torch.Tensor:
@@ -154,7 +167,7 @@ class _ImplicitBridge(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         fz, z = ctx.saved_tensors
-        # Starting from ∂L/∂a (the one-step gradient) instead of zero saves one VJP.
+        # Starting from ∂L/∂a (the Jacobian-free gradient) instead of zero saves one VJP.
         with torch.enable_grad():
             v = ctx.adjoint.solve_adjoint(fz, z, grad.contiguous(), ctx.jt, ctx.coupled)
         return v, None, None, None, None, None
@@ -164,32 +177,33 @@ def implicit_grad(
     f: Callable[..., torch.Tensor],
     a_star: torch.Tensor,
     *args: Any,
-    backward: Any = "broyden",
+    b_solver: Any = "broyden",
     b_max_iter: int = 30,
     b_tol: float = 1e-6,
     b_stop_mode: str = "rel",
+    b_options: Optional[dict[str, Any]] = None,
     on_backward: Optional[OnBackward] = None,
     linearize: Optional[Linearize] = None,
     coupled: bool = False,
-    **options: Any,
 ) -> torch.Tensor:
     """Attach the implicit gradient of the fixed point a* = f(a*, *args) to ``a_star``.
 
     Returns a tensor equal to ``a_star`` whose gradient with respect to f's parameters and to
     ``args`` is vᵀ ∂f(a*, args)/∂θ, v = (I − J_f(a*)ᵀ)⁻¹ ∂L/∂a, v found by the solver
-    ``backward`` (a registry name or a solver object) within ``b_max_iter`` steps to ``b_tol``.
+    ``b_solver`` (a registry name or a solver object) within ``b_max_iter`` (>= 1) steps to ``b_tol``.
     ``on_backward`` receives the backward solve's ``SolverResult`` (evaluations, residuals,
     convergence) for logging; an ``ImplicitAdjoint`` keeps it as ``last_result``. ``linearize``
     optionally gives f with an explicit transposed Jacobian, and ``coupled`` says that f mixes the
-    samples (see ``ImplicitAdjoint.__call__``). ``options`` are the solver's own options and the
-    driver's call options ``throw``, ``check_every``, ``return_best``, ``divergence_factor``, in one
-    namespace, checked before anything runs (see ``ImplicitAdjoint``).
+    samples (see ``ImplicitAdjoint.__call__``). ``b_options`` is one dict of the solver's own
+    options and the driver's call options ``throw``, ``check_every``, ``return_best``,
+    ``divergence_factor``, checked before anything runs (see ``ImplicitAdjoint``).
 
     Example:
         >>> a = solvers.get_solver("anderson")(lambda z: f(z, x), z0, max_iter=50, tol=1e-6).z
         >>> loss(implicit_grad(f, a, x)).backward()
     """
     adjoint = ImplicitAdjoint(
-        backward, b_max_iter=b_max_iter, b_tol=b_tol, b_stop_mode=b_stop_mode, on_backward=on_backward, **options,
+        b_solver, b_max_iter=b_max_iter, b_tol=b_tol, b_stop_mode=b_stop_mode, b_options=b_options,
+        on_backward=on_backward,
     )
     return adjoint(f, a_star, *args, linearize=linearize, coupled=coupled)

@@ -18,8 +18,8 @@ class ImplicitClassifier(nn.Module):
 
     The producer finds the equilibrium a* without grad; ``ImplicitAdjoint`` attaches the implicit
     gradient through one differentiable evaluation of the network's fixed-point map; the
-    classifier reads a* (the producer's value). Producer and backward can be swapped at any
-    time with ``set_producer`` / ``set_backward``, the training method with ``set_method``.
+    classifier reads a* (the producer's value). Producer and backward solver can be swapped at
+    any time with ``set_producer`` / ``set_backward``, the training method with ``set_method``.
 
     With ``method="bptt"`` a forward with grad enabled instead unrolls the producer's simulation
     (its ``time_steps`` and ``leak``; ``if``/``lif`` only) differentiably (``implicit_snn.bptt``):
@@ -29,11 +29,12 @@ class ImplicitClassifier(nn.Module):
     Args:
         network: an ``ImplicitNetwork`` (e.g. ``FeedbackSNN``) with ``layer_shapes``.
         num_classes: outputs of the classifier.
-        producer: a registered producer name or a ``Producer``; ``producer_options`` build it.
-        backward: a registered solver name or solver object for the adjoint solve.
-        b_max_iter, b_tol, b_stop_mode, b_options: settings of the adjoint solve; ``b_options``
-            holds the solver's own options and the driver's call options (``throw``,
-            ``check_every``, ``return_best``, ``divergence_factor``) in one dict, and
+        producer: a registered producer name or a ``Producer``; ``producer_options`` (a dict)
+            build it.
+        b_solver: a registered solver name or solver object for the adjoint solve.
+        b_max_iter, b_tol, b_stop_mode, b_options: settings of the adjoint solve (``b_max_iter``
+            >= 1); ``b_options`` holds the solver's own options and the driver's call options
+            (``throw``, ``check_every``, ``return_best``, ``divergence_factor``) in one dict, and
             ``ImplicitAdjoint``'s ``vjp``, all checked now (see ``ImplicitAdjoint``).
         method: ``"ide"`` (implicit differentiation, default) or ``"bptt"``.
         surrogate, surrogate_slope, detach_reset: BPTT's surrogate derivative (``"sigmoid"`` or
@@ -47,7 +48,7 @@ class ImplicitClassifier(nn.Module):
     """
 
     def __init__(self, network: nn.Module, num_classes: int, *, producer: Any = "lif",
-                 producer_options: Optional[dict[str, Any]] = None, backward: Any = "broyden",
+                 producer_options: Optional[dict[str, Any]] = None, b_solver: Any = "broyden",
                  b_max_iter: int = 30, b_tol: float = 1e-6, b_stop_mode: str = "rel",
                  b_options: Optional[dict[str, Any]] = None, method: str = "ide",
                  surrogate: str = "sigmoid", surrogate_slope: Optional[float] = None, detach_reset: bool = False):
@@ -56,18 +57,21 @@ class ImplicitClassifier(nn.Module):
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
         self.network = network
         self.classifier = nn.Linear(math.prod(network.layer_shapes[-1]), num_classes)
-        self.set_producer(producer, **(producer_options or {}))
-        self.set_backward(backward, b_max_iter=b_max_iter, b_tol=b_tol, b_stop_mode=b_stop_mode, b_options=b_options)
+        self.set_producer(producer, producer_options)
+        self.set_backward(b_solver, b_max_iter=b_max_iter, b_tol=b_tol, b_stop_mode=b_stop_mode, b_options=b_options)
         self.set_method(method, surrogate=surrogate, surrogate_slope=surrogate_slope, detach_reset=detach_reset)
         self.last_forward: dict[str, Any] = {}
 
-    def set_producer(self, producer: Any, **options: Any) -> None:
-        """Use another equilibrium producer, by name with options or as an object."""
+    def set_producer(self, producer: Any, producer_options: Optional[dict[str, Any]] = None) -> None:
+        """Use another equilibrium producer: a registered name with its ``producer_options`` (a
+        dict, as in the constructor), or a ``Producer`` object (which takes no options)."""
+        if producer_options is not None and not isinstance(producer_options, dict):
+            raise TypeError(f"`producer_options` must be a dict, got {type(producer_options).__name__}")
         if isinstance(producer, Producer):
-            if options:
-                raise TypeError("options apply to a producer given by name, not to a Producer object")
+            if producer_options:
+                raise TypeError("`producer_options` apply to a producer given by name, not to a Producer object")
         else:
-            producer = get_producer(producer, **options)
+            producer = get_producer(producer, **(producer_options or {}))
         if getattr(self, "method", "ide") == "bptt":
             bptt.spiking_settings(producer)  # BPTT unrolls this producer: it must be if or lif
         self.producer = producer
@@ -87,14 +91,16 @@ class ImplicitClassifier(nn.Module):
             bptt.spiking_settings(self.producer)
         self.method, self.surrogate, self.detach_reset = method, chosen, detach_reset
 
-    def set_backward(self, backward: Any = "broyden", *, b_max_iter: int = 30, b_tol: float = 1e-6,
+    def set_backward(self, b_solver: Any = "broyden", *, b_max_iter: int = 30, b_tol: float = 1e-6,
                      b_stop_mode: str = "rel", b_options: Optional[dict[str, Any]] = None) -> None:
         """Use another backward solver or settings, named as in the constructor (checked now, not at
         the first backward)."""
         if b_options is not None and not isinstance(b_options, dict):
             raise TypeError(f"`b_options` must be a dict, got {type(b_options).__name__}")
-        self.adjoint = ImplicitAdjoint(backward, b_max_iter=b_max_iter, b_tol=b_tol, b_stop_mode=b_stop_mode,
-                                       **(b_options or {}))
+        options = dict(b_options or {})
+        vjp = options.pop("vjp", "auto")  # ImplicitAdjoint's own setting, carried in the same dict
+        self.adjoint = ImplicitAdjoint(b_solver, b_max_iter=b_max_iter, b_tol=b_tol, b_stop_mode=b_stop_mode,
+                                       b_options=options, vjp=vjp)
 
     @property
     def fixed_point_map(self):

@@ -25,7 +25,7 @@ class Preset:
     time_steps: int
     leak: float
     producer: str = "lif"
-    backward: Optional[str] = None  # None: the library's default (Broyden)
+    b_solver: Optional[str] = None  # None: the library's default (Broyden)
     b_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     network_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # other from_spec options
     schedule: dict[str, Any] = dataclasses.field(default_factory=dict)  # training settings unlike F400's
@@ -35,16 +35,16 @@ class Preset:
         options: dict[str, Any] = dict(producer=self.producer, producer_options=dict(time_steps=self.time_steps,
                                                                                      leak=self.leak),
                                        **self.network_options)
-        if self.backward is not None:
-            options.update(backward=self.backward, b_options=dict(self.b_options))
+        if self.b_solver is not None:
+            options.update(b_solver=self.b_solver, b_options=dict(self.b_options))
         return options
 
     def run_settings(self) -> dict[str, Any]:
         """The run settings (command-line names) the paper trains this preset with."""
         settings: dict[str, Any] = dict(dataset=self.dataset, producer=self.producer, time_steps=self.time_steps,
                                         leak=self.leak, **self.schedule)
-        if self.backward is not None:
-            settings.update(b_solver=self.backward, b_options=dict(self.b_options))
+        if self.b_solver is not None:
+            settings.update(b_solver=self.b_solver, b_options=dict(self.b_options))
         return settings
 
 
@@ -58,7 +58,7 @@ PRESETS: dict[str, Preset] = {
     # 30 damped fixed-point steps with β = 1/2; here it solves the true adjoint system (the
     # reference's update converges to (2I − Jᵀ)⁻¹g instead, its bug B2).
     "f64c5_nmnist": Preset("64C5s (F64C5)", (2, 34, 34), "nmnist", time_steps=30, leak=0.95,
-                           backward="fixed_point", b_options=dict(damping=0.5),
+                           b_solver="fixed_point", b_options=dict(damping=0.5),
                            network_options=dict(input_padding=2)),
     "alexnet_f": Preset("96C3s-256C3-384C3s-384C3-256C3 (F96C3u)", (3, 32, 32), "cifar10", time_steps=30,
                         leak=0.99, schedule=_CIFAR_SCHEDULE),
@@ -82,7 +82,7 @@ def _make_builder(name: str):
         merged = {**defaults, **options}
         if "producer_options" in options and "producer" not in options:
             merged["producer_options"] = {**defaults.get("producer_options", {}), **options["producer_options"]}
-        if "backward" in options and "b_options" not in options and options["backward"] != defaults.get("backward"):
+        if "b_solver" in options and "b_options" not in options and options["b_solver"] != defaults.get("b_solver"):
             merged.pop("b_options", None)  # the preset's solver options belong to the preset's solver
         return from_spec(preset.spec, preset.in_shape, num_classes, **merged)
 

@@ -136,7 +136,7 @@ def from_spec(spec: str, in_shape: Sequence[int], num_classes: int, *, dropout: 
     """An ``ImplicitClassifier`` on the network described by ``spec``.
 
     ``model_options`` go to ``ImplicitClassifier`` (``producer``, ``producer_options``,
-    ``backward``, ``b_max_iter``, ``b_tol``, ``b_stop_mode``, ``b_options``, and the
+    ``b_solver``, ``b_max_iter``, ``b_tol``, ``b_stop_mode``, ``b_options``, and the
     training ``method`` with BPTT's ``surrogate``, ``surrogate_slope``, ``detach_reset``).
     """
     network = build_network(spec, in_shape, dropout=dropout, batch_norm=batch_norm, vth=vth,

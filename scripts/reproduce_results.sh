@@ -30,11 +30,11 @@ declare -A runs=(
   [btol1e-3-f400-lif-noval-seed3]="--model f400 --seed 3 --val-size 0 --b_tol 1e-3"
   [btol1e-3-f400-lif-noval-seed4]="--model f400 --seed 4 --val-size 0 --b_tol 1e-3"
   # the phantom gradient: a fixed budget of 5 damped steps instead of a solve
-  [phantom5-f400-lif-noval-seed0]="--model f400 --seed 0 --val-size 0 --b_solver phantom --b_option steps=5"
-  [phantom5-f400-lif-noval-seed1]="--model f400 --seed 1 --val-size 0 --b_solver phantom --b_option steps=5"
-  [phantom5-f400-lif-noval-seed2]="--model f400 --seed 2 --val-size 0 --b_solver phantom --b_option steps=5"
-  [phantom5-f400-lif-noval-seed3]="--model f400 --seed 3 --val-size 0 --b_solver phantom --b_option steps=5"
-  [phantom5-f400-lif-noval-seed4]="--model f400 --seed 4 --val-size 0 --b_solver phantom --b_option steps=5"
+  [phantom5-f400-lif-noval-seed0]="--model f400 --seed 0 --val-size 0 --b_solver phantom --b_options steps=5"
+  [phantom5-f400-lif-noval-seed1]="--model f400 --seed 1 --val-size 0 --b_solver phantom --b_options steps=5"
+  [phantom5-f400-lif-noval-seed2]="--model f400 --seed 2 --val-size 0 --b_solver phantom --b_options steps=5"
+  [phantom5-f400-lif-noval-seed3]="--model f400 --seed 3 --val-size 0 --b_solver phantom --b_options steps=5"
+  [phantom5-f400-lif-noval-seed4]="--model f400 --seed 4 --val-size 0 --b_solver phantom --b_options steps=5"
 )
 order=(repro-f400-lif-noval-seed{0..4} repro-f400-lif-seed{0..4} repro-f400-if-noval-seed0
        btol1e-3-f400-lif-noval-seed{0..4} phantom5-f400-lif-noval-seed{0..4})

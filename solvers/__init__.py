@@ -21,7 +21,7 @@ from ._registry import (
     available_solvers, check_budget, describe_solvers, get_solver, nonlinear_solvers, register_solver, solves_nonlinear,
 )
 from ._result import ConvergenceError, SolverResult, SolverStatus
-from ._spiking_adjoint import SpikingAdjoint
+from ._spide import SPIDE
 from ._torchdeq import TorchDEQSolver
 
 for _name, _solver in [
@@ -32,7 +32,7 @@ for _name, _solver in [
     ("exact", Exact()),
     ("gmres", GMRES()),
     ("phantom", Phantom()),
-    ("spiking", SpikingAdjoint()),
+    ("spide", SPIDE()),
     ("torchdeq_broyden", TorchDEQSolver("broyden")),
     ("torchdeq_anderson", TorchDEQSolver("anderson")),
     ("torchdeq_fixed_point_iter", TorchDEQSolver("fixed_point_iter")),
@@ -42,8 +42,8 @@ del _name, _solver
 
 __all__ = [
     "CALL_OPTIONS", "AffineMap", "Anderson", "BatchedMap", "Broyden", "ConvergenceError", "Exact", "FixedPoint",
-    "FixedPointSolver", "GMRES", "IterState", "Neumann", "Phantom", "Registry", "SolverResult", "SolverStatus",
-    "SpikingAdjoint", "TorchDEQSolver",
+    "FixedPointSolver", "GMRES", "IterState", "Neumann", "Phantom", "Registry", "SPIDE", "SolverResult",
+    "SolverStatus", "TorchDEQSolver",
     "available_solvers", "check_budget", "check_settings", "configure", "describe_solvers", "get_solver",
     "is_declared_affine", "nonlinear_solvers", "register_solver", "solves_nonlinear",
 ]

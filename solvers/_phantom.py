@@ -25,7 +25,7 @@ class Phantom(FixedPointSolver):
     """Phantom gradient: exactly ``steps`` damped steps z ← (1−λ) z + λ g(z) from z0, never fewer.
 
     In the backward the adjoint starts at z0 = ∂L/∂a, so ``steps=0`` returns ∂L/∂a itself, the
-    Jacobian-free (one-step) gradient of Fung et al. 2022 (JFB), and k steps give
+    Jacobian-free gradient (phantom, steps=0; JFB, Fung et al. 2022), and k steps give
     v_k = Mᵏ u + λ Σ_{i<k} Mⁱ u with M = (1−λ) I + λ J_fᵀ, u = ∂L/∂a: the gradient of
     backpropagating through f(a*) and then k damped steps, an unrolled phantom gradient (Geng
     et al. 2021, "On training implicit models"; with λ = 1 it is torchdeq's ``grad=k+1``).

@@ -60,7 +60,7 @@ def describe_solvers() -> dict[str, str]:
 
 def solves_nonlinear(solver: SolverLike) -> bool:
     """Whether a solver (name or object) is meant for nonlinear maps; False for those built on
-    linearity (``gmres``, ``neumann``, ``spiking``). A user's own callable is taken at its word:
+    linearity (``gmres``, ``neumann``, ``spide``). A user's own callable is taken at its word:
     True unless it has ``SOLVES_NONLINEAR = False``."""
     return getattr(get_solver(solver), "SOLVES_NONLINEAR", True) is not False
 
@@ -72,9 +72,8 @@ def nonlinear_solvers() -> list[str]:
 
 def check_budget(solver: SolverLike, max_iter: int, *, prefix: str = "") -> None:
     """Refuse, with a one-line ``ValueError``, a fixed-budget option of ``solver`` larger than
-    the ``max_iter`` that caps it (``phantom``'s ``steps``, ``spiking``'s ``time_steps``), so
-    that a contradiction is an error when the solve is set up, not at its first call or a
-    silent cap. ``prefix`` names the setting (``"b_"``: ``b_max_iter``)."""
+    the ``max_iter`` that caps it (``phantom``'s ``steps``), so that a contradiction is an error
+    when the solve is set up, not at its first call or a silent cap. ``prefix`` names the setting (``"b_"``: ``b_max_iter``)."""
     check = getattr(get_solver(solver), "check_budget", None)
     if check is not None:
         check(max_iter, setting=f"{prefix}max_iter")

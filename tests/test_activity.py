@@ -50,6 +50,6 @@ def test_a_census_needs_a_spiking_producer_and_samples():
     model = models.from_spec("4 (F4)", (3,), 2, producer="analytic")
     with pytest.raises(ValueError, match="counting spikes needs a spiking producer"):
         spike_census(model, [(torch.rand(2, 3), None)])
-    model.set_producer("if", time_steps=2)
+    model.set_producer("if", {"time_steps": 2})
     with pytest.raises(ValueError, match="at least one sample"):
         spike_census(model, [])

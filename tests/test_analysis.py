@@ -43,7 +43,7 @@ def test_if_rates_converge_to_the_equilibrium_and_lif_rates_stay_within_a_bounde
     before = snapshot(model)
     batches = [(x[:24], y[:24]), (x[24:], y[24:])]
     lif = equilibrium_gap(model, batches, [400])
-    model.set_producer("if", time_steps=5)
+    model.set_producer("if", {"time_steps": 5})
     before = snapshot(model)
     rows = equilibrium_gap(model, batches, [2, 10, 400])
     assert_unchanged(model, before)
@@ -79,7 +79,7 @@ def test_backward_solvers_compared_on_the_same_training_step():
     assert reference.success
     for row in rows:
         assert row.status == "SUCCESS" and row.converged == 1.0 and row.grad_error < 1e-4 and row.n_evals > 1
-    # One step of plain iteration is the one-step gradient: visibly wrong, and reported as not converged.
+    # One step of plain iteration (a budget of 1): visibly wrong, and reported as not converged.
     (one,) = starved
     assert one.status != "SUCCESS" and one.converged < 1.0 and one.grad_error > 100 * max(r.grad_error for r in rows)
     # Solvers that both converged agree with each other, since they share the dropout masks and weights.
@@ -142,7 +142,7 @@ def small_run(tmp_path_factory):
 def test_analyze_writes_every_section_for_each_producer_and_its_figures_in_the_run_directory(small_run, capsys):
     pytest.importorskip("matplotlib")
     assert main(["analyze", str(small_run), "--producer", "lif", "if", "--time-steps", "1", "20", "--samples", "40",
-                 "--b_solver", "broyden", "spiking", "--repeats", "1"]) == 0
+                 "--b_solver", "broyden", "spide", "--repeats", "1"]) == 0
     printed = capsys.readouterr().out
     report = json.loads((small_run / "analysis.json").read_text())
     assert report["kind"] == "analysis" and report["sections"] == ["convergence", "backward", "activity", "energy"]
@@ -157,7 +157,7 @@ def test_analyze_writes_every_section_for_each_producer_and_its_figures_in_the_r
         names = [row["name"] for row in entry["energy"]["layers"]]
         assert names == ["input", "feedback 1→1", "readout"]
         steps = {row["solver"]: row for row in entry["energy"]["training_step"]}
-        assert set(steps) == {"broyden", "spiking"} and steps["spiking"]["backward"]["spikes"] > 0
+        assert set(steps) == {"broyden", "spide"} and steps["spide"]["backward"]["spikes"] > 0
     # IF's gap falls further than LIF's by T = 20 (Theorem 2 against Proposition 2).
     assert if_["convergence"][1]["distance"] < lif["convergence"][1]["distance"]
     for figure in ("convergence", "activity", "energy"):

@@ -18,9 +18,9 @@ from tests.helpers import metrics
 F = torch.nn.functional
 
 
-def bn_model(mode, *, spec="5-4-6 (F5)", dropout=0.0, backward="broyden", tol=1e-12, **options):
+def bn_model(mode, *, spec="5-4-6 (F5)", dropout=0.0, b_solver="broyden", tol=1e-12, **options):
     return models.from_spec(spec, (4,), 3, dropout=dropout, producer="analytic",
-                            producer_options=dict(f_tol=1e-13, f_max_iter=400), backward=backward, b_tol=tol,
+                            producer_options=dict(f_tol=1e-13, f_max_iter=400), b_solver=b_solver, b_tol=tol,
                             b_max_iter=400, bn_backward=mode, **options)
 
 
@@ -133,7 +133,7 @@ def test_simulated_statistics_do_not_couple_the_samples(float64):
     grads = {}
     for vjp in ("auto", "autograd"):
         torch.manual_seed(0)
-        model = bn_model("simulated", backward="exact").train()
+        model = bn_model("simulated", b_solver="exact").train()
         model.adjoint.vjp = vjp
         net = model.network
         assert not net.couples_samples(*net.differentiable_args(*net.map_inputs(x)))

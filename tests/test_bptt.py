@@ -414,7 +414,7 @@ def test_classifier_method_api():
 
 def test_producer_vth_must_match_the_network():
     model = tiny_model("fc", "lif")
-    model.set_producer("lif", time_steps=3, vth=1.0)
+    model.set_producer("lif", {"time_steps": 3, "vth": 1.0})
     with pytest.raises(ValueError, match="differs from the network's vth"):
         model(tiny_input("fc"))
 
@@ -481,8 +481,8 @@ def test_runs_without_a_method_setting_still_load(tmp_path):
     (["--method", "bptt", "--producer", "analytic"], "--method bptt unrolls the spiking simulation: use --producer if "
                                                       "or lif, not analytic"),
     (["--method", "bptt", "--b-tol", "1e-3"], "--b_tol: settings of the implicit backward apply to --method ide only"),
-    (["--method", "bptt", "--b-option", "memory=3"],
-     "--b_option: settings of the implicit backward apply to --method ide only"),
+    (["--method", "bptt", "--b-options", "memory=3"],
+     "--b_options: settings of the implicit backward apply to --method ide only"),
     (["--method", "bptt", "--bn-backward", "simulated"],
      "--bn_backward: settings of the implicit backward apply to --method ide only"),
     (["--surrogate", "rectangular"], "--surrogate applies to --method bptt only"),

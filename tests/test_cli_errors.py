@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import solvers
-from implicit_snn.app.build import build_model
+from implicit_snn.app.build import model_from_config
 from implicit_snn.app.cli import main
 from implicit_snn.app.config import resolve
 from implicit_snn.app.errors import UsageError, flag_message
@@ -50,24 +50,25 @@ def test_library_argument_names_become_flags():
     settings = {"batch_size", "b_max_iter", "time_steps", "leak"}
     assert flag_message("`batch_size` 1 is too small; `b_max_iter` too", settings) == \
         "--batch-size 1 is too small; --b_max_iter too"
-    assert flag_message("set `root` to DIR; `backward` and `b_options`", settings) == \
-        "set --data-root to DIR; --b_solver and --b_option"
+    assert flag_message("set `root` to DIR; `b_solver` and `b_options`", settings | {"b_solver", "b_options"}) == \
+        "set --data-root to DIR; --b_solver and --b_options"
+    assert flag_message("`backward` is no setting", settings) == "`backward` is no setting"  # no old names
     assert flag_message("`not_a_setting` stays", settings) == "`not_a_setting` stays"
 
 
 def test_every_driver_option_reaches_the_backward_from_the_run_settings():
     options = {"check_every": 7, "throw": True, "return_best": False, "divergence_factor": 10.0, "memory": 5}
-    model = build_model(resolve({}, {"b_options": options}), num_classes=10)
+    model = model_from_config(resolve({}, {"b_options": options}), num_classes=10)
     assert model.adjoint.call_options == {k: v for k, v in options.items() if k != "memory"}
     assert model.adjoint.solver.memory == 5
-    with pytest.raises(solvers.ConvergenceError):  # throw=True from --b_option raises, as asked
+    with pytest.raises(solvers.ConvergenceError):  # throw=True from --b_options raises, as asked
         x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
         model.set_backward("broyden", b_max_iter=1, b_tol=1e-12, b_options={"throw": True})
         torch.nn.functional.cross_entropy(model.train()(x), y).backward()
 
 
 def test_an_unknown_backward_option_is_one_line_listing_what_is_accepted(tmp_path, capsys):
-    message = cli_error(["train", *SMALL, "--b_option", "memroy=5", "--out", str(tmp_path / "x")], capsys)
+    message = cli_error(["train", *SMALL, "--b_options", "memroy=5", "--out", str(tmp_path / "x")], capsys)
     assert "memroy" in message and "memory" in message and "check_every" in message and "throw" in message
 
 
@@ -90,5 +91,5 @@ def test_analyze_measures_exactly_the_samples_asked_for(tmp_path):
 
 
 def test_a_solve_setting_passed_as_an_option_says_which_flag_sets_it(tmp_path, capsys):
-    message = cli_error(["train", *SMALL, "--b_option", "max_iter=2", "--out", str(tmp_path / "x")], capsys)
+    message = cli_error(["train", *SMALL, "--b_options", "max_iter=2", "--out", str(tmp_path / "x")], capsys)
     assert "`max_iter` is not an option but a setting of the solve itself (--b_max_iter" in message

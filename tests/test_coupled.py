@@ -81,9 +81,9 @@ def test_coupled_must_be_a_bool():
             solvers.get_solver(name)(g, torch.zeros(2, 3, dtype=torch.float64), max_iter=2, tol=1e-6, coupled="no")
 
 
-def three_layer_bn_model(backward, tol, **options):
+def three_layer_bn_model(b_solver, tol, **options):
     return models.from_spec("5-4-6 (F5)", (4,), 3, dropout=0.0, producer="if", producer_options=dict(time_steps=40),
-                            backward=backward, b_tol=tol, b_max_iter=300, **options)
+                            b_solver=b_solver, b_tol=tol, b_max_iter=300, **options)
 
 
 def test_couples_samples_only_for_batch_statistics_after_the_first_layer(float64):
@@ -164,15 +164,16 @@ def test_the_model_declares_the_coupling_to_its_backward(float64):
     assert model.last_backward.n_evals == 6 + 2  # running statistics: independent samples
 
 
-@pytest.mark.parametrize("name, options", [("phantom", dict(steps=6)), ("phantom", dict(steps=0)),
-                                           ("spiking", dict(time_steps=40))])
-def test_fixed_budget_methods_report_true_residuals_on_a_coupled_batch(name, options):
-    """phantom and spiking run a fixed budget, not the driver's search; their coupled results too
+@pytest.mark.parametrize("name, max_iter, options", [("phantom", 60, dict(steps=6)), ("phantom", 60, dict(steps=0)),
+                                                     ("spide", 40, {})])
+def test_fixed_budget_solvers_report_true_residuals_on_a_coupled_batch(name, max_iter, options):
+    """phantom and spide run a fixed budget, not the driver's search; their coupled results too
     must carry the residuals measured at the returned batch."""
     g, _ = coupled_affine_map(6, 5, 0.95, seed=1)
-    result = solvers.get_solver(name)(g, torch.zeros(6, 5, dtype=torch.float64) + 0.1, max_iter=60, tol=1e-10,
+    result = solvers.get_solver(name)(g, torch.zeros(6, 5, dtype=torch.float64) + 0.1, max_iter=max_iter, tol=1e-10,
                                       coupled=True, **options)
     abs_res, rel_res = true_residuals(g, result.z)
     torch.testing.assert_close(result.abs_residual, abs_res, rtol=1e-9, atol=1e-15)
     torch.testing.assert_close(result.rel_residual, rel_res, rtol=1e-9, atol=1e-15)
     assert not result.success
+    assert result.n_steps == options.get("steps", max_iter)  # phantom: its steps; spide: exactly max_iter

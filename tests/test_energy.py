@@ -195,7 +195,7 @@ def test_a_training_step_costs_its_simulation_and_its_adjoint_solve():
     assert back["macs"] == back["vjps"] * back["macs_per_vjp"] + back["theta_pass_macs"]
     assert cost["forward"]["macs"] == input_synapses + readout + forward_synapses + feedback_synapses
     assert cost["energy_pj"] == pytest.approx(cost["forward"]["energy_pj"] + 4.6 * back["macs"])
-    model.set_backward("spiking", b_max_iter=12)
+    model.set_backward("spide", b_max_iter=12)
     spiking = training_step_cost(model, x, y).to_dict()["backward"]
     events = model.last_backward.counters["spike_events"]
     reach = fan_in(model.network.forward_layers[0].op, shapes[0])  # Jᵀ's first stage: the last layer's fan-in
@@ -204,7 +204,7 @@ def test_a_training_step_costs_its_simulation_and_its_adjoint_solve():
     assert spiking["event_driven_macs"] == 11 * feedback_synapses + spiking["theta_pass_macs"]
 
 
-def test_the_spiking_solver_counts_the_spikes_it_feeds_through_the_map():
+def test_the_spide_solver_counts_the_spikes_it_feeds_through_the_map():
     import solvers
 
     torch.manual_seed(3)
@@ -216,9 +216,9 @@ def test_the_spiking_solver_counts_the_spikes_it_feeds_through_the_map():
         inputs.append(z.clone())
         return z @ a.T + c
 
-    result = solvers.get_solver("spiking")(g, torch.zeros(4, 6), max_iter=20, tol=1e-9)
+    result = solvers.get_solver("spide")(g, torch.zeros(4, 6), max_iter=20, tol=1e-9)
     # g sees 0 first, then θ·s for steps 1..T−1, then the estimate: the middle ones are the spikes.
-    theta = solvers.get_solver("spiking").thresholds(torch.zeros(4, 6), c)
+    theta = solvers.get_solver("spide").thresholds(torch.zeros(4, 6), c)
     fed = sum((z / theta).round().abs() for z in inputs[1:-1])
     assert len(inputs) == result.n_evals == 21
     assert torch.equal(result.counters["spike_events"], fed) and float(fed.sum()) > 0

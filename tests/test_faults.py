@@ -52,7 +52,7 @@ def test_a_non_contractive_map_is_reported_not_hidden():
     x = torch.randn(3, 4, dtype=torch.float64)
     results = []
     a = implicit_grad(lambda a, x: a @ weight.T + x, torch.zeros(3, 4, dtype=torch.float64), x,
-                      backward="fixed_point", b_max_iter=200, b_tol=1e-8, on_backward=results.append)
+                      b_solver="fixed_point", b_max_iter=200, b_tol=1e-8, on_backward=results.append)
     a.sum().backward()
     (result,) = results
     assert not result.converged.any() and result.status.name == "DIVERGED"

@@ -68,7 +68,7 @@ B_TOL, B_MAX_ITER = 1e-12, 400
 SEED = 1234  # the dropout masks' seed, the same in every evaluation
 BATCH = 4
 #: Approximate by design (spike-based or truncated-Jacobian backward solvers): no tight tolerance.
-APPROXIMATE = ("phantom", "spiking")
+APPROXIMATE = ("phantom", "spide")
 TIGHT_SOLVERS = [name for name in solvers.available_solvers() if not any(a in name for a in APPROXIMATE)]
 
 
@@ -203,13 +203,13 @@ def converge_power_iteration_(spectral: SpectralNorm, op) -> None:
     assert all(float((a - b).abs().max()) < 1e-12 for a, b in zip(before, (spectral.u, spectral.v)))
 
 
-def build(case: Case, *, backward: str = "broyden", vjp: str = "auto", alpha: float = 0.8):
+def build(case: Case, *, b_solver: str = "broyden", vjp: str = "auto", alpha: float = 0.8):
     with default_dtype(torch.float64):
         torch.manual_seed(case.seed)
         model = models.from_spec(
             case.spec, case.in_shape, 3, dropout=case.dropout, batch_norm=case.batch_norm, vth=case.vth,
             operator_norm=case.operator_norm, bn_backward=case.bn_backward, producer="analytic",
-            producer_options=FORWARD, backward=backward, b_tol=B_TOL, b_max_iter=B_MAX_ITER,
+            producer_options=FORWARD, b_solver=b_solver, b_tol=B_TOL, b_max_iter=B_MAX_ITER,
             b_options=dict(vjp=vjp))
     model.train(case.training)
     randomise_(model, alpha=alpha, seed=case.seed)
@@ -406,9 +406,9 @@ def reference(case_name: str) -> Reference:
                      mask_ref, pattern)
 
 
-def assert_matches_reference(case_name: str, *, backward: str = "broyden", vjp: str = "auto") -> None:
+def assert_matches_reference(case_name: str, *, b_solver: str = "broyden", vjp: str = "auto") -> None:
     ref = reference(case_name)
-    model = build(CASES[case_name], backward=backward, vjp=vjp)
+    model = build(CASES[case_name], b_solver=b_solver, vjp=vjp)
     named = list(model.named_parameters())
     assert [n for n, _ in named] == ref.names
     assert all(torch.equal(p, q) for (_, p), q in zip(named, ref.params)), "the build is not deterministic"
@@ -431,10 +431,10 @@ def test_implicit_gradient_equals_central_differences_of_the_loss(case_name, vjp
     assert_matches_reference(case_name, vjp=vjp)
 
 
-@pytest.mark.parametrize("backward", TIGHT_SOLVERS)
+@pytest.mark.parametrize("b_solver", TIGHT_SOLVERS)
 @pytest.mark.parametrize("case_name", ["linear-2-train-dropout", "conv-transposed-eval-operator-norm"])
-def test_every_tight_backward_solver_gives_the_true_gradient(case_name, backward):
-    assert_matches_reference(case_name, backward=backward)
+def test_every_tight_backward_solver_gives_the_true_gradient(case_name, b_solver):
+    assert_matches_reference(case_name, b_solver=b_solver)
 
 
 def test_the_analytic_producer_is_used_where_it_solves_the_differentiated_map():

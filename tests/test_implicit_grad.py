@@ -17,7 +17,7 @@ BACKWARDS = {  # solver: settings that are "enough iterations" for ‖J‖ ≤ 0
     "neumann": dict(b_max_iter=200),
     "exact": dict(b_max_iter=2),
     "torchdeq_broyden": dict(b_max_iter=100),
-    "torchdeq_anderson": dict(b_max_iter=400, lam=1e-14),
+    "torchdeq_anderson": dict(b_max_iter=400, b_options={"lam": 1e-14}),
     "torchdeq_fixed_point_iter": dict(b_max_iter=400),
 }
 
@@ -31,8 +31,8 @@ def equilibrium(net, x, tol=1e-13):
 
 
 @pytest.mark.parametrize("dim", [50, 400])
-@pytest.mark.parametrize("backward", sorted(BACKWARDS))
-def test_parameter_gradients_match_dense_implicit_function_theorem(backward, dim, float64, device):
+@pytest.mark.parametrize("b_solver", sorted(BACKWARDS))
+def test_parameter_gradients_match_dense_implicit_function_theorem(b_solver, dim, float64, device):
     net = TanhNetwork(dim, 20, norm=0.9, seed=dim).to(device)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(4, 20, generator=gen).to(device)
@@ -40,16 +40,16 @@ def test_parameter_gradients_match_dense_implicit_function_theorem(backward, dim
     a_star = equilibrium(net, x)
     expected = net.dense_implicit_grads(a_star, x, grad_a)
 
-    settings = dict(BACKWARDS[backward])
-    if backward == "neumann":  # exactly 200 terms, however small the residual gets
+    settings = dict(BACKWARDS[b_solver])
+    if b_solver == "neumann":  # exactly 200 terms, however small the residual gets
         settings["b_tol"] = 1e-300
     results = []
-    out = implicit_grad(net, a_star, x, backward=backward, **{"b_tol": 1e-12, "on_backward": results.append, **settings})
+    out = implicit_grad(net, a_star, x, b_solver=b_solver, **{"b_tol": 1e-12, "on_backward": results.append, **settings})
     got = torch.autograd.grad((out * grad_a).sum(), (net.weight, net.input_weight, net.bias))
     for actual, reference in zip(got, expected):
         assert relative_error(actual, reference) < 1e-6
     assert len(results) == 1
-    if backward == "neumann":
+    if b_solver == "neumann":
         assert results[0].n_steps == 200
     else:
         assert results[0].success, results[0].summary()
@@ -95,12 +95,12 @@ def check_central_differences(seed, dim, in_dim, norm, device):
     assert abs(analytic - numeric) <= 1e-6 * max(1.0, abs(numeric))
 
 
-@pytest.mark.parametrize("backward", ["broyden", "anderson"])
-def test_gradcheck_through_the_solved_equilibrium(backward, float64):
+@pytest.mark.parametrize("b_solver", ["broyden", "anderson"])
+def test_gradcheck_through_the_solved_equilibrium(b_solver, float64):
     net = TanhNetwork(5, 3, norm=0.8, seed=3)
 
     def layer(x):
-        return implicit_grad(net, equilibrium(net, x), x, backward=backward, b_tol=1e-13, b_max_iter=100)
+        return implicit_grad(net, equilibrium(net, x), x, b_solver=b_solver, b_tol=1e-13, b_max_iter=100)
 
     x = torch.randn(2, 3, requires_grad=True)
     assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -186,7 +186,7 @@ def test_backward_non_convergence_is_reported(float64):
 
     results = []
     a_star = torch.zeros(2, 4)
-    out = implicit_grad(f, a_star, torch.ones(2, 4), backward="fixed_point", b_max_iter=20, on_backward=results.append)
+    out = implicit_grad(f, a_star, torch.ones(2, 4), b_solver="fixed_point", b_max_iter=20, on_backward=results.append)
     out.sum().backward()
     assert not results[0].success
     assert results[0].status.name in ("DIVERGED", "MAX_ITER", "NONFINITE")
@@ -196,7 +196,7 @@ def test_bad_settings_fail_before_any_work():
     with pytest.raises(KeyError, match="known solvers"):
         ImplicitAdjoint("broydn")
     with pytest.raises(ValueError, match="unknown option"):
-        ImplicitAdjoint("anderson", mem=5)
+        ImplicitAdjoint("anderson", b_options={"mem": 5})
     with pytest.raises(ValueError, match="`b_tol`"):
         ImplicitAdjoint("anderson", b_tol=-1.0)
     with pytest.raises(ValueError, match="shaped like a"):

@@ -1,5 +1,7 @@
 """The model zoo: the paper's parameter and neuron counts, training steps, spec parsing, gradients."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -100,7 +102,7 @@ def test_implicit_gradient_through_the_spiking_model_equals_the_dense_one(float6
 def test_producer_and_backward_can_be_swapped_after_construction(producer):
     model = models.build_model("f400", producer_options=dict(time_steps=3))
     options = dict(time_steps=3) if producer != "analytic" else dict(f_max_iter=60)
-    model.set_producer(producer, **options)
+    model.set_producer(producer, options)
     model.set_backward("anderson", b_max_iter=20, b_tol=1e-5, b_options={"memory": 4})
     model.train()
     model(torch.randn(4, 1, 28, 28)).sum().backward()
@@ -194,3 +196,36 @@ def test_unknown_preset_and_bad_options():
         models.build_model("f400", producer_options=dict(tme_steps=3))
     model = models.build_model("f400", producer_options=dict(time_steps=2)).eval()  # the registry still works
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_one_build_model_takes_a_preset_or_a_spec_string():
+    torch.manual_seed(0)
+    spec = models.build_model("400 (F400)", 10, in_shape=(1, 28, 28), b_solver="anderson", b_options={"memory": 4})
+    preset = models.build_model("f400")
+    # The spec string of a preset builds the preset's network: the same parameter shapes.
+    assert [p.shape for p in spec.parameters()] == [p.shape for p in preset.parameters()]
+    assert (type(spec.adjoint.solver).__name__, spec.adjoint.solver.memory) == ("Anderson", 4)
+    assert spec(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert models.build_model("8 (F8)", 3, in_shape=(5,)).classifier.out_features == 3
+    assert models.build_model("f400", 7, in_shape=(1, 28, 28)).classifier.out_features == 7
+    with pytest.raises(ValueError, match=r"^the spec-string model '400 \(F400\)' needs `in_shape`, the per-sample "
+                                         r"input shape \(e\.g\. in_shape=\(1, 28, 28\)\)$"):
+        models.build_model("400 (F400)")
+    with pytest.raises(ValueError, match=r"^model f400 takes inputs of shape \(1, 28, 28\), not \(3, 32, 32\)$"):
+        models.build_model("f400", in_shape=(3, 32, 32))
+    with pytest.raises(KeyError, match=r"unknown model 'f4000'; did you mean 'f400'\?.*or a spec string such as"):
+        models.build_model("f4000")
+
+
+def test_set_producer_takes_its_options_as_one_dict():
+    model = models.build_model("f400")
+    model.set_producer("if", {"time_steps": 7})
+    assert (type(model.producer).__name__, model.producer.time_steps) == ("IFProducer", 7)
+    model.set_producer("lif", producer_options={"time_steps": 4, "leak": 0.9})
+    assert (model.producer.time_steps, model.producer.leak) == (4, 0.9)
+    assert list(inspect.signature(model.set_producer).parameters) == ["producer", "producer_options"]  # no **options
+    with pytest.raises(TypeError, match="^`producer_options` must be a dict, got list$"):
+        model.set_producer("if", [("time_steps", 7)])
+    with pytest.raises(TypeError, match="apply to a producer given by name"):
+        model.set_producer(model.producer, {"time_steps": 3})
+    assert (model.producer.time_steps, model.producer.leak) == (4, 0.9)  # unchanged by the refusals

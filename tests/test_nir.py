@@ -42,7 +42,7 @@ def network(name, producer="lif", *, time_steps=6, leak=0.9, seed=0):
     model = models.from_spec(spec, in_shape, 10).double()
     randomize_batch_norm(model, seed)
     options = dict(time_steps=time_steps) if producer == "if" else dict(time_steps=time_steps, leak=leak)
-    model.set_producer(producer, **options)
+    model.set_producer(producer, options)
     return model.eval()
 
 
@@ -107,7 +107,7 @@ def test_a_stride_one_transposed_conv_feedback_is_a_flipped_conv():
     model.network = FeedbackSNN((1, 14, 14), base.input_layer, [], feedback, vth=2.0)
     model.double()
     randomize_batch_norm(model, 3)
-    model.set_producer("lif", time_steps=6, leak=0.9)
+    model.set_producer("lif", {"time_steps": 6, "leak": 0.9})
     model.eval()
     assert_replays_exactly(model, inputs(model, "constant"))
     assert type(to_nir(model).nodes["feedback"]).__name__ == "Conv2d"

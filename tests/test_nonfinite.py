@@ -12,7 +12,8 @@ import torch
 from implicit_snn.app import build
 from implicit_snn.app.cli import main
 from implicit_snn.data import ArrayDataset, load_dataset
-from implicit_snn.training import NonFiniteError, Trainer
+from implicit_snn.nonfinite import NonFiniteError
+from implicit_snn.training import Trainer
 from tests.helpers import SMALL, cli_error, comparable, metrics
 
 NAN = float("nan")

@@ -52,7 +52,7 @@ def test_config_files_name_themselves_and_read_numbers_as_numbers(tmp_path):
 
 
 def test_throw_from_the_command_line_stops_training_with_one_line(tmp_path, capsys):
-    argv = ["train", *SMALL, "--epochs", "1", "--b_option", "throw=True", "--b_max_iter", "1", "--b_tol", "1e-12",
+    argv = ["train", *SMALL, "--epochs", "1", "--b_options", "throw=True", "--b_max_iter", "1", "--b_tol", "1e-12",
             "--out", str(tmp_path / "run")]
     message = cli_error(argv, capsys)
     assert message.startswith("error: a backward solve did not converge and throw=True was set, so training stopped "
@@ -92,3 +92,93 @@ def test_a_runs_config_json_is_a_settings_file_for_the_next_run(finished_run, tm
 def test_gamma_is_a_decay(tmp_path, capsys):
     message = cli_error(["train", "--gamma", "10", "--out", str(tmp_path / "x")], capsys)
     assert message.endswith("--gamma: must be a number in (0, 1] (the factor lr is multiplied by), got '10'")
+
+
+# -- old settings: the names before the renames still load (config.translate_legacy) ----------------
+
+def test_old_names_are_translated_and_a_contradiction_is_one_line():
+    from implicit_snn.app.config import translate_legacy
+
+    old = {"backward": "spiking", "b_max_iter": 100, "b_options": {"time_steps": 100, "threshold": 0.5}, "lr": 0.1}
+    assert translate_legacy(old) == {"b_solver": "spide", "b_max_iter": 100, "b_options": {"threshold": 0.5}, "lr": 0.1}
+    assert old["b_options"] == {"time_steps": 100, "threshold": 0.5}  # the input is left as it was
+    # Without a b_max_iter the old simulation length becomes it; T None (the old default) was b_max_iter already.
+    assert translate_legacy({"b_solver": "spiking", "b_options": {"time_steps": 40}}) == \
+        {"b_solver": "spide", "b_options": {}, "b_max_iter": 40}
+    assert translate_legacy({"b_solver": "spiking", "b_max_iter": 9, "b_options": {"time_steps": None}}) == \
+        {"b_solver": "spide", "b_max_iter": 9, "b_options": {}}
+    today = {"b_solver": "phantom", "b_max_iter": 30, "b_options": {"steps": 0}}
+    assert translate_legacy(today) == today  # today's names pass unchanged
+    with pytest.raises(ValueError, match=r"^run.json: the spiking backward's option time_steps=100 and "
+                                         r"b_max_iter=30 disagree; spide runs exactly b_max_iter steps"):
+        translate_legacy({"b_solver": "spiking", "b_max_iter": 30, "b_options": {"time_steps": 100}}, "run.json")
+    with pytest.raises(ValueError, match=r"`backward` \('anderson', the old name of `b_solver`\) and `b_solver` "
+                                         r"\('broyden'\) disagree"):
+        translate_legacy({"backward": "anderson", "b_solver": "broyden"})
+
+
+def test_an_old_settings_file_reads_in_todays_names(tmp_path, capsys):
+    from implicit_snn.app.config import read_config_file, resolve
+
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"backward": "spiking", "b_max_iter": 50, "b_options": {"time_steps": 50}}))
+    config = resolve(read_config_file(path), {})
+    assert (config.b_solver, config.b_max_iter, config.b_options) == ("spide", 50, {})
+    path.write_text(json.dumps({"b_solver": "spiking", "b_max_iter": 30, "b_options": {"time_steps": 50}}))
+    message = cli_error(["train", "--config", str(path), "--out", str(tmp_path / "x")], capsys)
+    assert message.startswith("error: config file old.json: the spiking backward's option time_steps=50 and "
+                              "b_max_iter=30 disagree")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_zero_backward_budget_is_refused_everywhere(tmp_path, capsys):
+    """One switch for the Jacobian-free gradient, phantom with steps=0: a zero b_max_iter is no other way to it."""
+    assert cli_error(["train", "--b_max_iter", "0", "--out", str(tmp_path / "x")], capsys).endswith(
+        "argument --b_max_iter/--b-max-iter: must be an integer >= 1, got '0'")
+    (tmp_path / "zero.toml").write_text("b_max_iter = 0\n")
+    message = cli_error(["train", "--config", str(tmp_path / "zero.toml"), "--out", str(tmp_path / "x")], capsys)
+    assert message == "error: setting --b_max_iter must be an integer >= 1, got 0"
+    assert not (tmp_path / "x").exists()
+
+
+def test_every_committed_run_config_loads():
+    """The config.json files under docs/runs/ and bench/results/ (made before some renames) are settings
+    files too: each one resolves, and none holds a solver name that is gone."""
+    import glob
+    from pathlib import Path
+
+    import solvers
+    from implicit_snn.app.config import read_config_file, resolve
+
+    root = Path(__file__).resolve().parent.parent
+    paths = sorted({*glob.glob(str(root / "docs/runs/**/config.json"), recursive=True),
+                    *glob.glob(str(root / "bench/results/**/config.json"), recursive=True)})
+    assert len(paths) > 20
+    for path in paths:
+        config = resolve(read_config_file(path), {})
+        assert config.b_solver in solvers.available_solvers() and config.b_max_iter >= 1, path
+
+
+def test_a_run_saved_in_old_names_evaluates_and_resumes(tmp_path):
+    """A checkpoint's settings cannot be rewritten like a config.json: they are translated when read,
+    by eval and by --resume alike."""
+    import torch
+
+    from implicit_snn.files import atomic_torch_save
+
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--b_solver", "spide", "--b_max_iter", "5", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["b_solver"], config["b_max_iter"], config["b_options"]) == ("spide", 5, {})
+    old = {**{k: v for k, v in config.items() if k != "b_solver"}, "backward": "spiking", "b_options": {"time_steps": 5}}
+    (out / "config.json").write_text(json.dumps(old))
+    for name in ("checkpoint-last.pt", "checkpoint-best.pt"):
+        checkpoint = torch.load(out / name, weights_only=False)
+        atomic_torch_save({**checkpoint, "config": old}, out / name)
+    report = tmp_path / "eval.json"
+    assert main(["eval", str(out), "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["results"][0]["acc"] >= 0
+    assert main(["train", "--resume", "--epochs", "2", "--out", str(out)]) == 0
+    resumed = json.loads((out / "config.json").read_text())
+    assert (resumed["b_solver"], resumed["b_max_iter"], resumed["b_options"]) == ("spide", 5, {})
+    assert "backward" not in resumed

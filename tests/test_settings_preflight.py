@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from implicit_snn.app.build import _check_val_size, backward_unknowns, build_model, check_exact_size
+from implicit_snn.app.build import _check_val_size, backward_unknowns, check_exact_size, model_from_config
 from implicit_snn.app.cli import _option, build_parser, main
 from implicit_snn.app.commands import cli_settings
 from implicit_snn.app.config import MAX_TIME_STEPS, resolve
@@ -53,17 +53,17 @@ def test_exact_above_its_size_on_a_coupled_batch_is_refused_before_the_run_folde
     assert message == (
         "error: --b_solver exact: the backward is one system of 8,192 unknowns (256 samples × 32 last-layer neurons, "
         "coupled by batch norm's batch statistics), above exact's max_size 4,096; use a --batch-size of at most 128, "
-        "--bn-backward simulated (samples not coupled), another --b_solver, or --b_option max_size=8192 (a dense "
+        "--bn-backward simulated (samples not coupled), another --b_solver, or --b_options max_size=8192 (a dense "
         "8,192² Jacobian)")
     assert not out.exists()
     # The same with a max_size given as a solver option: it is that limit that counts.
-    message = refused(train_args(out, *EXACT_TOO_BIG, "--b_option", "max_size=8191"), capsys)
+    message = refused(train_args(out, *EXACT_TOO_BIG, "--b_options", "max_size=8191"), capsys)
     assert "above exact's max_size 8,191;" in message and not out.exists()
 
 
 def test_the_exact_size_check_counts_what_the_backward_solves():
     config = resolve({}, {"model": "32-32 (F32)", "dataset": "synthetic", "b_solver": "exact"})
-    model = build_model(config, 10, (1, 28, 28))
+    model = model_from_config(config, 10, (1, 28, 28))
     rng, state = torch.get_rng_state(), {k: v.clone() for k, v in model.state_dict().items()}
     assert backward_unknowns(model, (1, 28, 28), 256) == (8192, 32, True)  # batch norm couples the batch
     # The probe leaves the run as it was: the same random stream, the same weights and statistics.
@@ -73,22 +73,22 @@ def test_the_exact_size_check_counts_what_the_backward_solves():
     with pytest.raises(UsageError, match="one system of 4,128 unknowns"):
         check_exact_size(model, (1, 28, 28), 129)
     settings = {"model": "32-32 (F32)", "dataset": "synthetic", "b_solver": "exact", "bn_backward": "simulated"}
-    simulated = build_model(resolve({}, settings), 10, (1, 28, 28))
+    simulated = model_from_config(resolve({}, settings), 10, (1, 28, 28))
     assert backward_unknowns(simulated, (1, 28, 28), 256) == (32, 32, False)  # running statistics: per sample
     check_exact_size(simulated, (1, 28, 28), 256)
-    wide = build_model(resolve({}, {"model": "5000 (F5000)", "dataset": "synthetic", "b_solver": "exact",
+    wide = model_from_config(resolve({}, {"model": "5000 (F5000)", "dataset": "synthetic", "b_solver": "exact",
                                     "bn_backward": "simulated"}), 10, (1, 28, 28))
     with pytest.raises(UsageError, match=r"^--b_solver exact: the backward has 5,000 unknowns per sample \(the last "
                                          r"layer's neurons\), above exact's max_size 4,096; use another --b_solver, "
-                                         r"or --b_option max_size=5000"):
+                                         r"or --b_options max_size=5000"):
         check_exact_size(wide, (1, 28, 28), 2)
-    bptt = build_model(resolve({}, {"model": "32-32 (F32)", "dataset": "synthetic", "method": "bptt"}), 10, (1, 28, 28))
+    bptt = model_from_config(resolve({}, {"model": "32-32 (F32)", "dataset": "synthetic", "method": "bptt"}), 10, (1, 28, 28))
     assert backward_unknowns(bptt, (1, 28, 28), 256) is None  # no implicit backward to size
 
 
 def test_phantom_steps_beyond_the_backward_budget_are_refused_before_the_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
-    message = refused(train_args(out, "--b_solver", "phantom", "--b_option", "steps=10", "--b_max_iter", "5"), capsys)
+    message = refused(train_args(out, "--b_solver", "phantom", "--b_options", "steps=10", "--b_max_iter", "5"), capsys)
     assert "steps" in message and "10" in message and "5" in message
     assert not out.exists()
 
@@ -107,7 +107,7 @@ def test_a_preset_on_a_dataset_of_another_input_shape_is_refused_before_the_run_
     assert not out.exists()
     # eval and analyze build the model through the same function, with the loaded data's shape.
     with pytest.raises(UsageError, match="^model alexnet_f takes 3x32x32 inputs, but the synthetic dataset's are"):
-        build_model(resolve({}, {"model": "alexnet_f", "dataset": "synthetic"}), 10, (1, 28, 28))
+        model_from_config(resolve({}, {"model": "alexnet_f", "dataset": "synthetic"}), 10, (1, 28, 28))
 
 
 @pytest.mark.slow
@@ -184,9 +184,29 @@ def test_solver_options_read_true_false_yes_no_in_any_case_as_bools(text, expect
 
 
 def test_a_lowercase_bool_option_reaches_the_backward():
-    args = build_parser().parse_args(["train", "--b_option", "return_best=true", "--b_option", "throw=no"])
-    model = build_model(resolve({}, cli_settings(args)), 10)
+    args = build_parser().parse_args(["train", "--b_options", "return_best=true", "--b_options", "throw=no"])
+    model = model_from_config(resolve({}, cli_settings(args)), 10)
     assert model.adjoint.call_options["return_best"] is True and model.adjoint.call_options["throw"] is False
+
+
+@pytest.mark.parametrize("argv", [
+    ["--b_options", "memory=4", "check_every=2"],  # several pairs after one flag
+    ["--b-options", "memory=4", "--b_options", "check_every=2"],  # the flag repeated, in either spelling
+])
+def test_solver_options_take_several_pairs_and_repeat(argv):
+    args = build_parser().parse_args(["train", "--b_solver", "anderson", *argv, "--f_options", "memory=3", "tol_hint=1"])
+    settings = cli_settings(args)
+    assert settings["b_options"] == {"memory": 4, "check_every": 2}
+    assert settings["f_options"] == {"memory": 3, "tol_hint": 1}
+    model = model_from_config(resolve({}, {**settings, "f_options": None}), 10)
+    assert (model.adjoint.solver.memory, model.adjoint.call_options) == (4, {"check_every": 2})
+
+
+@pytest.mark.parametrize("old", ["--b_option", "--b-option", "--f_option", "--f-option"])
+def test_the_old_singular_option_flags_are_gone(old, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", old, "memory=3"])
+    assert "unrecognized arguments" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from solvers import SolverStatus
 from tests.helpers import cli_error, true_residuals
 
 TOL = 1e-6
-AFFINE_ONLY = {"gmres", "neumann", "spiking"}
+AFFINE_ONLY = {"gmres", "neumann", "spide"}
 
 
 def nonlinear_network(seed=0):
@@ -63,8 +63,8 @@ def test_every_solver_called_directly_on_a_nonlinear_map_reports_the_residual_at
     def g(a):
         return network.fixed_point_map(a, *f_args)
 
-    options = {"steps": 20} if name == "phantom" else {"time_steps": 40} if name == "spiking" else {}
-    return_best = {"return_best": False} if name in ("phantom", "spiking") else {}
+    options = {"steps": 20} if name == "phantom" else {}
+    return_best = {"return_best": False} if name in ("phantom", "spide") else {}
     result = solvers.get_solver(name)(g, network.initial_state(x), max_iter=40, tol=TOL, **return_best, **options)
     with torch.no_grad():
         abs_res, rel_res = true_residuals(g, result.z)

@@ -16,14 +16,14 @@ from tests.helpers import relative_error
 B, D = 3, 8
 DRIVER = ["broyden", "anderson", "fixed_point", "neumann", "exact", "gmres"]
 TORCHDEQ = ["torchdeq_broyden", "torchdeq_anderson", "torchdeq_fixed_point_iter"]
-ALL = DRIVER + ["phantom", "spiking"] + TORCHDEQ
+ALL = DRIVER + ["phantom", "spide"] + TORCHDEQ
 ENTRIES = ["implicit_grad", "analytic"]
 #: (entry, solver) pairs: the analytic forward takes only the solvers for nonlinear maps.
 PAIRS = [(entry, name) for entry in ENTRIES for name in ALL if entry == "implicit_grad" or solvers.solves_nonlinear(name)]
 #: Which call options each solver refuses, as (option, value) -> words its message must contain.
 REFUSED = {
     "phantom": {("check_every", 2): "cannot be honoured", ("return_best", True): "must be False"},
-    "spiking": {("check_every", 2): "cannot be honoured", ("return_best", True): "must be False"},
+    "spide": {("check_every", 2): "cannot be honoured", ("return_best", True): "must be False"},
     **{name: {("check_every", 2): "cannot be honoured"} for name in TORCHDEQ},
 }
 
@@ -79,9 +79,9 @@ def solve(entry, name, *, max_iter, tol, options, poison_after=None, noise=1e3):
     if entry == "implicit_grad":
         results = []
         x = problem.x.clone().requires_grad_()
-        out = implicit_grad(problem.f, torch.zeros(B, D, dtype=torch.float64), x, backward=name,
-                            b_max_iter=max_iter, b_tol=tol, on_backward=results.append,
-                            linearize=problem.linearize, **options)
+        out = implicit_grad(problem.f, torch.zeros(B, D, dtype=torch.float64), x, b_solver=name,
+                            b_max_iter=max_iter, b_tol=tol, b_options=options, on_backward=results.append,
+                            linearize=problem.linearize)
         (out * problem.u).sum().backward()
         return results[0], problem.adjoint_solution
     producer = producers.get_producer("analytic", f_solver=name, f_max_iter=max_iter, f_tol=tol, f_options=options)
@@ -178,7 +178,7 @@ def test_unknown_options_list_exactly_what_the_solver_accepts(name):
     expected = (f"{name} got unknown option(s) ['bogus']; it accepts its options {solver.option_names} "
                 f"and the call options {accepted_calls}")
     with pytest.raises(ValueError) as info:
-        ImplicitAdjoint(name, bogus=1)
+        ImplicitAdjoint(name, b_options={"bogus": 1})
     assert str(info.value) == expected
     if solvers.solves_nonlinear(name):
         with pytest.raises(ValueError) as info:
@@ -186,40 +186,50 @@ def test_unknown_options_list_exactly_what_the_solver_accepts(name):
         assert str(info.value) == expected
     for option in ("max_iter", "tol", "coupled"):  # settings have their own names, coupling is the network's
         with pytest.raises(ValueError, match="unknown option"):
-            ImplicitAdjoint(name, **{option: 1})
+            ImplicitAdjoint(name, b_options={option: 1})
 
 
 @pytest.mark.parametrize("options, words", [
-    ({"time_steps": 0}, "`time_steps` must be an int >= 1"),
-    ({"threshold": -1.0}, "`threshold` must be"),
-    ({"check_every": 3}, "`check_every` cannot be honoured"),
-    ({"return_best": True}, "`return_best` must be False"),
-    ({"divergence_factor": 0.0}, "`divergence_factor` must be a number > 0"),
-    ({"throw": "yes"}, "`throw` must be True or False"),
+    ({"time_steps": 100}, r" got unknown option\(s\) \['time_steps'\]; it accepts its options \['threshold'"),
+    ({"threshold": -1.0}, ": `threshold` must be"),
+    ({"check_every": 3}, ": `check_every` cannot be honoured"),
+    ({"return_best": True}, ": `return_best` must be False"),
+    ({"divergence_factor": 0.0}, ": `divergence_factor` must be a number > 0"),
+    ({"throw": "yes"}, ": `throw` must be True or False"),
 ])
-def test_spiking_options_fail_when_the_backward_is_built(options, words):
-    with pytest.raises(ValueError, match=f"^spiking: {words}"):
-        ImplicitAdjoint("spiking", **options)
-    with pytest.raises(ValueError, match="^`f_solver` 'spiking' solves affine maps only"):
-        producers.get_producer("analytic", f_solver="spiking", f_options=options)
+def test_spide_options_fail_when_the_backward_is_built(options, words):
+    with pytest.raises(ValueError, match=f"^spide{words}"):
+        ImplicitAdjoint("spide", b_options=options)
+    with pytest.raises(ValueError, match="^`f_solver` 'spide' solves affine maps only"):
+        producers.get_producer("analytic", f_solver="spide", f_options=options)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_bad_call_option_values_fail_when_the_backward_is_built(name):
     for option, value in [("check_every", 0), ("divergence_factor", float("nan")), ("return_best", "no")]:
         with pytest.raises(ValueError, match=f"^{name}: `{option}`"):
-            ImplicitAdjoint(name, **{option: value})
+            ImplicitAdjoint(name, b_options={option: value})
 
 
 def test_one_vocabulary():
-    adjoint = ImplicitAdjoint("neumann", b_max_iter=7, b_tol=1e-4, b_stop_mode="abs", damping=0.5, check_every=2)
-    assert (adjoint.max_iter, adjoint.tol, adjoint.stop_mode) == (7, 1e-4, "abs")
+    adjoint = ImplicitAdjoint(b_solver="neumann", b_max_iter=7, b_tol=1e-4, b_stop_mode="abs",
+                              b_options={"damping": 0.5, "check_every": 2})
+    assert (adjoint.name, adjoint.max_iter, adjoint.tol, adjoint.stop_mode) == ("neumann", 7, 1e-4, "abs")
     assert adjoint.solver.damping == 0.5 and adjoint.call_options == {"check_every": 2}
-    for old in ("max_iter", "tol", "stop_mode", "solver"):
-        with pytest.raises((TypeError, ValueError)):
+    # No other names: the solver's options are one dict, the old argument names are gone.
+    for old in ("max_iter", "tol", "stop_mode", "solver", "backward", "damping", "options"):
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
             ImplicitAdjoint("neumann", **{old: 1})
-    with pytest.raises(ValueError, match="`b_max_iter` must be"):
-        ImplicitAdjoint("broyden", b_max_iter=-1)
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            implicit_grad(lambda a, x: a, torch.zeros(1, 2), torch.zeros(1, 2), **{old: 1})
+    for budget in (-1, 0, 2.0, True):  # the Jacobian-free gradient is phantom with steps=0, not a zero budget
+        with pytest.raises(ValueError, match=f"^`b_max_iter` must be an int >= 1, got {budget!r}; for the "
+                                             "Jacobian-free gradient use b_solver phantom with b_options steps=0$"):
+            ImplicitAdjoint("broyden", b_max_iter=budget)
+    jacobian_free = ImplicitAdjoint("phantom", b_max_iter=1, b_options={"steps": 0})  # the one switch
+    assert (jacobian_free.solver.steps, jacobian_free.max_iter) == (0, 1)
+    with pytest.raises(TypeError, match="`b_options` must be a dict, got list"):
+        ImplicitAdjoint("broyden", b_options=[("memory", 3)])
     with pytest.raises(ValueError, match="`f_tol` must be"):
         producers.get_producer("analytic", f_tol=0.0)
     with pytest.raises(ValueError, match="unknown option.*step_size"):
@@ -232,7 +242,7 @@ def test_set_backward_takes_the_constructor_names():
     from implicit_snn import FeedbackSNN  # noqa: F401  (the classifier's usual network)
     import models
 
-    model = models.build_model("f400", backward="anderson", b_max_iter=9, b_tol=1e-5, b_stop_mode="abs",
+    model = models.build_model("f400", b_solver="anderson", b_max_iter=9, b_tol=1e-5, b_stop_mode="abs",
                                b_options={"memory": 4, "check_every": 2})
     adjoint = model.adjoint
     assert (type(adjoint.solver).__name__, adjoint.solver.memory, adjoint.max_iter, adjoint.tol, adjoint.stop_mode) \
@@ -242,8 +252,13 @@ def test_set_backward_takes_the_constructor_names():
     assert (model.adjoint.solver.damping, model.adjoint.max_iter, model.adjoint.call_options) == (0.5, 3, {"throw": True})
     with pytest.raises(TypeError):
         model.set_backward("fixed_point", max_iter=3)
-    with pytest.raises(ValueError, match="^spiking: `check_every`"):
-        model.set_backward("spiking", b_options={"check_every": 2})
-    # A preset's backward options belong to its backward: another backward does not inherit them.
-    nmnist = models.build_model("f64c5_nmnist", backward="broyden")
+    with pytest.raises(ValueError, match="^spide: `check_every`"):
+        model.set_backward("spide", b_options={"check_every": 2})
+    model.set_backward(b_solver="spide", b_max_iter=12)
+    assert (type(model.adjoint.solver).__name__, model.adjoint.name, model.adjoint.max_iter) == ("SPIDE", "spide", 12)
+    # A preset's backward options belong to its backward solver: another solver does not inherit them.
+    nmnist = models.build_model("f64c5_nmnist", b_solver="broyden")
     assert type(nmnist.adjoint.solver).__name__ == "Broyden"
+    assert models.get_preset("f64c5_nmnist").b_solver == "fixed_point"
+    damped = models.build_model("f64c5_nmnist")
+    assert (type(damped.adjoint.solver).__name__, damped.adjoint.solver.damping) == ("FixedPoint", 0.5)

@@ -388,7 +388,8 @@ def test_phantom_backward_is_backprop_through_damped_steps_after_one_step_of_f(s
     an exact fixed point a*, where the unrolled steps stay at a* and see its Jacobian."""
     producer = dict(producer="analytic", producer_options=dict(f_tol=1e-14, f_max_iter=200, f_stop_mode="abs"))
     model, x = small_model(seed=1, **producer)
-    got = parameter_gradients(model, x, ImplicitAdjoint("phantom", steps=steps, damping=damping, b_tol=1e-6))
+    adjoint = ImplicitAdjoint("phantom", b_tol=1e-6, b_options={"steps": steps, "damping": damping})
+    got = parameter_gradients(model, x, adjoint)
 
     net = model.network
     eq = model.producer(net, x)

@@ -13,7 +13,7 @@ import torch
 import models
 
 from implicit_snn.app.cli import main
-from implicit_snn.app.build import build_model
+from implicit_snn.app.build import model_from_config
 from implicit_snn.app.config import RunConfig, read_config_file, resolve
 from implicit_snn.training import step_schedule
 from tests.helpers import SMALL, cli_error, comparable, metrics, write_nmnist
@@ -177,11 +177,11 @@ def test_config_file_values_are_checked_with_the_setting_named(tmp_path, text, m
 
 def test_reference_quirk_settings_reach_the_model():
     """``bn_momentum`` and ``alpha_init`` from the run settings land in every batch norm and in α."""
-    model = build_model(resolve({}, {"model": "f64c5", "bn_momentum": 0.19, "alpha_init": "norm"}), 10)
+    model = model_from_config(resolve({}, {"model": "f64c5", "bn_momentum": 0.19, "alpha_init": "norm"}), 10)
     momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
     assert momenta == {0.19}
     assert model.network.feedback.spectral.alpha.item() > 1.0  # ‖W_init‖₂ = 1.14 for F64C5, above the clip
-    default = build_model(resolve({}, {"model": "f64c5"}), 10)
+    default = model_from_config(resolve({}, {"model": "f64c5"}), 10)
     assert default.network.feedback.spectral.alpha.item() == 1.0
     assert {m.momentum for m in default.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)} == {0.1}
 
@@ -208,12 +208,12 @@ def test_paper_defaults_per_model():
 def test_run_settings_and_model_builders_read_one_preset_table(name):
     preset = models.get_preset(name)
     config = resolve({}, {"model": name})
-    model = build_model(config, num_classes=10, in_shape=preset.in_shape)
+    model = model_from_config(config, num_classes=10, in_shape=preset.in_shape)
     direct = models.build_model(name)
     assert (config.dataset, config.time_steps, config.leak) == (preset.dataset, preset.time_steps, preset.leak)
     for built in (model, direct):
         assert (built.producer.time_steps, built.producer.leak) == (preset.time_steps, preset.leak)
-        assert type(built.adjoint.solver).__name__ == {"fixed_point": "FixedPoint", None: "Broyden"}[preset.backward]
+        assert type(built.adjoint.solver).__name__ == {"fixed_point": "FixedPoint", None: "Broyden"}[preset.b_solver]
     assert config.milestones == preset.schedule.get("milestones", [30, 60, 90])
 
 
@@ -236,8 +236,8 @@ def test_schedule_warmup_and_milestones():
     (["train", "--leak", "1.5"], "--leak: must be a number in (0, 1) (no leak: producer 'if'), got '1.5'"),
     (["train", "--producer", "if", "--leak", "0.9"], "--leak does not apply to the if producer, which takes --time-steps"),
     (["train", "--producer", "analytic", "--time-steps", "3"], "--time-steps does not apply to the analytic producer"),
-    (["train", "--producer", "lif", "--f_tol", "1e-3", "--f_option", "memory=3"],
-     "--f_tol, --f_option do not apply to the lif producer, which takes --time-steps, --leak"),
+    (["train", "--producer", "lif", "--f_tol", "1e-3", "--f_options", "memory=3"],
+     "--f_tol, --f_options do not apply to the lif producer, which takes --time-steps, --leak"),
     (["train", "--model", "alexnet_f", "--dataset", "cifar100"], "no data folder was given"),
     (["train", "--seed", "x"], "--seed: must be an integer, got 'x'"),
     (["train", "--bn-momentum", "1.5"], "--bn-momentum: must be a number in (0, 1], got '1.5'"),
@@ -282,7 +282,7 @@ def test_eval_sweep_over_time_steps_rebins_spike_datasets(tmp_path):
 def test_a_bad_setting_writes_nothing_and_deletes_nothing(tmp_path):
     fresh = tmp_path / "fresh"
     with pytest.raises(SystemExit, match="`memory` must be"):
-        main(["train", *SMALL, "--b-option", "memory=0", "--out", str(fresh)])
+        main(["train", *SMALL, "--b-options", "memory=0", "--out", str(fresh)])
     assert not fresh.exists()
     with pytest.raises(SystemExit, match="leaves nothing to train on"):
         main(["train", "--dataset", "synthetic", "--val-size", "512", "--out", str(fresh)])
@@ -291,7 +291,7 @@ def test_a_bad_setting_writes_nothing_and_deletes_nothing(tmp_path):
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(run)]) == 0
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     with pytest.raises(SystemExit, match="`memory` must be"):
-        main(["train", *SMALL, "--b-option", "memory=0", "--out", str(run), "--overwrite"])
+        main(["train", *SMALL, "--b-options", "memory=0", "--out", str(run), "--overwrite"])
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 

@@ -261,7 +261,7 @@ def training_step_cost(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tens
     solve's VJPs applies Jᵀ, one transposed pass through the feedback and forward layers; the
     final pass into the parameters costs a pass through every layer for the weight gradients
     and one through the forward layers to reach the earlier ones, and the read-out two. A
-    spike-based backward (the ``spiking`` solver) feeds ternary spikes through Jᵀ: those that
+    spike-based backward (the ``spide`` solver) feeds ternary spikes through Jᵀ: those that
     enter its first stage are SOPs (an upper bound: σ's zero slope would gate some); in a
     multi-layer network the later stages carry real values and stay MACs. The model is left as it was.
     """

@@ -38,11 +38,12 @@ class BackwardOutcome:
     milliseconds: float
 
 
-def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor, backwards: Sequence[str], *,
+def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor, b_solvers: Sequence[str], *,
                      b_max_iter: int = 30, b_tol: float = 1e-6, reference: str = "broyden",
                      reference_max_iter: int = 200, reference_tol: float = 1e-7,
                      seed: int = 0, repeats: int = 3) -> tuple[list[BackwardOutcome], solvers.SolverResult]:
-    """Each backward solver on the same training step (train mode, same dropout masks and weights).
+    """Each backward solver of ``b_solvers`` on the same training step (train mode, same dropout
+    masks and weights), with ``b_max_iter`` (>= 1) and ``b_tol``.
 
     Each solver's step is run ``repeats`` times (after one untimed warm-up step of the reference)
     and its median backward time reported. Returns the outcomes and the reference solve's
@@ -57,7 +58,7 @@ def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor
         ref_grad, _ = training_step_gradient(model, state, x, y, seed)
         ref_result = model.last_backward
         rows = []
-        for name in backwards:
+        for name in b_solvers:
             model.set_backward(name, b_max_iter=b_max_iter, b_tol=b_tol)
             timed = [training_step_gradient(model, state, x, y, seed) for _ in range(repeats)]
             grad, elapsed = timed[0][0], statistics.median(t for _, t in timed)

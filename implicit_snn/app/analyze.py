@@ -80,7 +80,7 @@ def write_figures(console: Console, report: dict[str, Any], json_path: Path, arg
 
 def _setup(args: argparse.Namespace):
     """The checkpoint, its settings, the producers, the device, the data and the model, checked before any measuring."""
-    from .build import build_model, resolve_device
+    from .build import model_from_config, resolve_device
 
     sections = tuple(args.sections)
     out = report_path(args)
@@ -107,7 +107,7 @@ def _setup(args: argparse.Namespace):
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     data = load_data(data_config, args.split)
-    model = build_model(config, data.info.num_classes, data.info.in_shape)
+    model = model_from_config(config, data.info.num_classes, data.info.in_shape)
     model.load_state_dict(ckpt["model"])
     model.to(device)
     return path, ckpt, config, names, sections, device, data, model, out
@@ -170,7 +170,7 @@ def _measure(args, console, path, ckpt, config, names, sections, device, data, m
                          f"the {args.split} split gives {step_batch} (use --samples >= 2 or another --split)")
     solver_names = args.b_solver or default_analysis_solvers()
     for name in names:
-        model.set_producer(name, **_producer_config(config, name))
+        model.set_producer(name, _producer_config(config, name))
         producer = model.producer
         entry: dict[str, Any] = {"producer": name, "leak": getattr(producer, "leak", None) if name != "if" else None,
                                  "time_steps": producer.time_steps}
@@ -195,7 +195,7 @@ def _measure(args, console, path, ckpt, config, names, sections, device, data, m
                 _print_energy(console, label, entry["energy"])
         report["producers"].append(entry)
     if "backward" in sections:
-        model.set_producer(names[0], **_producer_config(config, names[0]))
+        model.set_producer(names[0], _producer_config(config, names[0]))
         outcomes, reference = compare_backward(
             model, x[:step_batch], y[:step_batch], solver_names, b_max_iter=config.b_max_iter, b_tol=config.b_tol,
             seed=config.seed, repeats=args.repeats)
@@ -280,7 +280,7 @@ def _print_energy(console: Console, label: str, energy: dict[str, Any]) -> None:
     console.print(f"the non-spiking network needs {total['ann_over_snn']:.2f}× the spiking network's energy "
                   f"(an equilibrium ANN pays {total['ann_macs_per_iteration']:,.0f} MACs more per iteration)")
     steps = _table("one training step per sample (forward simulation + backward)",
-                   ["backward", "VJPs", "fwd SOPs", "fwd MACs", "bwd MACs", "bwd spikes", "bwd SOPs", "nJ"])
+                   ["solver", "VJPs", "fwd SOPs", "fwd MACs", "bwd MACs", "bwd spikes", "bwd SOPs", "nJ"])
     for row in energy["training_step"]:
         back = row["backward"]
         steps.add_row(row["solver"], str(back["vjps"]), f"{row['forward']['sops']:,.0f}",

@@ -38,28 +38,25 @@ def producer_settings(config: RunConfig) -> dict[str, Any]:
             if name in takes and getattr(config, name) is not None}
 
 
-def build_model(config: RunConfig, num_classes: int, in_shape: Optional[tuple[int, ...]] = None) -> torch.nn.Module:
-    """The model named by ``config.model`` (a preset, or a spec string in the paper's notation)."""
+def model_from_config(config: RunConfig, num_classes: int,
+                      in_shape: Optional[tuple[int, ...]] = None) -> torch.nn.Module:
+    """The run's model: ``models.build_model`` of ``config.model`` (a registered name, or a spec
+    string in the paper's notation, which needs ``in_shape``) with the run's settings; a model
+    built for inputs other than ``in_shape`` is a ``UsageError`` naming datasets that fit."""
     options = dict(
         dropout=config.dropout, vth=config.vth, operator_norm=config.operator_norm,
         bn_momentum=config.bn_momentum, alpha_init=config.alpha_init, bn_backward=config.bn_backward,
         producer=config.producer or "lif", producer_options=producer_settings(config),
-        backward=config.b_solver, b_max_iter=config.b_max_iter, b_tol=config.b_tol, b_stop_mode=config.b_stop_mode,
+        b_solver=config.b_solver, b_max_iter=config.b_max_iter, b_tol=config.b_tol, b_stop_mode=config.b_stop_mode,
         b_options=dict(config.b_options),
         method=config.method, surrogate=config.surrogate, surrogate_slope=config.surrogate_slope,
     )
-    if config.model in models.available_models():
-        model = models.build_model(config.model, num_classes=num_classes, **options)
-        if in_shape is not None:
-            expected = getattr(getattr(model, "network", None), "in_shape", None)
-            check_input_shape(expected, config.model, config.dataset, in_shape)
-        return model
-    if "(" in config.model:
-        if in_shape is None:
-            raise ValueError("a spec-string model needs the dataset's input shape")
-        return models.from_spec(config.model, in_shape, num_classes, **options)
-    raise UsageError(f"unknown model {config.model!r}; presets: {', '.join(models.available_models())}, "
-                     "or a spec such as '400 (F400)'")
+    spec = "(" in config.model
+    model = models.build_model(config.model, num_classes, in_shape=in_shape if spec else None, **options)
+    if in_shape is not None and not spec:
+        expected = getattr(getattr(model, "network", None), "in_shape", None)
+        check_input_shape(expected, config.model, config.dataset, in_shape)
+    return model
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -133,10 +130,10 @@ def check_exact_size(model: torch.nn.Module, in_shape: tuple[int, ...], batch: i
             f"--b_solver exact: the backward is one system of {unknowns:,} unknowns ({batch} samples × "
             f"{per_sample:,} last-layer neurons, coupled by batch norm's batch statistics), above exact's max_size "
             f"{limit:,}; use {smaller}--bn-backward simulated (samples not coupled), another --b_solver, or "
-            f"--b_option max_size={unknowns} (a dense {unknowns:,}² Jacobian)")
+            f"--b_options max_size={unknowns} (a dense {unknowns:,}² Jacobian)")
     raise UsageError(
         f"--b_solver exact: the backward has {unknowns:,} unknowns per sample (the last layer's neurons), above "
-        f"exact's max_size {limit:,}; use another --b_solver, or --b_option max_size={unknowns} (a dense "
+        f"exact's max_size {limit:,}; use another --b_solver, or --b_options max_size={unknowns} (a dense "
         f"{unknowns:,}² Jacobian per sample)")
 
 
@@ -210,7 +207,7 @@ def make_trainer(config: RunConfig, context: Context = Context.single()) -> Trai
         torch.set_num_threads(config.threads)
     device = distributed.process_device(resolve_device(config.device), context)
     torch.manual_seed(config.seed)
-    if config.model in models.PRESETS:  # before the data are read; build_model checks any model again
+    if config.model in models.PRESETS:  # before the data are read; model_from_config checks any model again
         shape = dataset_info(config.dataset).in_shape  # as _load reads it: the shape needs no options
         check_input_shape(models.PRESETS[config.model].in_shape, config.model, config.dataset, shape)
     train, val, test = load_splits(config)
@@ -219,7 +216,7 @@ def make_trainer(config: RunConfig, context: Context = Context.single()) -> Trai
     info = train.info
     # Every process builds the same initial model; from here on each draws its own dropout masks
     # (rank 0 goes on with the stream a one-process run has always used).
-    model = build_model(config, info.num_classes, info.in_shape)
+    model = model_from_config(config, info.num_classes, info.in_shape)
     # The largest part of a batch any process trains: the first batch's, split as BatchLoader does.
     largest = math.ceil(min(config.batch_size, len(train)) / context.world_size)
     check_exact_size(model, info.in_shape, largest)

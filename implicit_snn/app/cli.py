@@ -24,7 +24,7 @@ from ..distributed import Context
 from ..files import WriteError
 from ..network import BN_BACKWARDS
 from ..spectral import SpectralNorm
-from ..training import NONFINITE, NonFiniteError
+from ..nonfinite import NONFINITE, NonFiniteError
 from . import figures, interchange, plotting
 from ._allocator import retain_freed_memory
 from ..analysis import OperationEnergy
@@ -114,15 +114,16 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
     _flag(parser, "f_max_iter", type=_setting("f_max_iter", int))
     _flag(parser, "f_tol", type=_setting("f_tol"))
     _flag(parser, "f_stop_mode", choices=["rel", "abs"])
-    _flag(parser, "f_option", type=_option, action="append", metavar="KEY=VALUE",
-          help="forward solver option, e.g. memory=10 (repeatable)")
+    _flag(parser, "f_options", type=_option, nargs="+", action="extend", metavar="KEY=VALUE",
+          help="forward solver options, e.g. memory=10 (one or more; repeatable)")
     _flag(parser, "b_solver", choices=names, help="backward (adjoint) solver")
-    _flag(parser, "b_max_iter", type=_setting("b_max_iter", int))
+    _flag(parser, "b_max_iter", type=_setting("b_max_iter", int), help="the backward solver's step cap (>= 1)")
     _flag(parser, "b_tol", type=_setting("b_tol"),
-          help="adjoint tolerance (default 1e-6; on F400, 1e-3 halves the VJPs at the same accuracy: docs/results.md)")
+          help="adjoint tolerance (default 1e-6; see docs/results.md)")
     _flag(parser, "b_stop_mode", choices=["rel", "abs"])
-    _flag(parser, "b_option", type=_option, action="append", metavar="KEY=VALUE",
-          help="backward solver option, e.g. memory=10 (repeatable)")
+    _flag(parser, "b_options", type=_option, nargs="+", action="extend", metavar="KEY=VALUE",
+          help="backward solver options, e.g. memory=10, or steps=0 with --b_solver phantom for the Jacobian-free "
+               "gradient (one or more; repeatable)")
     _flag(parser, "data_root", help="folder with the dataset's files")
     _flag(parser, "download", action="store_const", const=True,
           help="download a missing dataset into --data-root where the network allows (torchvision's sources)")
@@ -286,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--seed", type=int, default=0)
+    for command in (parser, *sub.choices.values()):
+        command.allow_abbrev = False  # a flag is its full name: a prefix of one (say an old, shorter name) is refused
     return parser
 
 

@@ -29,9 +29,9 @@ _OVERRIDABLE = ("producer", "leak", "f_solver", "f_max_iter", "f_tol", "f_stop_m
 def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The run settings given on the command line (None where a flag was not given)."""
     values = {name: getattr(args, name, None) for name in RunConfig.field_names()}
-    for flag in ("b_option", "f_option"):
-        options = getattr(args, flag, None)
-        values[flag + "s"] = dict(options) if options else None
+    for name in ("b_options", "f_options"):  # KEY=VALUE pairs, as a dict
+        options = getattr(args, name, None)
+        values[name] = dict(options) if options else None
     return values
 
 
@@ -104,7 +104,7 @@ def load_data(config: RunConfig, split: str):
 
 def run_eval(args: argparse.Namespace, console: Console) -> int:
     """``implicit-snn eval``: a checkpoint on a split, at one or several T, as a table (and JSON)."""
-    from .build import build_model, producer_settings, resolve_device
+    from .build import model_from_config, producer_settings, resolve_device
     from ..training import evaluate
 
     with checked_settings():
@@ -121,10 +121,10 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
             if model is None or dataset_info(config.dataset).input_kind == "spikes":
                 data = load_data(config, args.split)
             if model is None:
-                model = build_model(config, data.info.num_classes, data.info.in_shape)
+                model = model_from_config(config, data.info.num_classes, data.info.in_shape)
                 model.load_state_dict(ckpt["model"])
                 model.to(device)
-            model.set_producer(config.producer or "lif", **producer_settings(config))
+            model.set_producer(config.producer or "lif", producer_settings(config))
         rows.append({"time_steps": time_steps, **evaluate(model, data, batch_size=args.batch_size, device=device)})
     _print_eval(args, console, path, ckpt, base, data, rows)
     return 0

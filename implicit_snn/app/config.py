@@ -21,7 +21,7 @@ from ..bptt import available_surrogates
 from ..classifier import ImplicitClassifier
 from ..network import BN_BACKWARDS
 from ..spectral import SpectralNorm
-from ..training import NONFINITE
+from ..nonfinite import NONFINITE
 
 def paper_defaults(model: str) -> dict[str, Any]:
     """The paper's run settings for a preset (from ``models``' preset table); {} for a spec string."""
@@ -128,7 +128,8 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "f_solver": STR, "f_max_iter": POS_INT, "f_tol": POS_NUMBER,
     "f_stop_mode": (lambda v: v in ("rel", "abs"), "'rel' or 'abs'"),
     "f_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table of option = value"),
-    "b_solver": STR, "b_max_iter": NONNEG_INT, "b_tol": POS_NUMBER,
+    # >= 1: the Jacobian-free gradient is b_solver phantom with b_options steps=0, never a zero budget.
+    "b_solver": STR, "b_max_iter": POS_INT, "b_tol": POS_NUMBER,
     "b_stop_mode": (lambda v: v in ("rel", "abs"), "'rel' or 'abs'"),
     "b_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table of option = value"),
     "operator_norm": BOOL,
@@ -207,7 +208,7 @@ def check_method_applies(method: str, producer: Optional[str], given: set[str]) 
             raise ValueError(f"--method bptt unrolls the spiking simulation: use --producer if or lif, not {producer}")
         unused = [name for name in BACKWARD_SETTINGS if name in given]
         if unused:
-            flags = ", ".join(_flag_name("b_option" if n == "b_options" else n) for n in unused)
+            flags = ", ".join(map(_flag_name, unused))
             raise ValueError(f"{flags}: settings of the implicit backward apply to --method ide only; --method bptt "
                              "has no backward solve")
     else:
@@ -215,6 +216,39 @@ def check_method_applies(method: str, producer: Optional[str], given: set[str]) 
         if unused:
             raise ValueError(f"{', '.join(map(_flag_name, unused))} applies to --method bptt only (this run trains "
                              f"with --method {method})")
+
+
+def translate_legacy(values: dict[str, Any], source: str = "settings") -> dict[str, Any]:
+    """Saved settings in the names of older versions, translated to today's (a new dict), so that
+    the config.json files and checkpoints of earlier runs still load; applied wherever saved
+    settings are read (settings files, run folders' config.json, checkpoints, ``--resume``).
+
+    The key ``backward`` is ``b_solver``; the backward solver ``spiking`` is ``spide``, whose
+    option ``time_steps`` is gone: it is folded into ``b_max_iter`` (SPIDE runs exactly
+    ``b_max_iter`` steps), taken as ``b_max_iter`` where that is not set, and a ``ValueError``
+    (one line, naming ``source``) where the two disagree. Anything else is returned unchanged.
+    """
+    out = dict(values)
+    if "backward" in out:
+        old = out.pop("backward")
+        if out.get("b_solver", old) != old:
+            raise ValueError(f"{source}: `backward` ({old!r}, the old name of `b_solver`) and `b_solver` "
+                             f"({out['b_solver']!r}) disagree; keep one")
+        out["b_solver"] = old
+    if out.get("b_solver") == "spiking":
+        out["b_solver"] = "spide"
+        options = out.get("b_options")
+        if isinstance(options, dict) and "time_steps" in options:
+            options = dict(options)
+            steps = options.pop("time_steps")
+            if steps is not None:
+                budget = out.setdefault("b_max_iter", steps)
+                if budget != steps:
+                    raise ValueError(f"{source}: the spiking backward's option time_steps={steps!r} and b_max_iter="
+                                     f"{budget!r} disagree; spide runs exactly b_max_iter steps: set b_max_iter to the "
+                                     "steps meant and drop time_steps")
+            out["b_options"] = options
+    return out
 
 
 def check_keys(values: dict[str, Any], source: str) -> None:
@@ -272,7 +306,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         if name in normalized:
             raise ValueError(f"config file {path.name} sets `{name}` twice (as {spelled[name]!r} and {key!r}); keep one")
         normalized[name], spelled[name] = value, str(key)
-    data = normalized
+    data = translate_legacy(normalized, f"config file {path.name}")
     check_keys(data, f"config file {path.name}")
     return data
 

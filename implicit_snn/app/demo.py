@@ -104,7 +104,7 @@ def compare_backward_solvers(
         for name in names:
             results: list[solvers.SolverResult] = []
             start = time.perf_counter()
-            out = implicit_grad(net, eq.a, *eq.f_args, backward=name, b_max_iter=b_max_iter, b_tol=b_tol,
+            out = implicit_grad(net, eq.a, *eq.f_args, b_solver=name, b_max_iter=b_max_iter, b_tol=b_tol,
                                 on_backward=results.append)
             (grad_w,) = torch.autograd.grad((out * grad_a).sum(), net.weight)
             if grad_w.is_cuda:

@@ -13,8 +13,7 @@ import re
 from typing import Iterator
 
 # Library argument names whose command-line flag is not simply the name with dashes.
-_FLAGS = {"backward": "--b_solver", "root": "--data-root", "download": "--download", "b_options": "--b_option", "f_options": "--f_option",
-          "verify=False": "--no-verify-data",
+_FLAGS = {"root": "--data-root", "download": "--download", "verify=False": "--no-verify-data",
           "num_classes": "the dataset's classes", "in_shape": "the dataset's input shape"}
 
 

@@ -41,7 +41,7 @@ def _nir():
 
 def run_export(args: argparse.Namespace, console: Console) -> int:
     """``implicit-snn export RUN_DIR|CHECKPOINT --out FILE.nir [--mode portable --lossy]``."""
-    from .build import build_model, producer_settings
+    from .build import model_from_config, producer_settings
     from .commands import load_checkpoint
 
     interchange = _nir()
@@ -55,9 +55,9 @@ def run_export(args: argparse.Namespace, console: Console) -> int:
         from ..data import dataset_info
 
         info = dataset_info(config.dataset)
-        model = build_model(config, info.num_classes, info.in_shape)
+        model = model_from_config(config, info.num_classes, info.in_shape)
         model.load_state_dict(ckpt["model"])
-        model.set_producer(config.producer or "lif", **producer_settings(config))
+        model.set_producer(config.producer or "lif", producer_settings(config))
         model.to(DTYPES[args.dtype]).eval()
         try:
             graph = interchange.to_nir(model, mode=args.mode, lossy=args.lossy)

@@ -10,7 +10,8 @@ from typing import Any, Iterator, NoReturn, Optional
 
 from .. import distributed, interrupt
 from ..interrupt import StopRequested
-from ..training import Trainer, summarize
+from ..metrics import summarize
+from ..training import Trainer
 from .report import Report, epoch_warnings
 from .rundir import RunDir
 

@@ -120,14 +120,20 @@ class RunDir:
         atomic_write_text(self.config_file, json.dumps(config, indent=2) + "\n")
 
     def read_config(self) -> dict[str, Any]:
-        """The run's settings; a file that is not a JSON object is a ``UsageError`` naming it."""
+        """The run's settings, older names translated (``config.translate_legacy``); a file that is
+        not a JSON object, or whose old settings contradict each other, is a ``UsageError`` naming it."""
+        from .config import translate_legacy
+
         try:
             config = json.loads(self.config_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             config = None
         if not isinstance(config, dict):
             raise UsageError(f"{self.config_file} is not a run's settings (a JSON object)")
-        return config
+        try:
+            return translate_legacy(config, str(self.config_file))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
 
     @property
     def data_files_file(self) -> Path:
@@ -228,9 +234,11 @@ class RunDir:
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint written by ``RunDir.save_checkpoint``, its digest checked first. A missing,
-    empty, truncated, damaged or unreadable file, or another version, is a ``CheckpointError``
-    naming it (one line)."""
+    """A checkpoint written by ``RunDir.save_checkpoint``, its digest checked first, the settings
+    it holds in today's names (``config.translate_legacy``). A missing, empty, truncated, damaged
+    or unreadable file, or another version, is a ``CheckpointError`` naming it (one line)."""
+    from .config import translate_legacy
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -246,6 +254,11 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     if not isinstance(checkpoint, dict) or checkpoint.get("version") != CHECKPOINT_VERSION:
         version = checkpoint.get("version") if isinstance(checkpoint, dict) else None
         raise CheckpointError(f"{path} is a checkpoint of version {version}, expected {CHECKPOINT_VERSION}")
+    if isinstance(checkpoint.get("config"), dict):
+        try:
+            checkpoint["config"] = translate_legacy(checkpoint["config"], f"checkpoint {path}")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     return checkpoint
 
 

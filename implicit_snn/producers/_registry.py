@@ -41,7 +41,10 @@ def producer_defaults(name: str) -> dict[str, Any]:
 
 
 def get_producer(name: str, **options: Any) -> Producer:
-    """A producer built with ``options``; unknown names list the known ones, unknown options raise."""
+    """The registry's constructor: the producer ``name`` built with keyword ``options``
+    (``get_producer("lif", time_steps=5)``); unknown names list the known ones, unknown options
+    raise. Where a producer is chosen by settings (``ImplicitClassifier``, ``set_producer``,
+    ``models.build_model``) its options are one dict, ``producer_options``, passed on here."""
     cls = PRODUCERS.get(name)
     allowed = producer_options(name)
     unknown = sorted(set(options) - set(allowed))

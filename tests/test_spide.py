@@ -1,4 +1,4 @@
-"""The spiking (SPIDE) solver: hand-computed dynamics, spike-only inputs, O(θ/T) accuracy, honest results."""
+"""The spide (SPIDE) solver: hand-computed dynamics, spike-only inputs, O(θ/T) accuracy, honest results."""
 
 import math
 
@@ -8,10 +8,10 @@ import torch
 import models
 import solvers
 from implicit_snn import ImplicitAdjoint
-from solvers import SolverStatus, SpikingAdjoint
+from solvers import SPIDE, SolverStatus
 from tests.helpers import affine_problem, true_residuals
 
-SPIKING = solvers.get_solver("spiking")
+SOLVE = solvers.get_solver("spide")
 
 
 class Spy:
@@ -55,8 +55,8 @@ def test_hand_computed_example_matches_exactly(scale):
     """Scaling c and θ together scales every spike input and the estimate (powers of two: exact)."""
     a = torch.tensor([HAND_A], dtype=torch.float64)
     spy = Spy(a, scale * torch.tensor([HAND_C], dtype=torch.float64))
-    result = SPIKING(spy, torch.zeros(1, 2, dtype=torch.float64), max_iter=100, tol=1e-9, stop_mode="abs",
-                     time_steps=4, threshold=scale)
+    result = SOLVE(spy, torch.zeros(1, 2, dtype=torch.float64), max_iter=4, tol=1e-9, stop_mode="abs",
+                   threshold=scale)
     expected_inputs = [scale * torch.tensor([row], dtype=torch.float64) for row in HAND_INPUTS]
     for got, expected in zip(spy.inputs, expected_inputs + [scale * torch.tensor([HAND_Z], dtype=torch.float64)]):
         assert torch.equal(got, expected)
@@ -75,7 +75,7 @@ def test_every_input_but_the_measurement_is_theta_times_ternary_spikes():
     problem = affine_problem((6, 15), 0.7, seed=11)
     spy = spy_for(problem)
     z0 = problem.c.clone()  # the adjoint's start, ∂L/∂a
-    result = SPIKING(spy, z0, max_iter=10**6, tol=1e-12, time_steps=60, headroom=2.0)
+    result = SOLVE(spy, z0, max_iter=60, tol=1e-12, headroom=2.0)
     theta = 2.0 * torch.maximum(z0.abs().amax(dim=1), problem.c.abs().amax(dim=1))[:, None]
     assert len(spy.inputs) == result.n_evals == 61
     assert torch.equal(spy.inputs[0], torch.zeros_like(z0))  # no spikes before the first step
@@ -97,7 +97,7 @@ def test_error_decreases_like_one_over_time_steps_and_obeys_the_bound(norm, seed
     steps = [25, 50, 100, 200, 400]
     errs = []
     for t in steps:
-        result = SPIKING(problem, problem.c, max_iter=10**6, tol=1e-12, time_steps=t)
+        result = SOLVE(problem, problem.c, max_iter=t, tol=1e-12)
         errs.append(errors(result, problem))
         bound = theta * math.sqrt(20) * (0.5 + norm) / ((1 - norm) * t)
         assert bool((errs[-1] <= bound).all()), (t, errs[-1] / bound)
@@ -116,7 +116,7 @@ def test_spide_reset_halves_the_error_of_the_plain_integrate_and_fire_neuron():
     """Firing at θ/2 and subtracting θ keeps |u| ≤ θ/2 (rounding), the plain neuron's |u| < θ."""
     problem = affine_problem((32, 20), 0.6, seed=3)
     spide, plain = (
-        torch.stack([errors(SPIKING(problem, problem.c, max_iter=10**6, tol=1e-12, time_steps=t, firing_level=level),
+        torch.stack([errors(SOLVE(problem, problem.c, max_iter=t, tol=1e-12, firing_level=level),
                             problem) for t in (50, 100, 200, 400)])
         for level in (0.5, 1.0)
     )
@@ -134,7 +134,7 @@ def test_reported_residuals_and_evaluations_are_measured_even_for_a_nonaffine_ma
 
     for stop_mode in ("abs", "rel"):
         calls.clear()
-        result = SPIKING(g, problem.zeros(), max_iter=10**6, tol=1e-9, stop_mode=stop_mode, time_steps=37)
+        result = SOLVE(g, problem.zeros(), max_iter=37, tol=1e-9, stop_mode=stop_mode)
         assert result.n_evals == len(calls) == 38 and result.n_steps == 37
         true_abs, true_rel = true_residuals(g, result.z)
         torch.testing.assert_close(result.abs_residual, true_abs, rtol=1e-12, atol=0)
@@ -144,19 +144,22 @@ def test_reported_residuals_and_evaluations_are_measured_even_for_a_nonaffine_ma
         assert result.z.shape == (3, 5, 4)
 
 
-def test_max_iter_is_the_budget_a_larger_time_steps_is_refused_and_zero_steps_measure_the_initial_guess():
+def test_max_iter_is_the_one_budget_and_zero_steps_measure_the_initial_guess():
     problem = affine_problem((2, 6), 0.5, seed=5)
-    budget = SPIKING(problem, problem.c, max_iter=10, tol=1e-9)
+    budget = SOLVE(problem, problem.c, max_iter=10, tol=1e-9)
     assert budget.n_steps == 10 and budget.n_evals == 11
     assert budget.status is SolverStatus.MAX_ITER
-    with pytest.raises(ValueError, match=r"^spiking: its option `time_steps=30` exceeds `max_iter`=10"):
-        SPIKING(problem, problem.c, max_iter=10, tol=1e-9, time_steps=30)
-    with pytest.raises(ValueError, match=r"^spiking: its option `time_steps=200` exceeds `b_max_iter`=30, which caps"):
-        ImplicitAdjoint("spiking", b_max_iter=30, time_steps=200)
+    assert "time_steps" not in SOLVE.option_names  # no second budget: T is max_iter (b_max_iter in a backward)
+    with pytest.raises(ValueError, match=r"^spide got unknown option\(s\) \['time_steps'\]"):
+        SOLVE(problem, problem.c, max_iter=10, tol=1e-9, time_steps=10)
+    with pytest.raises(ValueError, match=r"^spide got unknown option\(s\) \['time_steps'\]"):
+        ImplicitAdjoint("spide", b_max_iter=30, b_options={"time_steps": 30})
     with pytest.raises(ValueError, match=r"^phantom: its option `steps=10` exceeds `b_max_iter`=5"):
-        ImplicitAdjoint("phantom", b_max_iter=5, steps=10)
-    assert SPIKING(problem, problem.c, max_iter=10, tol=1e-9, time_steps=10).n_steps == 10
-    none = SPIKING(problem, problem.c, max_iter=0, tol=1e-9)
+        ImplicitAdjoint("phantom", b_max_iter=5, b_options={"steps": 10})
+    adjoint = ImplicitAdjoint("spide", b_max_iter=7)
+    v = adjoint.solver(problem, problem.c, max_iter=adjoint.max_iter, tol=1e-9, **adjoint.call_options)
+    assert v.n_steps == 7 and v.n_evals == 8
+    none = SOLVE(problem, problem.c, max_iter=0, tol=1e-9)
     assert none.n_steps == 0 and none.n_evals == 1 and torch.equal(none.z, problem.c)
     gz = problem(problem.c)
     torch.testing.assert_close(none.abs_residual, (gz - problem.c).norm(dim=1), rtol=1e-14, atol=0)
@@ -164,10 +167,10 @@ def test_max_iter_is_the_budget_a_larger_time_steps_is_refused_and_zero_steps_me
 
 def test_loose_tolerance_met_is_success_and_flags_are_per_sample():
     problem = affine_problem((4, 10), 0.5, seed=6)
-    result = SPIKING(problem, problem.c, max_iter=10**6, tol=0.02, time_steps=400)
+    result = SOLVE(problem, problem.c, max_iter=400, tol=0.02)
     assert result.status is SolverStatus.SUCCESS and bool(result.converged.all())
     assert bool((result.rel_residual <= 0.02).all())
-    mixed = SPIKING(problem, problem.c, max_iter=10**6, tol=float(result.rel_residual.median()), time_steps=400)
+    mixed = SOLVE(problem, problem.c, max_iter=400, tol=float(result.rel_residual.median()))
     assert torch.equal(mixed.converged, mixed.rel_residual <= mixed.tol)
     assert mixed.status is SolverStatus.MAX_ITER
 
@@ -179,7 +182,7 @@ def test_too_small_a_threshold_saturates_and_is_reported_not_returned_as_success
     peak = float(solution.abs().max())
     for theta in (0.25 * peak, 0.5 * peak, None):  # None: "auto", whose headroom 2 is too small here
         options = {} if theta is None else dict(threshold=theta)
-        low = SPIKING(problem, problem.c, max_iter=10**6, tol=0.05, time_steps=500, **options)
+        low = SOLVE(problem, problem.c, max_iter=500, tol=0.05, **options)
         assert low.status is SolverStatus.MAX_ITER
         cap = 2 * problem.c.abs().amax(dim=1) if theta is None else torch.full((4,), theta, dtype=torch.float64)
         assert bool((low.z.abs().amax(dim=1) <= cap).all())  # the rate is clipped at one spike a step
@@ -189,7 +192,7 @@ def test_too_small_a_threshold_saturates_and_is_reported_not_returned_as_success
         assert bool((low.rel_residual[out_of_reach] > 1.5 * low.tol).all()), low.rel_residual
         assert not bool(low.converged[out_of_reach].any())
         assert bool((errors(low, problem) / solution.norm(dim=1) > 0.3)[out_of_reach].all())
-    enough = SPIKING(problem, problem.c, max_iter=10**6, tol=0.05, time_steps=500, threshold=2 * peak)
+    enough = SOLVE(problem, problem.c, max_iter=500, tol=0.05, threshold=2 * peak)
     assert enough.status is SolverStatus.SUCCESS
     assert float((errors(enough, problem) / solution.norm(dim=1)).max()) < 0.05  # measured 0.022
 
@@ -197,8 +200,8 @@ def test_too_small_a_threshold_saturates_and_is_reported_not_returned_as_success
 def test_auto_threshold_takes_its_scale_from_a_warm_start_too():
     """Where c alone sets θ too low (saturation above), a z0 near the solution sets it right."""
     problem = affine_problem((4, 20), 0.9, seed=7, symmetric=True)
-    cold = SPIKING(problem, problem.c, max_iter=10**6, tol=0.05, time_steps=500)
-    warm = SPIKING(problem, problem.solution, max_iter=10**6, tol=0.05, time_steps=500)
+    cold = SOLVE(problem, problem.c, max_iter=500, tol=0.05)
+    warm = SOLVE(problem, problem.solution, max_iter=500, tol=0.05)
     assert cold.status is SolverStatus.MAX_ITER and warm.status is SolverStatus.SUCCESS
     assert float((errors(warm, problem) / problem.solution.norm(dim=1)).max()) < 0.05
 
@@ -216,7 +219,7 @@ def test_coupled_batch_uses_one_threshold_and_solves_the_coupled_problem():
     z0 = problem.c.clone()
     exact = solvers.get_solver("exact")(coupled_map, z0, max_iter=3, tol=1e-13, coupled=True)
     inputs.clear()
-    result = SPIKING(coupled_map, z0, max_iter=10**6, tol=1e-12, time_steps=400, coupled=True)
+    result = SOLVE(coupled_map, z0, max_iter=400, tol=1e-12, coupled=True)
     theta = 2.0 * float(problem.c.abs().max())
     spikes = torch.stack(inputs[:-1]) / theta
     assert bool(((spikes == -1) | (spikes == 0) | (spikes == 1)).all())
@@ -224,47 +227,46 @@ def test_coupled_batch_uses_one_threshold_and_solves_the_coupled_problem():
     assert rel < 0.02, rel
     assert result.n_evals == 401
     with pytest.raises(TypeError, match="`coupled` must be True or False"):
-        SPIKING(coupled_map, z0, max_iter=10, tol=1e-6, coupled="yes")
+        SOLVE(coupled_map, z0, max_iter=10, tol=1e-6, coupled="yes")
 
 
 def test_zero_right_hand_side_gives_zero_without_spikes():
     z0 = torch.zeros(2, 3, dtype=torch.float64)
-    result = SPIKING(lambda z: 0.5 * z, z0, max_iter=10**6, tol=1e-9, stop_mode="abs", time_steps=20)
+    result = SOLVE(lambda z: 0.5 * z, z0, max_iter=20, tol=1e-9, stop_mode="abs")
     assert torch.equal(result.z, z0) and result.status is SolverStatus.SUCCESS
 
 
 @pytest.mark.parametrize("option, value", [
-    ("time_steps", 0), ("time_steps", 2.5), ("time_steps", True),
     ("threshold", 0.0), ("threshold", -1.0), ("threshold", math.nan), ("threshold", math.inf),
     ("threshold", "automatic"), ("threshold", True),
     ("headroom", 0.0), ("headroom", math.inf), ("headroom", "2"),
     ("firing_level", 0.4), ("firing_level", 1.5),
 ])
 def test_bad_option_values_fail_with_the_option_named(option, value):
-    with pytest.raises(ValueError, match=f"spiking: `{option}` must be"):
-        SPIKING.with_options(**{option: value})
+    with pytest.raises(ValueError, match=f"spide: `{option}` must be"):
+        SOLVE.with_options(**{option: value})
     with pytest.raises(ValueError, match=f"`{option}`"):
-        SpikingAdjoint(**{option: value})
+        SPIDE(**{option: value})
 
 
 def test_bad_calls_are_rejected():
     problem = affine_problem((2, 4), 0.5)
     with pytest.raises(ValueError, match="unknown option.*time_step'.*it accepts its options"):
-        SPIKING(problem, problem.zeros(), max_iter=10, tol=1e-6, time_step=5)
+        SOLVE(problem, problem.zeros(), max_iter=10, tol=1e-6, time_step=5)
     with pytest.raises(ValueError, match="batched with shape"):
-        SPIKING(problem, torch.zeros(4, dtype=torch.float64), max_iter=10, tol=1e-6)
+        SOLVE(problem, torch.zeros(4, dtype=torch.float64), max_iter=10, tol=1e-6)
     with pytest.raises(ValueError, match="`tol` must be"):
-        SPIKING(problem, problem.zeros(), max_iter=10, tol=0.0)
+        SOLVE(problem, problem.zeros(), max_iter=10, tol=0.0)
     with pytest.raises(ValueError, match="shaped like its input"):
-        SPIKING(lambda z: z[:, :2], problem.zeros(), max_iter=10, tol=1e-6)
+        SOLVE(lambda z: z[:, :2], problem.zeros(), max_iter=10, tol=1e-6)
     z0 = problem.zeros()
     z0[0, 1] = math.nan
     with pytest.raises(ValueError, match="`z0` contains NaN or Inf"):
-        SPIKING(problem, z0, max_iter=10, tol=1e-6)
+        SOLVE(problem, z0, max_iter=10, tol=1e-6)
     with pytest.raises(ValueError, match="NaN or Inf at the first spike input"):
-        SPIKING(lambda z: z + math.inf, problem.zeros(), max_iter=10, tol=1e-6)
+        SOLVE(lambda z: z + math.inf, problem.zeros(), max_iter=10, tol=1e-6)
     with pytest.raises(solvers.ConvergenceError, match="did not converge"):
-        SPIKING(problem, problem.c, max_iter=10, tol=1e-9, throw=True)
+        SOLVE(problem, problem.c, max_iter=10, tol=1e-9, throw=True)
 
 
 def test_map_turning_nonfinite_midway_is_nonfinite():
@@ -274,19 +276,19 @@ def test_map_turning_nonfinite_midway_is_nonfinite():
         calls.append(1)
         return z + (math.inf if len(calls) > 3 else 1.0)
 
-    result = SPIKING(g, torch.zeros(2, 3, dtype=torch.float64), max_iter=10, tol=1e-6, time_steps=10)
+    result = SOLVE(g, torch.zeros(2, 3, dtype=torch.float64), max_iter=10, tol=1e-6)
     assert result.status is SolverStatus.NONFINITE and not bool(result.converged.any())
 
 
 def test_registered_with_a_description():
-    assert "spiking" in solvers.available_solvers()
-    assert "SPIDE" in solvers.describe_solvers()["spiking"]
-    assert isinstance(SPIKING, SpikingAdjoint) and SPIKING.time_steps is None  # the budget is max_iter
+    assert "spide" in solvers.available_solvers()
+    assert "SPIDE" in solvers.describe_solvers()["spide"]
+    assert isinstance(SOLVE, SPIDE) and SOLVE.option_names == ["threshold", "headroom", "firing_level"]
 
 
 def test_runs_on_every_device(device):
     problem = affine_problem((3, 12), 0.5, seed=9, device=device, dtype=torch.float32)
-    result = SPIKING(problem, problem.c, max_iter=10**6, tol=1e-9, time_steps=200)
+    result = SOLVE(problem, problem.c, max_iter=200, tol=1e-9)
     assert result.z.device.type == device.type and result.z.dtype == torch.float32
     assert result.n_evals == 201
     rel = (result.z - problem.solution).norm(dim=1) / problem.solution.norm(dim=1)
@@ -307,7 +309,7 @@ def cosine(a, b):
 
 
 def test_implicit_adjoint_by_spikes_gives_the_exact_parameter_gradient_direction(float64):
-    """ImplicitAdjoint("spiking") through a FeedbackSNN (eval mode: a repeatable forward) against "exact"."""
+    """ImplicitAdjoint("spide") through a FeedbackSNN (eval mode: a repeatable forward) against "exact"."""
     model, x, y = feedback_snn(train=False)
 
     def gradient():
@@ -319,7 +321,7 @@ def test_implicit_adjoint_by_spikes_gives_the_exact_parameter_gradient_direction
     reference = gradient()
     cosines = {}
     for steps in (20, 250, 1000):
-        model.set_backward("spiking", b_max_iter=steps, b_tol=1e-9, b_options={"time_steps": steps})
+        model.set_backward("spide", b_max_iter=steps, b_tol=1e-9)
         cosines[steps] = cosine(gradient(), reference)
         assert model.last_backward.n_evals == steps + 1
         assert model.last_backward.status is SolverStatus.MAX_ITER  # tol 1e-9 is out of reach, and said so
@@ -337,7 +339,7 @@ class Switch:
         return solvers.get_solver(self.use)(g, z0, **{**settings, **self.options})
 
 
-def test_spiking_backward_in_training_mode_through_one_forward(float64):
+def test_spide_backward_in_training_mode_through_one_forward(float64):
     """Training mode: batch statistics (possibly coupling the samples) and a forward that changes the
     model, so both backwards differentiate the same forward graph."""
     model, x, y = feedback_snn(train=True)
@@ -352,7 +354,7 @@ def test_spiking_backward_in_training_mode_through_one_forward(float64):
 
     reference = gradient()
     assert model.last_backward.success
-    switch.use, switch.options = "spiking", dict(time_steps=250)
+    switch.use = "spide"  # within the backward's b_max_iter of 250: 250 steps
     got = gradient()
     assert model.last_backward.n_evals == 251
     assert cosine(got, reference) > 0.999, cosine(got, reference)

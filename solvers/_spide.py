@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Optional, Union
 
 import torch
 
-from ._checks import check_int, check_range
+from ._checks import check_range
 from ._driver import (
     CALL_OPTIONS, BatchedMap, all_finite, check_call, check_call_options, check_flag, final_status, first_evaluation,
     residual_norms, unknown_options,
@@ -23,7 +23,7 @@ from ._driver import (
 from ._result import ConvergenceError, SolverResult
 
 Map = Callable[[torch.Tensor], torch.Tensor]
-OWNER = "spiking"
+OWNER = "spide"
 
 
 def _check_positive(name: str, value: Any, *, auto: bool = False) -> None:
@@ -37,12 +37,12 @@ def _check_positive(name: str, value: Any, *, auto: bool = False) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class SpikingAdjoint:
+class SPIDE:
     """SPIDE's spiking solve of z = A z + c: the rate of ternary spikes, times θ, estimates z.
 
-    Each of the T = ``time_steps`` steps feeds the last step's spikes through g, the input
-    g(θ s) = A θ s + c (which on hardware is spike events through the synapses; the first step
-    has no spikes yet and gets g(0) = c), integrates it into the membrane potential u, fires
+    Each of the T = ``max_iter`` steps (``b_max_iter`` in a backward) feeds the last step's
+    spikes through g, the input g(θ s) = A θ s + c (which on hardware is spike events through
+    the synapses; the first step has no spikes yet and gets g(0) = c), integrates it into the membrane potential u, fires
     s = +1 where u ≥ λθ and −1 where u ≤ −λθ (λ = ``firing_level``), and resets by subtracting
     θ s. The estimate is z = θ Σₜ sₜ / T. Summing the updates gives, for affine g,
     g(z) − z = (u_T + A θ s_T) / T, so while every |zᵢ*| < θ the error is O(θ/T): it halves when
@@ -58,10 +58,11 @@ class SpikingAdjoint:
     running estimate; between its first entry (at z = 0) and its last (measured at the returned
     z) it is computed by linearity, g(z_t) = mean of the step inputs, exact only for affine maps.
 
+    T is the one budget: the simulation runs exactly the call's ``max_iter`` steps (SPIDE's
+    ``time_step_back``, 250 in its CIFAR code, 100 for MNIST); ``tol`` never stops it early, it
+    only judges the result.
+
     Args:
-        time_steps: T, simulation steps (SPIDE's ``time_step_back``, 250 in its CIFAR code,
-            100 for MNIST). None (the default): T is the call's ``max_iter``, the one budget; a
-            number must not exceed ``max_iter`` (a larger one is an error, never a silent cap).
         threshold: θ, the value one spike carries (SPIDE's V_th^b − u_rest^b). A number, or
             ``"auto"``: per sample θ = ``headroom`` · max(‖z0‖_∞, ‖c‖_∞), one θ for the whole
             batch when the call is ``coupled``. SPIDE instead fixes V_th^b = 0.5 with
@@ -75,14 +76,11 @@ class SpikingAdjoint:
             the error of the plain integrate-and-fire neuron (λ = 1, |u| < θ).
     """
 
-    time_steps: Optional[int] = None
     threshold: Union[float, str] = "auto"
     headroom: float = 2.0
     firing_level: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.time_steps is not None:
-            check_int(OWNER, "time_steps", self.time_steps, minimum=1)
         _check_positive("threshold", self.threshold, auto=True)
         _check_positive("headroom", self.headroom)
         check_range(OWNER, "firing_level", self.firing_level, 0.5, 1.0, low_open=False)
@@ -90,24 +88,11 @@ class SpikingAdjoint:
     @property
     def description(self) -> str:
         """One line for listings."""
-        return ("SPIDE: spiking solve of an affine problem, ternary spikes for `time_steps` (default: max_iter) steps, "
+        return ("SPIDE: spike-based solve of an affine problem, ternary spikes for exactly max_iter steps T, "
                 "error O(θ/T) (Xiao et al. 2023)")
 
     #: Built on linearity: the rate of spikes fed through g estimates z only for affine g.
     SOLVES_NONLINEAR: ClassVar[bool] = False
-
-    def check_budget(self, max_iter: int, *, setting: str = "max_iter") -> None:
-        """Refuse ``time_steps`` above ``max_iter`` (named ``setting``), which would cap it silently."""
-        if self.time_steps is not None and self.time_steps > max_iter:
-            raise ValueError(
-                f"{OWNER}: its option `time_steps={self.time_steps}` exceeds `{setting}`={max_iter}, which caps the "
-                f"spike simulation; raise `{setting}`, or leave the option time_steps out to run `{setting}` steps"
-            )
-
-    def steps_for(self, max_iter: int) -> int:
-        """The simulation's length T for a call with ``max_iter``."""
-        self.check_budget(max_iter)
-        return max_iter if self.time_steps is None else self.time_steps
 
     #: ``check_every`` is refused (nothing is checked before the end) and so is
     #: ``return_best=True`` (the estimate is the spike rate of the whole run).
@@ -118,7 +103,7 @@ class SpikingAdjoint:
         """The solver's own options (its fields)."""
         return [f.name for f in dataclasses.fields(self)]
 
-    def with_options(self, **options: Any) -> "SpikingAdjoint":
+    def with_options(self, **options: Any) -> "SPIDE":
         """A copy with some options changed; unknown option names raise ``ValueError``."""
         names = self.option_names
         unknown = sorted(set(options) - set(names))
@@ -141,7 +126,7 @@ class SpikingAdjoint:
                 "there is no best iterate to return"
             )
 
-    def split_options(self, options: dict[str, Any]) -> tuple["SpikingAdjoint", dict[str, Any]]:
+    def split_options(self, options: dict[str, Any]) -> tuple["SPIDE", dict[str, Any]]:
         """``configure`` for this solver: (a copy with its own options applied, the call options)."""
         names = self.option_names
         unknown = sorted(set(options) - set(names) - set(CALL_OPTIONS))
@@ -166,7 +151,8 @@ class SpikingAdjoint:
         throw: bool = False, check_every: Optional[int] = None, return_best: bool = False,
         divergence_factor: float = 1e6, coupled: bool = False, **options: Any,
     ) -> SolverResult:
-        """Solve ``z = g(z)`` for an affine ``g`` by spikes; the registry's solver contract.
+        """Solve ``z = g(z)`` for an affine ``g`` by spikes for exactly ``max_iter`` steps; the
+        registry's solver contract.
 
         ``check_every`` is refused (there are no checks before the end), and so is
         ``return_best=True`` (the estimate is the rate of the whole run). A sample counts as
@@ -185,7 +171,7 @@ class SpikingAdjoint:
                                 divergence_factor=divergence_factor)
         solver = self.with_options(**options)
         with torch.no_grad():
-            result = solver._solve(g, z0, solver.steps_for(max_iter), float(tol), stop_mode, coupled,
+            result = solver._solve(g, z0, max_iter, float(tol), stop_mode, coupled,
                                    float(divergence_factor))
         if throw and not result.success:
             raise ConvergenceError(result)
