@@ -32,14 +32,16 @@ class ImplicitClassifier(nn.Module):
         producer: a registered producer name or a ``Producer``; ``producer_options`` (a dict)
             build it.
         b_solver: a registered solver name or solver object for the adjoint solve.
-        b_max_iter, b_tol, b_stop_mode, b_options: settings of the adjoint solve (``b_max_iter``
-            >= 1); ``b_options`` holds the solver's own options and the driver's call options
-            (``throw``, ``check_every``, ``return_best``, ``divergence_factor``) in one dict, and
+        b_max_iter: the adjoint solve's step cap (>= 1).
+        b_tol: the adjoint solve's tolerance.
+        b_stop_mode: ``"rel"`` or ``"abs"``, the residual compared with ``b_tol``.
+        b_options: the solver's own options and the driver's call options (``throw``,
+            ``check_every``, ``return_best``, ``divergence_factor``) in one dict, and
             ``ImplicitAdjoint``'s ``vjp``, all checked now (see ``ImplicitAdjoint``).
         method: ``"ide"`` (implicit differentiation, default) or ``"bptt"``.
-        surrogate, surrogate_slope, detach_reset: BPTT's surrogate derivative (``"sigmoid"`` or
-            ``"rectangular"``; slope None: the surrogate's default, 4 for sigmoid, 1 for
-            rectangular) and whether the reset is left out of the gradient (see ``bptt.unroll``).
+        surrogate: BPTT's surrogate derivative, ``"sigmoid"`` or ``"rectangular"``.
+        surrogate_slope: its slope; None: the surrogate's default, 4 for sigmoid, 1 for rectangular.
+        detach_reset: whether BPTT leaves the reset out of the gradient (see ``bptt.unroll``).
 
     Attributes:
         last_forward: the producer's statistics of the most recent forward (e.g. firing rates).

@@ -46,7 +46,8 @@ def to_nir(model: nn.Module, mode: str = "exact", *, time_steps: Optional[int] =
     Args:
         model: the classifier; its producer (``if`` or ``lif``) gives T and λ unless given.
         mode: ``"exact"`` or ``"portable"``.
-        time_steps, leak: override the producer's T and λ (the read-out's normalisation uses T).
+        time_steps: overrides the producer's T (the read-out's normalisation uses it).
+        leak: overrides the producer's λ.
         dt: the forward-Euler step that the time constants are expressed in.
         lossy: accept the portable mode's loss.
 
