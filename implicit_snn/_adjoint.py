@@ -133,18 +133,26 @@ class ImplicitAdjoint:
         (one problem for the whole batch if ``coupled``)."""
 
         if jt is not None:
+            def transposed(v: torch.Tensor) -> torch.Tensor:
+                return jt(v)
+
             def adjoint_map(v: torch.Tensor) -> torch.Tensor:
-                return jt(v, add=grad)
+                return jt(v, add=grad)  # Jᵀv + ∂L/∂a fused into the last product
         else:
-            def adjoint_map(v: torch.Tensor) -> torch.Tensor:
+            def transposed(v: torch.Tensor) -> torch.Tensor:
                 (vjp,) = torch.autograd.grad(fz, z, v, retain_graph=True, allow_unused=True)
-                return grad if vjp is None else vjp + grad
+                return torch.zeros_like(v) if vjp is None else vjp
+
+            def adjoint_map(v: torch.Tensor) -> torch.Tensor:
+                return transposed(v) + grad
 
         # Only passed when set, so that a user's own solver callable need not know the argument.
         coupling = {"coupled": True} if coupled else {}
-        # Affine in v by construction: declared, so that GMRES may trust its recurrence.
+        # The adjoint system as a linear problem v = A v + c, A: v ↦ J_fᵀ v, c = ∂L/∂a: linear
+        # solvers apply A itself, the others see g(v) = A v + c.
+        problem = AffineMap(transposed, grad, apply=adjoint_map)
         result = self.solver(
-            AffineMap(adjoint_map), grad, max_iter=self.max_iter, tol=self.tol, stop_mode=self.stop_mode,
+            problem, grad, max_iter=self.max_iter, tol=self.tol, stop_mode=self.stop_mode,
             **coupling, **self.call_options,
         )
         self.last_result = result

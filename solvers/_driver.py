@@ -21,27 +21,38 @@ STOP_MODES = ("abs", "rel")
 
 
 class AffineMap:
-    """A map declared affine, g(z) = A z + c: solvers that rely on linearity may then trust it.
+    """An affine map g(z) = A z + c given as its parts: the linear operator A and the offset c.
 
-    Wrap a map in it when it is affine by construction (the adjoint system of a backward pass
-    is): GMRES then takes the residual its Krylov recurrence extrapolates at the returned point
-    as measured, instead of spending one more evaluation to measure it. On any other map every
-    solver measures the residual it reports, so a declaration is a saving, never a requirement;
-    a false one makes GMRES's reported residuals wrong.
+    Linear solvers use A itself (GMRES's Arnoldi products, ``exact``'s columns, the Neumann
+    series' terms, SPIDE's spike inputs), never a difference of two evaluations of g; the
+    others see only g. The backward hands its adjoint system to solvers this way, A being
+    v ↦ J_fᵀ v (the network's explicit operator, or autograd's VJP) and c = ∂L/∂a. Since g is
+    affine by construction, GMRES may take the image its recurrence forms at the returned
+    point as measured.
+
+    Args:
+        linear: ``v ↦ A v`` on tensors shaped like z (one call counts as one evaluation).
+        offset: c, shaped like z.
+        apply: optionally ``z ↦ A z + c`` in one fused call (e.g. a product-and-add); by default
+            ``linear(z) + offset``.
     """
 
     affine = True
 
-    def __init__(self, fn: Map):
-        if not callable(fn):
-            raise TypeError(f"AffineMap needs a callable, got {type(fn).__name__}")
-        self.fn = fn
+    def __init__(self, linear: Map, offset: torch.Tensor, *, apply: Optional[Map] = None):
+        if not callable(linear):
+            raise TypeError(f"AffineMap needs a callable linear operator, got {type(linear).__name__}")
+        if not isinstance(offset, torch.Tensor):
+            raise TypeError(f"AffineMap's offset must be a tensor, got {type(offset).__name__}")
+        if apply is not None and not callable(apply):
+            raise TypeError(f"AffineMap's apply must be callable, got {type(apply).__name__}")
+        self.linear, self.offset, self._apply = linear, offset, apply
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        return self.fn(z)
+        return self._apply(z) if self._apply is not None else self.linear(z) + self.offset
 
     def __repr__(self) -> str:
-        return f"AffineMap({self.fn!r})"
+        return f"AffineMap(linear={self.linear!r}, offset shaped {tuple(self.offset.shape)})"
 
 
 def is_declared_affine(g: Any) -> bool:
@@ -55,7 +66,9 @@ class IterState:
 
     ``fz``, when a solver sets it, must be ``gz − z`` computed from these very tensors (solvers
     that need the residual anyway hand it over so that the driver does not form it again; the
-    reported residuals are still measured, not estimated). A step must not modify an earlier
+    reported residuals are still measured, not estimated), or, on a map declared affine, the
+    residual g(z) − z its recurrence carries (the Neumann series' term), which the difference
+    gz − z would round away once it is below eps·‖z‖. A step must not modify an earlier
     state's ``z`` in place afterwards: the driver may keep it as the best iterate.
     """
 
@@ -66,7 +79,8 @@ class IterState:
 
 class BatchedMap:
     """Wraps a user map ``g: [B, ...] -> [B, ...]`` as ``[B, D] -> [B, D]`` (``[1, B·D]`` for a
-    coupled batch) and counts its calls."""
+    coupled batch) and counts its calls. For an ``AffineMap`` it also offers its linear part
+    (``linear``, counted alike: one product is one evaluation) and its offset, same layout."""
 
     def __init__(self, g: Map, shape: torch.Size, *, coupled: bool = False):
         self._g = g
@@ -74,9 +88,31 @@ class BatchedMap:
         # [B, D] problems of independent samples need no reshaping (the common case).
         self._flat = len(shape) == 2 and not coupled
         self.n_evals = 0
+        self.is_affine = is_declared_affine(g)
+        self._linear = getattr(g, "linear", None) if self.is_affine else None
+        offset = getattr(g, "offset", None) if self._linear is not None else None
+        if offset is not None and tuple(offset.shape) != tuple(shape):
+            raise ValueError(f"the affine map's offset is shaped {tuple(offset.shape)}, its input {tuple(shape)}")
+        self._offset = offset
+
+    @property
+    def has_linear(self) -> bool:
+        """Whether the map's linear part A is available (an ``AffineMap``)."""
+        return self._linear is not None
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        out = self._g(z if self._flat else z.view(self._shape))
+        return self._counted(self._g, z)
+
+    def linear(self, v: torch.Tensor) -> torch.Tensor:
+        """A v for the flat layout (only where ``has_linear``)."""
+        return self._counted(self._linear, v)
+
+    def offset(self, like: torch.Tensor) -> torch.Tensor:
+        """c in the flat layout of ``like`` (only where ``has_linear``)."""
+        return self._offset.reshape(like.shape).to(like.dtype)
+
+    def _counted(self, fn: Map, z: torch.Tensor) -> torch.Tensor:
+        out = fn(z if self._flat else z.view(self._shape))
         self.n_evals += 1
         if not isinstance(out, torch.Tensor) or out.shape != self._shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -24,8 +24,8 @@ class Exact(FixedPointSolver):
 
     Exact, up to rounding, for affine maps g(z) = A z + c; meant for small problems and as the
     oracle of the tests. For a coupled batch (``coupled=True``) A is the Jacobian of the whole
-    flattened batch, one (B·D)² matrix. Building A costs D evaluations of g
-    (the columns A eᵢ = g(z0 + eᵢ) − g(z0)), the solve one more. Each further step is a chord
+    flattened batch, one (B·D)² matrix. Building A costs D products: the columns A eᵢ of an
+    ``AffineMap``'s linear part, or g(z0 + eᵢ) − g(z0) for a plain map; the solve one more. Each further step is a chord
     Newton refinement z ← z + (I − A)⁻¹ (g(z) − z) with the same factorisation, which also
     makes it usable on mildly non-affine maps.
 
@@ -52,7 +52,8 @@ class Exact(FixedPointSolver):
         basis = torch.zeros_like(z0)
         for i in range(dim):
             basis[:, i] = 1.0
-            jac[:, :, i] = g(z0 + basis) - gz0
+            # The linear part itself where the map gives it; else by difference, exact for affine g.
+            jac[:, :, i] = g.linear(basis) if g.has_linear else g(z0 + basis) - gz0
             basis[:, i] = 0.0
         system = -jac
         system.diagonal(dim1=1, dim2=2).add_(1.0)

@@ -52,9 +52,10 @@ class GMRES(FixedPointSolver):
     called converged that the measurement does not is reported as ``NOT_AFFINE``. It is not a
     solver for nonlinear maps, and the analytic producer's forward refuses it.
 
-    A v is taken as (g(x0 + s v) − g(x0)) / s with ‖v‖ = 1 and s = ‖x0‖ + ‖g(x0)‖, so that the
-    difference of images is never dwarfed by the images themselves (a small step would cancel
-    catastrophically, as the Neumann series' A t = g(z0 + t) − g(z0) did). After ``restart``
+    Given an ``AffineMap`` (as the backward gives its adjoint system), A v is its linear part,
+    applied directly. Given only g, A v is taken as (g(x0 + s v) − g(x0)) / s with ‖v‖ = 1 and
+    s = ‖x0‖ + ‖g(x0)‖, so that the difference of images is never dwarfed by the images
+    themselves (a small step would cancel catastrophically). After ``restart``
     vectors (at most D, the size of a sample, where the space is necessarily invariant) one
     step evaluates g at the current iterate, a real measurement that starts the next cycle
     from the true residual, so the extrapolation's rounding does not accumulate over cycles:
@@ -134,8 +135,12 @@ def _arnoldi_step(g: BatchedMap, state: GMRESState) -> GMRESState:
     j = state.columns
     k = j + 1
     v = state.basis[j]
-    torch.addcmul(state.origin, state.scale, v, out=state.point)
-    av = torch.sub(g(state.point), state.origin_image, out=state.products[j]).div_(state.scale)
+    if g.has_linear:
+        av = state.products[j]
+        av.copy_(g.linear(v))
+    else:  # only g is known: A v by a difference of images taken far apart (see the class docstring)
+        torch.addcmul(state.origin, state.scale, v, out=state.point)
+        av = torch.sub(g(state.point), state.origin_image, out=state.products[j]).div_(state.scale)
     floor = torch.linalg.vector_norm(av, dim=1).add_(1.0).mul_(ROUNDING_UNITS * torch.finfo(av.dtype).eps)
 
     w = torch.sub(v, av, out=state.basis[k])  # (I − A) v, orthogonalised in place below

@@ -52,7 +52,9 @@ class SPIDE:
 
     The solve is a fixed-length simulation, not a driver loop: T evaluations on spike inputs
     (all but the first ternary, the first zero) plus one at the returned estimate to measure
-    its residuals honestly, T + 1 in all, and no host sync until the end. ``z0`` is not
+    its residuals honestly, T + 1 in all, and no host sync until the end. Given an
+    ``AffineMap`` (the backward's adjoint system), the spike inputs go through its linear part
+    A θ s, plus c, and the first step's input is c itself: T evaluations in all. ``z0`` is not
     evaluated (a spike-driven solve starts from no spikes); it only sets the automatic
     threshold's scale. The result's ``trace`` holds, after each step, the worst residual of the
     running estimate; between its first entry (at z = 0) and its last (measured at the returned
@@ -212,7 +214,8 @@ class SPIDE:
         and [B, D] spike events per neuron that g received (the last step's spikes are not fed)."""
         if not all_finite(z0):
             raise ValueError("`z0` contains NaN or Inf; a fixed-point solve needs a finite initial guess")
-        c = g(torch.zeros_like(z0))  # the first step's input: no spikes yet, so g(0) = c
+        # The first step's input: no spikes yet, so g(0) = c, which an AffineMap gives without an evaluation.
+        c = g.offset(z0) if g.has_linear else g(torch.zeros_like(z0))
         if not all_finite(c):
             raise ValueError("the map returned NaN or Inf at the first spike input (zero); check its inputs")
         theta = self.thresholds(z0, c, coupled)
@@ -242,7 +245,7 @@ class SPIDE:
             count += spikes
             if t < steps:
                 events += spikes.abs()
-                y = g(x)
+                y = g.linear(x) + c if g.has_linear else g(x)
         z = count * (theta / steps)
         start = residual_norms(c, c)  # at z = 0, where g(0) − 0 = c
         trace, peak = start[pick, None], start[0]

@@ -26,8 +26,19 @@ class AffineProblem:
     shape: tuple[int, ...]
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        flat = z.reshape(z.shape[0], -1)
-        return (torch.einsum("bij,bj->bi", self.a, flat) + self.c).reshape(z.shape)
+        return self.linear(z) + self.c.reshape(z.shape)
+
+    def linear(self, v: torch.Tensor) -> torch.Tensor:
+        """A v alone."""
+        flat = v.reshape(v.shape[0], -1)
+        return torch.einsum("bij,bj->bi", self.a, flat).reshape(v.shape)
+
+    def declared(self, apply=None, linear=None):
+        """This problem as a ``solvers.AffineMap`` (its linear part and offset), as a backward hands
+        its adjoint system to the solvers; ``apply``/``linear`` replace g or A (e.g. to count calls)."""
+        import solvers
+
+        return solvers.AffineMap(linear or self.linear, self.c.reshape(self.shape), apply=apply)
 
     @property
     def solution(self) -> torch.Tensor:

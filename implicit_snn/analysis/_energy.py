@@ -297,7 +297,7 @@ def training_step_cost(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tens
         reach = fan_in(first_op, first_in)
         events = events.detach().double().cpu().reshape(events.shape[0], *reach.shape)
         spike_sops = float((events * reach).sum()) / events.shape[0]
-        fed = max(vjps - 2, 0)  # not fed spikes: g(0), the input alone, and the final measuring evaluation
+        fed = max(vjps - 1, 0)  # all but the final measuring evaluation are fed spikes (c is the offset, not an evaluation)
         first_synapses = float(reach.sum())
         event_macs = fed * (per_vjp - first_synapses) + theta
         backward.update(spikes=float(events.sum()) / events.shape[0], sops=spike_sops, event_driven_macs=event_macs,
