@@ -100,10 +100,23 @@ RENAMED_FLAGS = [(r"--spiking-steps(-for)?\b", r"--spide-steps\1"), (r"--b_optio
                  (r"--f_option\b", "--f_options")]
 
 
+#: One-off benchmark scripts that answered their question and left bench/: the commit that holds each.
+RETIRED = {"bench/bench_compile.py": "1177209", "bench/bench_analysis.py": "1177209",
+           "bench/bench_bn_backward.py": "1177209", "bench/bench_step_overheads.py": "1177209",
+           "bench/bench_f400_steps.py": "1177209"}
+
+
 def command(recorded: str) -> str:
     for old, new in RENAMED_FLAGS:
         recorded = re.sub(old, new, recorded)
     return recorded.strip()
+
+
+def retired_note(text: str) -> str:
+    """Where a command runs a retired script: how to get it back."""
+    notes = [f"`{script}` is retired; `git show {commit}:{script}` restores it" for script, commit in RETIRED.items()
+             if script in text]
+    return (" (" + "; ".join(notes) + ")") if notes else ""
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -113,7 +126,7 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def caption(text: str) -> str:
-    return text + "\n\n"
+    return text + retired_note(text) + "\n\n"
 
 
 # ---------------------------------------------------------------------------------------------

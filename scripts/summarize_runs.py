@@ -7,7 +7,7 @@ median epoch time. Groups are given as ``NAME=DIR,DIR,...``. ``--paired A:B`` co
 groups run by run (the same seeds in the same order): the mean difference B − A per protocol,
 its standard error, and in how many pairs B is ahead.
 
-    python bench/summarize_runs.py "val 5000=docs/runs/a,docs/runs/b" "all 60000=docs/runs/c" \
+    python scripts/summarize_runs.py "val 5000=docs/runs/a,docs/runs/b" "all 60000=docs/runs/c" \
         [--bar final=0.8969 --bar best_epoch=0.8997] [--paired "val 5000:all 60000"] [--json FILE]
 """
 

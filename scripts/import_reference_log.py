@@ -7,7 +7,7 @@ fractions, as ``implicit-snn train`` writes them) and ``summary.json`` with the 
 best-epoch and last-10 mean test accuracies, so that both codes' runs go through the same
 statistics.
 
-    python bench/import_reference_log.py /path/to/log.txt docs/runs/reference-f400-lif-seed1
+    python scripts/import_reference_log.py /path/to/log.txt docs/runs/reference-f400-lif-seed1
 """
 
 from __future__ import annotations
