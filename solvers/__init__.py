@@ -8,14 +8,14 @@ validates once. Knows nothing of spiking networks.
 
 from ._anderson import Anderson
 from ._broyden import Broyden
-from ._driver import (
-    CALL_OPTIONS, AffineMap, BatchedMap, FixedPointSolver, IterState, check_settings, configure, is_declared_affine,
-)
+from ._driver import FixedPointSolver, IterState
 from ._exact import Exact
 from ._fixed_point import FixedPoint
 from ._gmres import GMRES
+from ._maps import AffineMap, BatchedMap, is_declared_affine
 from ._names import Registry
 from ._neumann import Neumann
+from ._options import CALL_OPTIONS, check_settings, configure
 from ._phantom import Phantom
 from ._registry import (
     available_solvers, check_budget, describe_solvers, get_solver, nonlinear_solvers, register_solver, solves_nonlinear,

@@ -10,7 +10,8 @@ import torch
 
 from . import _workspace
 from ._checks import check_int, check_range
-from ._driver import BatchedMap, FixedPointSolver, IterState
+from ._driver import FixedPointSolver, IterState
+from ._maps import BatchedMap
 
 
 @dataclasses.dataclass

@@ -10,7 +10,8 @@ import torch
 
 from . import _workspace
 from ._checks import check_int
-from ._driver import BatchedMap, FixedPointSolver, IterState
+from ._driver import FixedPointSolver, IterState
+from ._maps import BatchedMap
 
 #: A new Arnoldi direction, or a rotated least-squares column, no longer than this many units
 #: of its product's rounding counts as zero: the Krylov space is invariant (breakdown), or

@@ -9,7 +9,8 @@ from typing import ClassVar
 import torch
 
 from ._checks import check_range
-from ._driver import BatchedMap, FixedPointSolver, IterState
+from ._driver import FixedPointSolver, IterState
+from ._maps import BatchedMap
 from ._fixed_point import damped_step
 
 

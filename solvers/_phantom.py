@@ -9,9 +9,9 @@ from typing import Any, ClassVar, Optional
 import torch
 
 from ._checks import check_int, check_range
-from ._driver import (
-    BatchedMap, FixedPointSolver, IterState, Map, _iterate, check_call, check_call_options, check_flag, final_status,
-)
+from ._driver import FixedPointSolver, IterState, _iterate, final_status
+from ._maps import BatchedMap, Map
+from ._options import check_call, check_call_options, check_flag
 from ._fixed_point import damped_step
 from ._result import ConvergenceError, SolverResult, SolverStatus
 

@@ -16,10 +16,9 @@ from typing import Any, Callable, ClassVar, Optional, Union
 import torch
 
 from ._checks import check_range
-from ._driver import (
-    CALL_OPTIONS, BatchedMap, all_finite, check_call, check_call_options, check_flag, final_status, first_evaluation,
-    residual_norms, unknown_options,
-)
+from ._driver import final_status
+from ._maps import BatchedMap, all_finite, first_evaluation, residual_norms
+from ._options import CALL_OPTIONS, check_call, check_call_options, check_flag, unknown_options
 from ._result import ConvergenceError, SolverResult
 
 Map = Callable[[torch.Tensor], torch.Tensor]

@@ -21,10 +21,9 @@ from typing import Any, Optional
 
 import torch
 
-from ._driver import (
-    BatchedMap, check_call, check_call_options, check_flag, final_status, first_evaluation, residuals,
-    split_solver_options, unknown_options,
-)
+from ._driver import final_status
+from ._maps import BatchedMap, first_evaluation, residuals
+from ._options import check_call, check_call_options, check_flag, split_solver_options, unknown_options
 from ._result import ConvergenceError, SolverResult
 
 # Arguments the adapter sets itself; everything else in the torchdeq signature is an option.

@@ -8,7 +8,7 @@ import torch
 
 import solvers
 from solvers import FixedPointSolver, IterState, SolverStatus
-from solvers import _driver, _workspace
+from solvers import _driver, _maps, _workspace
 from tests.helpers import affine_problem
 
 
@@ -235,7 +235,7 @@ def test_broyden_skips_an_update_whose_denominator_vanishes_in_one_sample_only()
     torch.testing.assert_close(result.z, reference[-1], rtol=1e-11, atol=1e-12)
     assert torch.equal(result.z[1], 6 * problem.c[1])  # z0 + 6 plain steps of c, exactly
     # what is stored for the skipped sample: u = vᵀ = 0 (nothing of it can reach later products)
-    g = _driver.BatchedMap(problem, torch.Size((2, 5)))
+    g = _maps.BatchedMap(problem, torch.Size((2, 5)))
     broyden = solvers.get_solver("broyden")
     state = broyden.step(g, broyden.init(g, z0, g(z0)))
     assert not bool(state.us[0, 1].any()) and not bool(state.vts[0, 1].any())
@@ -261,7 +261,7 @@ def test_anderson_iterates_equal_a_dense_reference(memory):
 def test_states_hand_over_exactly_g_of_z_minus_z(name):
     problem = affine_problem((2, 6), 0.7, seed=24)
     solver = solvers.get_solver(name)
-    g = _driver.BatchedMap(problem, torch.Size((2, 6)))
+    g = _maps.BatchedMap(problem, torch.Size((2, 6)))
     z0 = problem.zeros()
     state = solver.init(g, z0, g(z0))
     for _ in range(8):  # past Anderson's ring wrap

@@ -234,7 +234,7 @@ def test_one_vocabulary():
         producers.get_producer("analytic", f_tol=0.0)
     with pytest.raises(ValueError, match="unknown option.*step_size"):
         solvers.get_solver("neumann").with_options(step_size=0.5)
-    assert solvers.Registry is solvers._names.Registry and solvers.check_settings is solvers._driver.check_settings
+    assert solvers.Registry is solvers._names.Registry and solvers.check_settings is solvers._options.check_settings
     assert {"Registry", "check_settings", "configure", "CALL_OPTIONS"} <= set(solvers.__all__)
 
 
