@@ -62,7 +62,19 @@ def affine_problem(shape, norm, *, seed=0, dtype=torch.float64, device="cpu", sy
 
 
 # f(a, x) = tanh(W a + U x + b) with a dense implicit-gradient oracle.
-TanhNetwork = TanhEquilibriumNet
+class TanhNetwork(TanhEquilibriumNet):
+    """The demo's network with the tests' oracle: its implicit gradient by a dense solve."""
+
+    def dense_implicit_grads(self, a_star: torch.Tensor, x: torch.Tensor, grad_a: torch.Tensor):
+        """Gradients of ⟨grad_a, a*⟩ w.r.t. (W, U, b, x) by the implicit function theorem, densely."""
+        with torch.no_grad():
+            pre = a_star @ self.weight.T + x @ self.input_weight.T + self.bias
+            jac = (1 - torch.tanh(pre) ** 2)[:, :, None] * self.weight[None]
+            eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
+            v = torch.linalg.solve(eye - jac.transpose(1, 2), grad_a)
+        xs = x.detach().requires_grad_()
+        out = self.fixed_point_map(a_star.detach(), xs)
+        return torch.autograd.grad(out, (self.weight, self.input_weight, self.bias, xs), v)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -326,7 +326,7 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
     console.print(
         f"implicit layer f(a, x) = tanh(W a + U x + b), D={args.dim}, batch {args.batch_size}, ‖W‖₂={args.norm}, "
         f"{args.dtype} on {device}; backward: at most {args.b_max_iter} steps to relative residual {args.b_tol:g}; "
-        "dW error against the dense implicit-function-theorem gradient"
+        "dW error against the exact solver's gradient (a dense LU solve of each sample's adjoint)"
     )
     rows = compare_backward_solvers(
         args.b_solver, dim=args.dim, batch=args.batch_size, norm=args.norm, b_max_iter=args.b_max_iter,

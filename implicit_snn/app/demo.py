@@ -1,7 +1,7 @@
-"""A small contractive implicit network with a dense gradient oracle, and a solver comparison on it.
+"""A small contractive implicit network and a backward-solver comparison on it (``implicit-snn demo``).
 
-Used by ``implicit-snn demo``, the solver benchmark and the tests: f(a, x) = tanh(W a + U x + b)
-with ‖W‖₂ fixed, hence ‖J_f‖ ≤ ‖W‖₂, whose implicit gradient can be computed densely.
+f(a, x) = tanh(W a + U x + b) with ‖W‖₂ fixed, hence ‖J_f‖ ≤ ‖W‖₂; the tests build their dense
+implicit-function-theorem oracle on the same network (tests/helpers.py).
 """
 
 from __future__ import annotations
@@ -72,17 +72,6 @@ class TanhEquilibriumNet(torch.nn.Module):
         """Zeros [B, D]."""
         return x.new_zeros(x.shape[0], self.weight.shape[0])
 
-    def dense_implicit_grads(self, a_star: torch.Tensor, x: torch.Tensor, grad_a: torch.Tensor):
-        """Gradients of ⟨grad_a, a*⟩ w.r.t. (W, U, b, x) by the implicit function theorem, densely."""
-        with torch.no_grad():
-            pre = a_star @ self.weight.T + x @ self.input_weight.T + self.bias
-            jac = (1 - torch.tanh(pre) ** 2)[:, :, None] * self.weight[None]
-            eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
-            v = torch.linalg.solve(eye - jac.transpose(1, 2), grad_a)
-        xs = x.detach().requires_grad_()
-        out = self.fixed_point_map(a_star.detach(), xs)
-        return torch.autograd.grad(out, (self.weight, self.input_weight, self.bias, xs), v)
-
 
 def compare_backward_solvers(
     names: Sequence[str], *, dim: int = 200, in_dim: int = 50, batch: int = 16, norm: float = 0.9,
@@ -90,7 +79,8 @@ def compare_backward_solvers(
     seed: int = 0,
 ) -> list[BackwardOutcome]:
     """Train-step style comparison: analytic equilibrium, then each backward solver on the same loss;
-    ``grad_error`` is dW's relative error against the dense implicit gradient."""
+    ``grad_error`` is dW's relative error against the ``exact`` solver's (a dense LU solve of each
+    sample's adjoint system)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -99,7 +89,8 @@ def compare_backward_solvers(
         x = torch.randn(batch, in_dim, generator=gen, dtype=dtype).to(device)
         grad_a = torch.randn(batch, dim, generator=gen, dtype=dtype).to(device)
         eq = get_producer("analytic", f_max_iter=200, f_tol=1e-6)(net, x)
-        reference = net.dense_implicit_grads(eq.a, x, grad_a)[0]
+        exact = implicit_grad(net, eq.a, *eq.f_args, b_solver="exact", b_max_iter=3, b_tol=1e-12)
+        (reference,) = torch.autograd.grad((exact * grad_a).sum(), net.weight)
         rows = []
         for name in names:
             results: list[solvers.SolverResult] = []
