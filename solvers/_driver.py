@@ -36,9 +36,10 @@ class IterState:
 
 
 def final_status(converged: torch.Tensor, nonfinite: torch.Tensor, diverged: torch.Tensor,
-                 extrapolated_met: Optional[torch.Tensor] = None) -> SolverStatus:
+                 extrapolated_met: Optional[torch.Tensor] = None, *, budget: bool = False) -> SolverStatus:
     """The status of a solve from per-sample flags (one host sync); ``extrapolated_met``: [B]
-    samples whose extrapolated residual met ``tol`` (solvers that assume an affine map)."""
+    samples whose extrapolated residual met ``tol`` (solvers that assume an affine map);
+    ``budget``: a fixed-budget method, whose unmet ``tol`` is ``BUDGET``, not ``MAX_ITER``."""
     failed = ~converged
     false_claim = torch.zeros_like(failed) if extrapolated_met is None else extrapolated_met & failed
     flags = torch.stack([failed.any(), (nonfinite & failed).any(), (diverged & failed).any(),
@@ -51,7 +52,7 @@ def final_status(converged: torch.Tensor, nonfinite: torch.Tensor, diverged: tor
         return SolverStatus.DIVERGED
     if flags[3]:
         return SolverStatus.NOT_AFFINE
-    return SolverStatus.MAX_ITER
+    return SolverStatus.BUDGET if budget else SolverStatus.MAX_ITER
 
 
 class FixedPointSolver(abc.ABC):

@@ -35,7 +35,7 @@ class Phantom(FixedPointSolver):
     at the returned z_k (with k = 0 that one evaluation is all the work). The status is
     ``SUCCESS`` only when every measured residual meets ``tol``; otherwise ``NONFINITE`` when
     one overflowed, ``DIVERGED`` when one grew beyond ``divergence_factor`` times its initial
-    value (the budget is spent all the same), else ``MAX_ITER``. The returned z is always the
+    value (the budget is spent all the same), else ``BUDGET``. The returned z is always the
     last iterate (``return_best`` cannot be True): that is the estimator. ``check_every`` is
     refused: there is nothing to check before the end of the budget.
 
@@ -123,7 +123,7 @@ class Phantom(FixedPointSolver):
             result, converged=converged, tol=float(tol),
             # The driver's evidence kept: some sample diverged if it said so.
             status=final_status(converged, ~torch.isfinite(result.residual),
-                                torch.full_like(converged, result.status is SolverStatus.DIVERGED)),
+                                torch.full_like(converged, result.status is SolverStatus.DIVERGED), budget=True),
         )
         if throw and not result.success:
             raise ConvergenceError(result)

@@ -25,6 +25,10 @@ class SolverStatus(enum.Enum):
         "an iterate or its image became NaN or Inf; the map overflows along the solver's path "
         "(try `fixed_point` with `damping` < 1, or a smaller step)"
     )
+    BUDGET = (
+        "the solver ran its whole fixed budget, as asked (`tol` does not stop a fixed-budget method); "
+        "its result is what that budget gives: the residual measured there is reported beside it"
+    )
     NOT_AFFINE = (
         "the residual measured at the returned point misses `tol`, although the solver's affine "
         "recurrence (exact only for g(z) = A z + c) said it was met: the map is not affine; use a "

@@ -201,7 +201,7 @@ class SPIDE:
             z=z.reshape(shape).to(z0.dtype), n_evals=g.n_evals, n_steps=steps,
             abs_residual=abs_res, rel_residual=rel_res, converged=converged,
             trace=torch.cat([trace, best[None]]).amax(dim=1),
-            status=final_status(converged, ~torch.isfinite(best), diverged),
+            status=final_status(converged, ~torch.isfinite(best), diverged, budget=True),
             stop_mode=stop_mode, tol=tol, counters={"spike_events": events.reshape(shape)},
         )
 

@@ -295,3 +295,23 @@ def test_workspace_keeps_cpu_buffers_up_to_its_limit(monkeypatch):
     _workspace.give_back(torch.zeros(100))  # 400 bytes: not kept
     assert not _workspace._kept
     _workspace.clear()
+
+
+def test_a_fixed_budget_reads_as_such_in_the_status_and_the_epoch_line():
+    """phantom's and spide's spent budget is BUDGET (asked for, not a failure), and the epoch line
+    says "fixed budget" with the residual reached; a real failure still shows as one."""
+    from implicit_snn.app.report import format_row
+
+    problem = affine_problem((3, 6), 0.9, seed=4)
+    for name, options in (("phantom", {"steps": 4}), ("spide", {})):
+        result = solvers.get_solver(name)(problem, problem.c, max_iter=4, tol=1e-12, **options)
+        assert result.status is SolverStatus.BUDGET and not bool(result.converged.any())
+        assert "fixed budget" in result.status.value
+    base = dict(epoch=1, lr=0.05, train_loss=0.5, train_acc=0.8, backward_evals_mean=5.0, train_seconds=1.0,
+                train_images_per_s=100.0, backward_rel_residual_mean=3.2e-2, backward_converged_fraction=0.0)
+    line = format_row({**base, "backward_status": {"BUDGET": 10}})
+    assert "backward 5.0 VJPs, fixed budget, rel. residual 3.2e-02" in line and "converged" not in line
+    failing = format_row({**base, "backward_status": {"DIVERGED": 10}})
+    assert "0% converged" in failing
+    overflow = solvers.get_solver("phantom")(lambda z: z * 1e30, problem.c, max_iter=12, tol=1e-12, steps=12)
+    assert overflow.status is SolverStatus.NONFINITE  # a budget that overflowed is a failure, not BUDGET

@@ -166,7 +166,8 @@ def test_divergence_factor(entry, name):
     settings = dict(max_iter=8, tol=1e-300, poison_after=3)
     own = {"restart": 2} if name == "gmres" else {}  # so that its residual is measured (at restarts) after the noise
     default, _ = solve(entry, name, options=own, **settings)
-    assert default.status is SolverStatus.MAX_ITER
+    # A fixed-budget method that spent its budget says so; the others ran out of steps.
+    assert default.status is (SolverStatus.BUDGET if name in ("phantom", "spide") else SolverStatus.MAX_ITER)
     small, _ = solve(entry, name, options={"divergence_factor": 10.0, **own}, **settings)
     assert small.status is SolverStatus.DIVERGED
 

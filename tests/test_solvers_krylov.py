@@ -315,7 +315,7 @@ def test_phantom_with_no_steps_returns_z0_itself_and_measures_it(float64):
     result = solvers.get_solver("phantom")(problem, z0, max_iter=30, tol=1e-6, steps=0)
     assert torch.equal(result.z, z0) and result.n_evals == 1 and result.n_steps == 0
     torch.testing.assert_close(result.abs_residual, (problem(z0) - z0).norm(dim=1), rtol=1e-15, atol=0)
-    assert result.status is SolverStatus.MAX_ITER and not bool(result.converged.any())
+    assert result.status is SolverStatus.BUDGET and not bool(result.converged.any())
 
 
 def test_phantom_status_judges_the_measured_residual_against_tol(float64):
@@ -325,7 +325,7 @@ def test_phantom_status_judges_the_measured_residual_against_tol(float64):
     tight = phantom(problem, problem.zeros(), max_iter=30, tol=1e-12, steps=5)
     assert torch.equal(loose.z, tight.z) and loose.n_evals == tight.n_evals == 6
     assert loose.status is SolverStatus.SUCCESS and bool(loose.converged.all()) and loose.tol == 0.1
-    assert tight.status is SolverStatus.MAX_ITER and not bool(tight.converged.any()) and tight.tol == 1e-12
+    assert tight.status is SolverStatus.BUDGET and not bool(tight.converged.any()) and tight.tol == 1e-12
     assert torch.equal(tight.converged, tight.rel_residual <= 1e-12)
     with pytest.raises(solvers.ConvergenceError, match="did not converge"):
         phantom(problem, problem.zeros(), max_iter=30, tol=1e-12, steps=5, throw=True)

@@ -63,7 +63,7 @@ def test_hand_computed_example_matches_exactly(scale):
     assert len(spy.inputs) == result.n_evals == 5 and result.n_steps == 4
     assert torch.equal(result.z, scale * torch.tensor([HAND_Z], dtype=torch.float64))
     assert torch.equal(result.abs_residual, torch.tensor([scale / 16], dtype=torch.float64))
-    assert result.status is SolverStatus.MAX_ITER and not bool(result.converged.any())
+    assert result.status is SolverStatus.BUDGET and not bool(result.converged.any())
     # The trace (by linearity between its ends) is the true residual of each running estimate.
     running = scale * torch.tensor(HAND_RUNNING, dtype=torch.float64)
     true = torch.stack([(spy(z[None]) - z).norm() for z in running])
@@ -148,7 +148,7 @@ def test_max_iter_is_the_one_budget_and_zero_steps_measure_the_initial_guess():
     problem = affine_problem((2, 6), 0.5, seed=5)
     budget = SOLVE(problem, problem.c, max_iter=10, tol=1e-9)
     assert budget.n_steps == 10 and budget.n_evals == 11
-    assert budget.status is SolverStatus.MAX_ITER
+    assert budget.status is SolverStatus.BUDGET
     assert "time_steps" not in SOLVE.option_names  # no second budget: T is max_iter (b_max_iter in a backward)
     with pytest.raises(ValueError, match=r"^spide got unknown option\(s\) \['time_steps'\]"):
         SOLVE(problem, problem.c, max_iter=10, tol=1e-9, time_steps=10)
@@ -172,7 +172,7 @@ def test_loose_tolerance_met_is_success_and_flags_are_per_sample():
     assert bool((result.rel_residual <= 0.02).all())
     mixed = SOLVE(problem, problem.c, max_iter=400, tol=float(result.rel_residual.median()))
     assert torch.equal(mixed.converged, mixed.rel_residual <= mixed.tol)
-    assert mixed.status is SolverStatus.MAX_ITER
+    assert mixed.status is SolverStatus.BUDGET
 
 
 def test_too_small_a_threshold_saturates_and_is_reported_not_returned_as_success():
@@ -183,7 +183,7 @@ def test_too_small_a_threshold_saturates_and_is_reported_not_returned_as_success
     for theta in (0.25 * peak, 0.5 * peak, None):  # None: "auto", whose headroom 2 is too small here
         options = {} if theta is None else dict(threshold=theta)
         low = SOLVE(problem, problem.c, max_iter=500, tol=0.05, **options)
-        assert low.status is SolverStatus.MAX_ITER
+        assert low.status is SolverStatus.BUDGET
         cap = 2 * problem.c.abs().amax(dim=1) if theta is None else torch.full((4,), theta, dtype=torch.float64)
         assert bool((low.z.abs().amax(dim=1) <= cap).all())  # the rate is clipped at one spike a step
         out_of_reach = solution.abs().amax(dim=1) > 1.5 * cap
@@ -202,7 +202,7 @@ def test_auto_threshold_takes_its_scale_from_a_warm_start_too():
     problem = affine_problem((4, 20), 0.9, seed=7, symmetric=True)
     cold = SOLVE(problem, problem.c, max_iter=500, tol=0.05)
     warm = SOLVE(problem, problem.solution, max_iter=500, tol=0.05)
-    assert cold.status is SolverStatus.MAX_ITER and warm.status is SolverStatus.SUCCESS
+    assert cold.status is SolverStatus.BUDGET and warm.status is SolverStatus.SUCCESS
     assert float((errors(warm, problem) / problem.solution.norm(dim=1)).max()) < 0.05
 
 
@@ -324,7 +324,7 @@ def test_implicit_adjoint_by_spikes_gives_the_exact_parameter_gradient_direction
         model.set_backward("spide", b_max_iter=steps, b_tol=1e-9)
         cosines[steps] = cosine(gradient(), reference)
         assert model.last_backward.n_evals == steps  # c is the offset: T − 1 spike products and the measurement
-        assert model.last_backward.status is SolverStatus.MAX_ITER  # tol 1e-9 is out of reach, and said so
+        assert model.last_backward.status is SolverStatus.BUDGET  # tol 1e-9 is out of reach, and said so
     assert cosines[250] > 0.9999, cosines  # measured 0.999994
     assert 1 - cosines[1000] < 1 - cosines[250] < 1 - cosines[20], cosines
 

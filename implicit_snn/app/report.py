@@ -84,7 +84,12 @@ def format_row(row: dict[str, Any]) -> str:
     if "test_acc" in row:
         parts.append(f"test {row['test_acc']:.2%}")
     if "backward_evals_mean" in row:
-        parts.append(f"backward {row['backward_evals_mean']:.1f} VJPs, {row['backward_converged_fraction']:.0%} converged"
+        if "BUDGET" in row.get("backward_status", {}):
+            # A fixed-budget backward did what it was asked: say so, with the residual it reached.
+            spent = f"fixed budget, rel. residual {row['backward_rel_residual_mean']:.1e}"
+        else:
+            spent = f"{row['backward_converged_fraction']:.0%} converged"
+        parts.append(f"backward {row['backward_evals_mean']:.1f} VJPs, {spent}"
                      + (f", {row['backward_ms_mean']:.1f} ms" if "backward_ms_mean" in row else ""))
     if "forward_status" in row:
         parts.append("forward " + ", ".join(f"{k} {v}" for k, v in sorted(row["forward_status"].items())))
