@@ -1,9 +1,10 @@
 """Which backward gives the best gradient for its compute? Backward solvers × budgets on equilibria of real networks.
 
 For each problem (a preset, trained from a CLI checkpoint or at initialisation), one training
-step's equilibrium is fixed: train mode, a seeded batch, the model's own producer run once (so
-every solver sees the same dropout masks, batch statistics and a*), and the adjoint problem
-v = J_f(a*)ᵀ v + ∂L/∂a built exactly as ``ImplicitClassifier.equilibrium`` builds it
+step's equilibrium is fixed by ``implicit_snn.analysis.FrozenStep`` (the same capture that
+``analyze``'s ``compare_backward`` uses): train mode, a seeded batch, the model's own producer run
+once (so every solver sees the same dropout masks, batch statistics and a*), and the adjoint
+problem v = J_f(a*)ᵀ v + ∂L/∂a built as ``ImplicitClassifier.equilibrium`` builds it
 (``differentiable_args``, ``linearized_map``, ``coupled=network.couples_samples(...)``). The
 reference is the parameter gradient of that step with the adjoint solved by GMRES to a relative
 residual of 1e-10 in float64 (model, a* and f's arguments converted); its residual is reported
@@ -46,9 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import ctypes
-import dataclasses
 import gc
 import importlib.util
 import json
@@ -199,19 +198,6 @@ def solver_configs(budgets: list[int], spide_steps: list[int]) -> tuple[list[dic
 
 # -- the problem (in a worker) ---------------------------------------------------------------
 
-@dataclasses.dataclass
-class Problem:
-    """One training step's equilibrium and everything a backward needs to differentiate it."""
-
-    model: Any
-    state: dict
-    a_star: Any
-    f_args: tuple
-    y: Any
-    coupled: bool
-    facts: dict
-
-
 def _load_batch(spec: dict[str, Any]):
     """The model (float32, train mode), a seeded batch (x, y) and facts about where they came from."""
     import torch
@@ -251,88 +237,23 @@ def _load_batch(spec: dict[str, Any]):
     return model, x, y, facts
 
 
-def build_problem(spec: dict[str, Any]) -> Problem:
-    """Run the model's producer once (train mode, seeded) and keep a*, f's arguments and the weights after it."""
+def build_problem(spec: dict[str, Any]):
+    """One training step frozen at its equilibrium (``analysis.FrozenStep``: train mode, seeded
+    masks), and facts about where the model and the batch came from."""
     import torch
+
+    from implicit_snn.analysis import FrozenStep
 
     model, x, y, facts = _load_batch(spec)
     device = torch.device(spec["device"])
-    model.to(device).train()
-    x, y = x.to(device), y.to(device)
-    torch.manual_seed(spec["seed"])  # the dropout masks
-    with torch.no_grad():
-        eq = model.producer(model.network, x)
-    # After the producer: the power iteration has moved, and f's feedback weight must be the one it used.
-    state = copy.deepcopy(model.state_dict())
-    net = model.network
-    coupled = bool(net.couples_samples(*net.differentiable_args(*eq.f_args)))
-    model.load_state_dict(state)
+    model.to(device)
+    step = FrozenStep.capture(model, x.to(device), y.to(device), spec["seed"])
+    net, stats = model.network, step.stats
     facts.update(producer=repr(model.producer), batch=int(x.shape[0]), input_shape=list(x.shape[1:]),
-                 state_shape=list(eq.a.shape[1:]), coupled=coupled, parameters=model.num_parameters(),
-                 firing_rate=float(eq.stats.get("firing_rate", float("nan"))) if hasattr(eq, "stats") else None,
+                 state_shape=list(step.a_star.shape[1:]), coupled=step.coupled, parameters=model.num_parameters(),
+                 firing_rate=float(stats.get("firing_rate", float("nan"))),
                  bn_backward=getattr(net, "bn_backward", None))
-    return Problem(model, state, eq.a.detach(), tuple(eq.f_args), y, coupled, facts)
-
-
-def _convert(value: Any, dtype) -> Any:
-    """Floating tensors (also inside tuples and dataclasses) converted to ``dtype``."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.to(dtype) if value.is_floating_point() else value
-    if isinstance(value, tuple):
-        return tuple(_convert(v, dtype) for v in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: _convert(getattr(value, f.name), dtype)
-                                             for f in dataclasses.fields(value)})
-    return value
-
-
-def in_float64(problem: Problem) -> Problem:
-    """The same problem in float64: model, a*, f's arguments (the input op recomputed in float64)."""
-    import torch
-
-    model = copy.deepcopy(problem.model).double()
-    model.load_state_dict(problem.state)
-    state = copy.deepcopy(model.state_dict())
-    x_bar, pass_state = _convert(problem.f_args, torch.float64)
-    net = model.network
-    if getattr(pass_state, "input_linear", None) is not None:
-        with torch.no_grad():
-            inputs = x_bar.flatten(1) if net.flatten_input else x_bar
-            pass_state = dataclasses.replace(pass_state, input_linear=net.input_layer.linear(inputs))
-    return Problem(model, state, problem.a_star.double(), (x_bar, pass_state), problem.y, problem.coupled,
-                   problem.facts)
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        import torch
-        torch.cuda.synchronize()
-
-
-def step_gradient(problem: Problem, adjoint, device: str, memory: Optional["MemoryProbe"] = None):
-    """One training step's backward with ``adjoint``: the flattened parameter gradient, the backward's
-    milliseconds, the adjoint solve's result, and (with ``memory``) the backward's peak memory growth."""
-    import torch
-    import torch.nn.functional as F
-
-    model, net = problem.model, problem.model.network
-    model.load_state_dict(problem.state)  # the same buffers for every solver (batch-norm statistics)
-    f_args = net.differentiable_args(*problem.f_args)
-    a = adjoint(net.fixed_point_map, problem.a_star, *f_args, linearize=net.linearized_map, coupled=problem.coupled)
-    loss = F.cross_entropy(model.classifier(a.flatten(1)), problem.y)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if memory is not None:
-        memory.start()
-    _sync(device)
-    start = time.perf_counter()
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    _sync(device)
-    ms = 1e3 * (time.perf_counter() - start)
-    peak = memory.stop() if memory is not None else None
-    flat = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)])
-    return flat, ms, adjoint.last_result, peak
+    return step, facts
 
 
 class MemoryProbe:
@@ -373,6 +294,13 @@ class MemoryProbe:
             Path("/proc/self/clear_refs").write_text("5")
             self.before = self._status_kib("VmRSS") / 1024
 
+    @contextlib.contextmanager
+    def region(self):
+        """Measure the peak growth of the block's memory into ``self.peak``."""
+        self.start()
+        yield
+        self.peak = self.stop()
+
     def stop(self) -> float:
         import torch
 
@@ -392,7 +320,7 @@ def _compare(grad, reference, network_size: int) -> dict[str, float]:
     return out
 
 
-def _adjoint_residual(problem: Problem, v) -> float:
+def _adjoint_residual(problem, v) -> float:
     """Worst per-sample relative residual of v = J_fᵀ v + ∂L/∂a, recomputed with autograd VJPs."""
     import torch
     import torch.nn.functional as F
@@ -427,15 +355,15 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     device = spec["device"]
     started = time.perf_counter()
     load_start = _loadavg()
-    problem = build_problem(spec)
+    problem, facts = build_problem(spec)
     configs, notes = solver_configs(spec["budgets"], spec["spide_steps"])
     classifier_size = sum(p.numel() for p in problem.model.classifier.parameters() if p.requires_grad)
 
     # The reference: float64, GMRES to 1e-10.
-    ref_problem = in_float64(problem)
+    ref_problem = problem.in_float64()
     ref_adjoint = ImplicitAdjoint(REFERENCE["solver"], b_max_iter=REFERENCE["max_iter"], b_tol=REFERENCE["tol"],
                                   b_options={"restart": REFERENCE["restart"]})
-    ref_grad, ref_ms, ref_result, _ = step_gradient(ref_problem, ref_adjoint, device)
+    ref_grad, ref_ms, ref_result = ref_problem.gradient(ref_adjoint)
     ref_v = ref_result.z.detach()
     reference = {**REFERENCE, "dtype": "float64", **ref_result.summary(), "ms": ref_ms,
                  "recomputed_rel_residual_max": _adjoint_residual(ref_problem, ref_v),
@@ -454,12 +382,12 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     # Warm-up, untimed: the model's code paths and the cheapest solves.
     for config in configs[:2]:
-        step_gradient(problem, adjoint_for(config), device)
+        problem.gradient(adjoint_for(config))
 
     rows = [dict(config, ms_rounds=[]) for config in configs]
     for round_index in range(spec["repeats"]):
         for row in rows:
-            grad, ms, result, _ = step_gradient(problem, adjoint_for(row), device)
+            grad, ms, result = problem.gradient(adjoint_for(row))
             row["ms_rounds"].append(ms)
             if round_index == 0:
                 summary = result.summary()
@@ -477,10 +405,10 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     probe = MemoryProbe(device)
     for row in rows:
-        *_, peak = step_gradient(problem, adjoint_for(row), device, memory=probe)
-        row["peak_mib"] = peak
-    problem.facts["loadavg_1min"] = {"start": load_start, "end": _loadavg()}  # this worker itself adds about 1
-    return dict(spec=spec, facts=problem.facts, reference=reference, notes=notes, rows=rows,
+        problem.gradient(adjoint_for(row), around=probe.region)
+        row["peak_mib"] = probe.peak
+    facts["loadavg_1min"] = {"start": load_start, "end": _loadavg()}  # this worker itself adds about 1
+    return dict(spec=spec, facts=facts, reference=reference, notes=notes, rows=rows,
                 classifier_parameters=classifier_size, network_parameters=network_size,
                 worker_seconds=time.perf_counter() - started)
 

@@ -5,6 +5,8 @@
   and whether the read-out's decision changes between the two.
 * ``compare_backward``: every backward solver on the same training step of the model: VJPs,
   residuals, convergence, time, and how far its parameter gradient is from a tight solve.
+* ``FrozenStep``: one training step captured at its equilibrium, differentiated by any backward
+  (what ``compare_backward`` and ``bench/bench_solvers.py`` build on).
 * ``feedback_norm``: the feedback weight against the convergence condition ‖W‖₂ < V_th.
 * ``spike_census`` and ``layer_activity``: every neuron's spikes over samples; per layer the
   mean firing rate, silent and saturated neurons and the spike-count histogram.
@@ -23,9 +25,10 @@ from ._energy import (
 )
 from ._equilibrium import EquilibriumGap, equilibrium_gap
 from ._solvers import BackwardOutcome, compare_backward, feedback_norm
+from ._step import FrozenStep
 
 __all__ = [
-    "BackwardOutcome", "EnergyReport", "EquilibriumGap", "LayerActivity", "LayerEnergy", "OperationEnergy",
+    "BackwardOutcome", "EnergyReport", "EquilibriumGap", "FrozenStep", "LayerActivity", "LayerEnergy", "OperationEnergy",
     "SpikeCensus", "TrainingStepCost", "compare_backward", "energy_report", "equilibrium_gap", "fan_in", "fan_out",
     "feedback_norm", "layer_activity", "spike_census", "synapses", "training_step_cost",
 ]

@@ -12,7 +12,9 @@ import solvers
 
 from .._ops import apply_op
 from ..classifier import ImplicitClassifier
-from ._common import preserved, training_step_gradient
+from .._adjoint import ImplicitAdjoint
+from ._common import preserved
+from ._step import FrozenStep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,27 +44,26 @@ def compare_backward(model: ImplicitClassifier, x: torch.Tensor, y: torch.Tensor
                      b_max_iter: int = 30, b_tol: float = 1e-6, reference: str = "broyden",
                      reference_max_iter: int = 200, reference_tol: float = 1e-7,
                      seed: int = 0, repeats: int = 3) -> tuple[list[BackwardOutcome], solvers.SolverResult]:
-    """Each backward solver of ``b_solvers`` on the same training step (train mode, same dropout
-    masks and weights), with ``b_max_iter`` (>= 1) and ``b_tol``.
+    """Each backward solver of ``b_solvers`` on the same training step (train mode, one forward:
+    the same a*, dropout masks and weights for all), with ``b_max_iter`` (>= 1) and ``b_tol``.
 
-    Each solver's step is run ``repeats`` times (after one untimed warm-up step of the reference)
-    and its median backward time reported. Returns the outcomes and the reference solve's
+    Each solver's backward is run ``repeats`` times and its median time reported. Returns the outcomes and the reference solve's
     ``SolverResult`` (``reference`` with ``reference_max_iter`` and ``reference_tol``): its
     residual says how exact the reference is.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"`repeats` must be an int >= 1, got {repeats!r}")
-    with preserved(model) as state:
-        model.train()
-        model.set_backward(reference, b_max_iter=reference_max_iter, b_tol=reference_tol)
-        ref_grad, _ = training_step_gradient(model, state, x, y, seed)
-        ref_result = model.last_backward
+    with preserved(model):
+        step = FrozenStep.capture(model, x, y, seed)  # one forward: every solver differentiates the same a*
+        ref_grad, _, ref_result = step.gradient(ImplicitAdjoint(reference, b_max_iter=reference_max_iter,
+                                                                b_tol=reference_tol))
         rows = []
         for name in b_solvers:
-            model.set_backward(name, b_max_iter=b_max_iter, b_tol=b_tol)
-            timed = [training_step_gradient(model, state, x, y, seed) for _ in range(repeats)]
-            grad, elapsed = timed[0][0], statistics.median(t for _, t in timed)
-            summary = model.last_backward.summary()
+            adjoint = ImplicitAdjoint(name, b_max_iter=b_max_iter, b_tol=b_tol)
+            timed = [step.gradient(adjoint) for _ in range(repeats)]
+            grad, result = timed[0][0], timed[0][2]
+            elapsed = statistics.median(ms for _, ms, _ in timed)
+            summary = result.summary()
             rows.append(BackwardOutcome(
                 solver=name, n_evals=int(summary["n_evals"]), rel_residual=float(summary["rel_residual_max"]),
                 converged=float(summary["converged_fraction"]), status=str(summary["status"]),
