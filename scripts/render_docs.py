@@ -430,6 +430,36 @@ def _():
                             "firing rate, first → last epoch", "peak memory MiB"], rows)
 
 
+#: t quantiles (two-sided 95%) for the paired differences' intervals, by degrees of freedom.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+BTOL_PAIRED = "docs/runs/f400-btol1e-3-paired.json"
+
+
+@table("f400-btol-seeds")
+def _():
+    data = load(BTOL_PAIRED)
+    rows = []
+    for name, group in data["groups"].items():
+        st = group["stats"]
+        vjps = statistics.fmean(r["backward_evals_mean"] for run in group["runs"] for r in metrics(run))
+        rows.append([f"{name} ({st['final']['n']} seeds)", *(f"{pct(st[k]['mean'])} ± {pct(st[k]['std'])}"
+                                                           for k in ("final", "best_epoch", "last10_mean")),
+                     f"{vjps:.1f}"])
+    for name, paired in data["paired"].items():
+        cells = []
+        for key in ("final", "best_epoch", "last10_mean"):
+            d = paired[key]
+            half = T_975[d["n"] - 1] * d["sem"]
+            cells.append(f"{100 * d['mean']:+.2f} [{100 * (d['mean'] - half):+.2f}, {100 * (d['mean'] + half):+.2f}]")
+        rows.append([f"paired {name.replace(' - ', ' − ')}, mean [95% interval]", *cells, ""])
+    runs = ", ".join(f"`{run}`" for group in data["groups"].values() for run in group["runs"][:1])
+    text = caption(f"Files: `{BTOL_PAIRED}` (`python scripts/summarize_runs.py \"default=RUN,…\" "
+                   f"\"btol1e-3=RUN,…\" --paired default:btol1e-3 --json {BTOL_PAIRED}`), the runs' summary.json "
+                   f"and metrics.jsonl ({runs}, …; seeds 0–4). Test accuracy %, mean ± sample standard deviation "
+                   "over seeds; paired differences in points with a t interval.")
+    return text + md_table(["backward", "final", "best epoch", "last-10 mean", "VJPs per step"], rows)
+
+
 @table("f400-eval-time-steps")
 def _():
     path = "docs/runs/repro-f400-lif-noval-seed0/eval-time-steps.json"
