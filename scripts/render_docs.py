@@ -433,15 +433,17 @@ def _():
 #: t quantiles (two-sided 95%) for the paired differences' intervals, by degrees of freedom.
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 BTOL_PAIRED = "docs/runs/f400-btol1e-3-paired.json"
+PHANTOM_PAIRED = "docs/runs/f400-phantom5-paired.json"
 
 
-@table("f400-btol-seeds")
-def _():
-    data = load(BTOL_PAIRED)
+def paired_seeds(path: str, group: str) -> str:
+    """A cheaper backward's seeds against the default's: each group's mean ± std, and the paired
+    differences with a t interval, from ``scripts/summarize_runs.py --paired``'s JSON."""
+    data = load(path)
     rows = []
-    for name, group in data["groups"].items():
-        st = group["stats"]
-        vjps = statistics.fmean(r["backward_evals_mean"] for run in group["runs"] for r in metrics(run))
+    for name, runs in data["groups"].items():
+        st = runs["stats"]
+        vjps = statistics.fmean(r["backward_evals_mean"] for run in runs["runs"] for r in metrics(run))
         rows.append([f"{name} ({st['final']['n']} seeds)", *(f"{pct(st[k]['mean'])} ± {pct(st[k]['std'])}"
                                                            for k in ("final", "best_epoch", "last10_mean")),
                      f"{vjps:.1f}"])
@@ -452,12 +454,17 @@ def _():
             half = T_975[d["n"] - 1] * d["sem"]
             cells.append(f"{100 * d['mean']:+.2f} [{100 * (d['mean'] - half):+.2f}, {100 * (d['mean'] + half):+.2f}]")
         rows.append([f"paired {name.replace(' - ', ' − ')}, mean [95% interval]", *cells, ""])
-    runs = ", ".join(f"`{run}`" for group in data["groups"].values() for run in group["runs"][:1])
-    text = caption(f"Files: `{BTOL_PAIRED}` (`python scripts/summarize_runs.py \"default=RUN,…\" "
-                   f"\"btol1e-3=RUN,…\" --paired default:btol1e-3 --json {BTOL_PAIRED}`), the runs' summary.json "
-                   f"and metrics.jsonl ({runs}, …; seeds 0–4). Test accuracy %, mean ± sample standard deviation "
-                   "over seeds; paired differences in points with a t interval.")
+    runs = ", ".join(f"`{run}`" for g in data["groups"].values() for run in g["runs"][:1])
+    text = caption(f"Files: `{path}` (`python scripts/summarize_runs.py \"default=RUN,…\" \"{group}=RUN,…\" "
+                   f"--paired default:{group} --json {path}`), the runs' summary.json and metrics.jsonl ({runs}, …; "
+                   "seeds 0–4). Test accuracy %, mean ± sample standard deviation over seeds; paired differences in "
+                   "points with a t interval.")
     return text + md_table(["backward", "final", "best epoch", "last-10 mean", "VJPs per step"], rows)
+
+
+@table("f400-btol-seeds")
+def _():
+    return paired_seeds(BTOL_PAIRED, "btol1e-3")
 
 
 @table("f400-eval-time-steps")
