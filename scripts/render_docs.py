@@ -467,6 +467,11 @@ def _():
     return paired_seeds(BTOL_PAIRED, "btol1e-3")
 
 
+@table("f400-phantom-seeds")
+def _():
+    return paired_seeds(PHANTOM_PAIRED, "phantom5")
+
+
 @table("f400-eval-time-steps")
 def _():
     path = "docs/runs/repro-f400-lif-noval-seed0/eval-time-steps.json"
