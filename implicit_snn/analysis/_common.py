@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from typing import Iterator
+from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +43,19 @@ def training_step_gradient(model: ImplicitClassifier, state: dict[str, torch.Ten
     """The flattened parameter gradient of one training step from ``state`` and its backward time (ms)."""
     model.load_state_dict(state)
     torch.manual_seed(seed)  # the same dropout masks for every solver
-    loss = F.cross_entropy(model(x), y)
+    return timed_parameter_gradient(model, F.cross_entropy(model(x), y))
+
+
+def timed_parameter_gradient(model: torch.nn.Module, loss: torch.Tensor,
+                             around: Optional[Callable[[], ContextManager[Any]]] = None) -> tuple[torch.Tensor, float]:
+    """The flattened gradient of ``loss`` in the model's trainable parameters (zeros where unused)
+    and the backward's milliseconds; ``around`` wraps the backward (a memory probe, say)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    sync(loss)
-    start = time.perf_counter()
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    sync(loss)
-    elapsed = 1e3 * (time.perf_counter() - start)
+    with (around() if around is not None else contextlib.nullcontext()):
+        sync(loss)
+        start = time.perf_counter()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        sync(loss)
+        elapsed = 1e3 * (time.perf_counter() - start)
     flat = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)])
     return flat, elapsed

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import time
 from typing import Any, Callable, ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..classifier import ImplicitClassifier
-from ._common import sync
+from ._common import timed_parameter_gradient
 
 
 @dataclasses.dataclass
@@ -54,14 +52,7 @@ class FrozenStep:
         f_args = net.differentiable_args(*self.f_args)
         a = adjoint(net.fixed_point_map, self.a_star, *f_args, linearize=net.linearized_map, coupled=self.coupled)
         loss = F.cross_entropy(model.classifier(a.flatten(1)), self.y)
-        params = [p for p in model.parameters() if p.requires_grad]
-        with (around() if around is not None else contextlib.nullcontext()):
-            sync(loss)
-            start = time.perf_counter()
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            sync(loss)
-            ms = 1e3 * (time.perf_counter() - start)
-        flat = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)])
+        flat, ms = timed_parameter_gradient(model, loss, around)
         return flat, ms, getattr(adjoint, "last_result", None)
 
     def in_float64(self) -> "FrozenStep":

@@ -7,7 +7,6 @@ import ast
 import sys
 from typing import Any, Callable, Sequence
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -30,8 +29,6 @@ from .config import ALLOWED, NONNEG_INT, NONNEG_NUMBER, POS_INT, POS_NUMBER
 from .errors import UsageError, UsageExit, checked_settings, flag_message
 from .rundir import RunDir
 from .train import SETTINGS, run_train
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _typed(kind: type, allowed: tuple[Callable[[Any], bool], str]) -> Callable[[str], Any]:
@@ -277,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dim", type=_positive_int, default=400, help="equilibrium units (default 400, as F400)")
     _flag(demo, "batch_size", type=_positive_int, default=128)
     demo.add_argument("--norm", type=_positive_float, default=0.9, help="spectral norm of the feedback (< 1)")
-    demo.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    demo.add_argument("--dtype", choices=sorted(interchange.DTYPES), default="float32")
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--seed", type=int, default=0)
     for command in (parser, *sub.choices.values()):
@@ -330,7 +327,7 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
     )
     rows = compare_backward_solvers(
         args.b_solver, dim=args.dim, batch=args.batch_size, norm=args.norm, b_max_iter=args.b_max_iter,
-        b_tol=args.b_tol, dtype=DTYPES[args.dtype], device=str(device), seed=args.seed,
+        b_tol=args.b_tol, dtype=interchange.DTYPES[args.dtype], device=str(device), seed=args.seed,
     )
     console.print(backward_table("backward solvers", rows, "dW error", "ms"))
     return 0

@@ -15,6 +15,7 @@ from ..files import atomic_write_text, check_writable
 from .config import RunConfig
 from .errors import UsageError, checked_settings
 
+#: The precisions a command runs in by name (export, eval of a NIR graph, demo).
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
