@@ -41,48 +41,70 @@ class SPIDE:
 
     Each of the T = ``max_iter`` steps (``b_max_iter`` in a backward) feeds the last step's
     spikes through g, the input g(θ s) = A θ s + c (which on hardware is spike events through
-    the synapses; the first step has no spikes yet and gets g(0) = c), integrates it into the membrane potential u, fires
-    s = +1 where u ≥ λθ and −1 where u ≤ −λθ (λ = ``firing_level``), and resets by subtracting
-    θ s. The estimate is z = θ Σₜ sₜ / T. Summing the updates gives, for affine g,
-    g(z) − z = (u_T + A θ s_T) / T, so while every |zᵢ*| < θ the error is O(θ/T): it halves when
-    T doubles, it does not converge geometrically. A neuron fires at most once per step, so
-    the rate cannot represent |zᵢ*| > θ: such a neuron saturates, its potential grows without
-    bound, and the measured residual stays large: reported, not a silent wrong answer.
+    the synapses; the first step has no spikes yet and gets g(0) = c), integrates it into the
+    membrane potential u, fires s = +1 where u ≥ λθ and −1 where u ≤ −λθ (λ = ``firing_level``),
+    and resets by subtracting θ s. The estimate is z = Σₜ θ sₜ / T. Summing the updates gives,
+    for affine g, g(z) − z = (u_T + A θ s_T) / T, whatever θ did during the run: while every
+    |zᵢ*| < θ the error is O(θ/T), halving when T doubles, not geometric. A neuron fires at most
+    once per step, so a fixed θ cannot represent |zᵢ*| > θ: such a neuron saturates, its
+    potential grows without bound, and the measured residual stays large (reported, never a
+    silent wrong answer).
+
+    The automatic threshold (``threshold="auto"``, the default) is set per sample, coupled batch
+    or not, so that a sample whose right-hand side is small still spikes, and it follows the
+    solution's scale, not only the right-hand side's: it starts at ``headroom`` ·
+    max(‖z0‖_∞, ‖c‖_∞), and a sample's θ doubles whenever one of its neurons' potentials runs
+    past 2θ (more input than a spike a step can carry). Through batch norm's coupling the adjoint
+    of a trained conv network reaches tens of times its right-hand side's scale, where a θ taken
+    from c saturates.
+
+    ``rounds`` > 1 splits T into rounds that each solve for the residual the rounds before
+    left, g(z) − z = (u_T + A θ s_T) / T: the neurons' own potentials plus one more step of
+    spike input, so the solve stays spike-driven. Each round's θ is its right-hand side's scale
+    times the gain from right-hand side to solution the round before measured. The error then
+    falls like (C/T)^rounds instead of C/T. ``rounds=1`` is SPIDE's single simulation.
 
     The solve is a fixed-length simulation, not a driver loop: T evaluations on spike inputs
-    (all but the first ternary, the first zero) plus one at the returned estimate to measure
-    its residuals honestly, T + 1 in all, and no host sync until the end. Given an
-    ``AffineMap`` (the backward's adjoint system), the spike inputs go through its linear part
-    A θ s, plus c, and the first step's input is c itself: T evaluations in all. ``z0`` is not
-    evaluated (a spike-driven solve starts from no spikes); it only sets the automatic
-    threshold's scale. The result's ``trace`` holds, after each step, the worst residual of the
-    running estimate; between its first entry (at z = 0) and its last (measured at the returned
-    z) it is computed by linearity, g(z_t) = mean of the step inputs, exact only for affine maps.
+    (all but the first ternary, the first zero; with rounds, one of them the step that reads a
+    round's residual) plus one at the returned estimate to measure its residuals honestly,
+    T + 1 in all, and no host sync until the end. Given an ``AffineMap`` (the backward's
+    adjoint system), the spike inputs go through its linear part A θ s, plus c, and the first
+    step's input is c itself: T evaluations in all. ``z0`` is not evaluated (a spike-driven
+    solve starts from no spikes); it only sets the automatic threshold's starting scale. The
+    result's ``trace`` holds, after each step, the worst residual of the running estimate;
+    between its first entry (at z = 0) and its last (measured at the returned z) it is computed
+    by linearity, exact only for affine maps.
 
     T is the one budget: the simulation runs exactly the call's ``max_iter`` steps (SPIDE's
     ``time_step_back``, 250 in its CIFAR code, 100 for MNIST); ``tol`` never stops it early, it
     only judges the result.
 
     Args:
-        threshold: θ, the value one spike carries (SPIDE's V_th^b − u_rest^b). A number, or
-            ``"auto"``: per sample θ = ``headroom`` · max(‖z0‖_∞, ‖c‖_∞), one θ for the whole
-            batch when the call is ``coupled``. SPIDE instead fixes V_th^b = 0.5 with
-            u_rest^b = −V_th^b (θ = 1) and multiplies the loss by 100 (MNIST) or 400 (CIFAR), a
-            hand-tuned θ = 1/400 in gradient units; ``"auto"`` does that rescaling per sample.
-        headroom: ``"auto"``'s margin: the rate represents |zᵢ| up to θ, and the solution of a
-            contraction is larger than c by up to 1/(1 − ‖A‖); a larger margin avoids saturation
-            at the price of error proportional to θ.
+        threshold: θ, the value one spike carries (SPIDE's V_th^b − u_rest^b). A number: fixed,
+            one for the batch, as in SPIDE, which fixes V_th^b = 0.5 with u_rest^b = −V_th^b
+            (θ = 1) and multiplies the loss by 100 (MNIST) or 400 (CIFAR), a hand-tuned θ = 1/400
+            in gradient units. ``"auto"``: per sample and growing, as above.
+        headroom: ``"auto"``'s starting margin: the rate represents |zᵢ| up to θ, and the solution
+            of a contraction is larger than c by up to 1/(1 − ‖A‖); a larger margin saturates
+            less at the start, at the price of error proportional to θ.
         firing_level: λ in [0.5, 1]: neurons fire at |u| ≥ λθ. 0.5 is SPIDE's modified reset
             (fire at V_th^b, subtract V_th^b − u_rest^b = 2 V_th^b), which keeps |u| ≤ θ/2, half
             the error of the plain integrate-and-fire neuron (λ = 1, |u| < θ).
+        rounds: how many rounds T is split into (the longest first); > 1 needs ``"auto"``.
     """
 
     threshold: Union[float, str] = "auto"
     headroom: float = 2.0
     firing_level: float = 0.5
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         _check_positive("threshold", self.threshold, auto=True)
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ValueError(f"{OWNER}: `rounds` must be an int >= 1, got {self.rounds!r}")
+        if self.rounds > 1 and self.threshold != "auto":
+            raise ValueError(f"{OWNER}: `rounds` > 1 needs threshold=\"auto\" (each round sets its own θ from the "
+                             f"residual left), got threshold={self.threshold!r}")
         _check_positive("headroom", self.headroom)
         check_range(OWNER, "firing_level", self.firing_level, 0.5, 1.0, low_open=False)
 
@@ -137,15 +159,31 @@ class SPIDE:
         self.check_call_options(**calls)
         return self.with_options(**{n: v for n, v in options.items() if n in names}), calls
 
-    def thresholds(self, z0: torch.Tensor, c: torch.Tensor, coupled: bool = False) -> torch.Tensor:
-        """θ as [B, 1] (or [1, 1]) for [B, D] tensors ``z0`` and ``c = g(0)``."""
+    def thresholds(self, z0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The first round's θ as [B, 1] (``[1, 1]`` for a fixed number) for [B, D] tensors ``z0`` and
+        ``c = g(0)``: per sample, coupled or not, so that a sample with a small right-hand side
+        still spikes (one θ for a coupled batch leaves such samples spike-free)."""
         if self.threshold != "auto":
             return z0.new_full((1, 1), float(self.threshold))
         scale = torch.maximum(z0.abs().amax(dim=1, keepdim=True), c.abs().amax(dim=1, keepdim=True))
-        if coupled:  # one problem: one scale, so that the batch is one network of neurons
-            scale = scale.amax(dim=0, keepdim=True)
         # A sample with z0 = c = 0 has the solution 0; a tiny θ keeps it spike-free, not NaN.
         return (self.headroom * scale).clamp_min_(torch.finfo(z0.dtype).tiny)
+
+    def _round_lengths(self, steps: int) -> list[int]:
+        """The budget T split into ``rounds`` (fewer if T is smaller), the longest first."""
+        rounds = min(self.rounds, steps)
+        return [steps // rounds + (1 if i < steps % rounds else 0) for i in range(rounds)]
+
+    def _next_thresholds(self, theta: torch.Tensor, offset: torch.Tensor, estimate: torch.Tensor,
+                         residual: torch.Tensor) -> torch.Tensor:
+        """θ for the next round, per sample: its right-hand side (the residual left) times the gain
+        from right-hand side to solution this round measured, times the headroom. The gain is
+        the coupled solution's scale (batch norm can make it tens of times the right-hand side's),
+        which a θ taken from the right-hand side alone cannot see."""
+        tiny = torch.finfo(theta.dtype).tiny
+        gain = estimate.abs().amax(dim=1, keepdim=True) / offset.abs().amax(dim=1, keepdim=True).clamp_min(tiny)
+        scale = residual.abs().amax(dim=1, keepdim=True) * gain.clamp_min(1.0)
+        return (self.headroom * scale).clamp_min_(tiny)
 
     def __call__(
         self, g: Map, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = "rel",
@@ -159,8 +197,8 @@ class SPIDE:
         ``return_best=True`` (the estimate is the rate of the whole run). A sample counts as
         diverged when its absolute residual, at any step of the run (the running estimates' by
         linearity, the last one measured), exceeds ``divergence_factor`` times that at the start,
-        z = 0 (‖c‖). ``coupled=True`` (g mixes the samples) uses one threshold for the batch;
-        the simulation is elementwise, and g always sees the whole batch, so nothing else changes.
+        z = 0 (‖c‖). ``coupled=True`` (g mixes the samples) changes nothing here: the simulation
+        is elementwise with a threshold per sample either way, and g always sees the whole batch.
 
         Returns:
             A ``SolverResult`` whose residuals are measured at the returned ``z`` with one
@@ -210,51 +248,82 @@ class SPIDE:
         """Run the neurons: the estimate, g at it (measured), [steps, B] residuals of the running
         estimates after 0 … steps − 1 steps (the trace but its last, measured, entry), [B]
         absolute residuals: at the start (z = 0, ‖c‖) and the largest of the running estimates',
-        and [B, D] spike events per neuron that g received (the last step's spikes are not fed)."""
+        and [B, D] spike events per neuron that g received."""
         if not all_finite(z0):
             raise ValueError("`z0` contains NaN or Inf; a fixed-point solve needs a finite initial guess")
         # The first step's input: no spikes yet, so g(0) = c, which an AffineMap gives without an evaluation.
         c = g.offset(z0) if g.has_linear else g(torch.zeros_like(z0))
         if not all_finite(c):
             raise ValueError("the map returned NaN or Inf at the first spike input (zero); check its inputs")
-        theta = self.thresholds(z0, c, coupled)
-        fire = self.firing_level * theta
-        fire_negative = -fire
-        u = torch.zeros_like(c)  # membrane potentials
-        positive, negative = torch.empty_like(c), torch.empty_like(c)
-        count = torch.zeros_like(c)  # Σₜ sₜ, integers held exactly in floating point
+
+        def linear(x: torch.Tensor) -> torch.Tensor:  # A x: spike events through the synapses
+            return g.linear(x) if g.has_linear else g(x) - c
+
+        tiny = torch.finfo(c.dtype).tiny
+        theta = self.thresholds(z0, c)
+        z = torch.zeros_like(c)  # the estimate of the rounds before this one
         events = torch.zeros_like(c)  # Σₜ |sₜ| over the spikes fed through g
-        inputs = torch.zeros_like(c) if pick else None  # Σ of the inputs after the first: t'·g(z_t')
+        positive, negative = torch.empty_like(c), torch.empty_like(c)
         scaled, scales = [], []  # the trace's numerators and denominators, divided once at the end
-        y = c
-        for t in range(1, steps + 1):
-            u += y
-            if t > 1:
-                # Before firing, u − c = t'·(g(z_t') − z_t') for the estimate after t' = t − 1 steps,
-                # by linearity (see the class docstring): the trace costs no evaluation.
-                scaled.append(torch.linalg.vector_norm(u - c, dim=1))
-                if inputs is not None:
-                    inputs += y
-                    scales.append(torch.linalg.vector_norm(inputs, dim=1))
-            # Ternary spikes s = [u ≥ λθ] − [u ≤ −λθ], compared straight into floating-point buffers
-            # (bool tensors and their conversion cost 5-10× more on the CPU).
-            spikes = torch.sub(torch.ge(u, fire, out=positive), torch.le(u, fire_negative, out=negative), out=positive)
-            x = spikes * theta  # what the synapses carry: a spike's value
-            u -= x  # reset by subtraction keeps the surplus for the next step
-            count += spikes
-            if t < steps:
-                events += spikes.abs()
-                y = g.linear(x) + c if g.has_linear else g(x)
-        z = count * (theta / steps)
+        counts = []
+        offset = c  # this round's right-hand side: c, then the residual the rounds before left
+        lengths = self._round_lengths(steps)
+        for index, length in enumerate(lengths):
+            fire = self.firing_level * theta
+            u = torch.zeros_like(c)  # membrane potentials
+            total = torch.zeros_like(c)  # Σₜ θₜ sₜ this round
+            y = offset
+            for t in range(1, length + 1):
+                u += y
+                if t > 1:
+                    # Before firing, u − offset = t'·(g(z + z_t') − z − z_t') for this round's estimate
+                    # after t' = t − 1 steps, by linearity (see the class docstring): the trace costs
+                    # no evaluation; and t'·g(z + z_t') = t' z + Σ θ s + u − offset.
+                    residual = u - offset
+                    scaled.append(torch.linalg.vector_norm(residual, dim=1))
+                    counts.append(t - 1)
+                    if pick:
+                        scales.append(torch.linalg.vector_norm(residual.add_(total).add_(z, alpha=t - 1), dim=1))
+                if self.threshold == "auto":
+                    # A neuron whose potential runs past 2θ receives more than one spike a step can
+                    # carry: its sample's θ doubles, so the rate can represent it (θ only grows).
+                    over = u.abs().amax(dim=1, keepdim=True) > 2 * theta
+                    theta = torch.where(over, 2 * theta, theta)
+                    fire = self.firing_level * theta
+                # Ternary spikes s = [u ≥ λθ] − [u ≤ −λθ], compared straight into floating-point buffers
+                # (bool tensors and their conversion cost 5-10× more on the CPU).
+                spikes = torch.sub(torch.ge(u, fire, out=positive), torch.le(u, -fire, out=negative), out=positive)
+                x = spikes * theta  # what the synapses carry: a spike's value
+                u -= x  # reset by subtraction keeps the surplus for the next step
+                total += x
+                if t < length or index + 1 < len(lengths):
+                    events += spikes.abs()
+                if t < length:
+                    y = linear(x) + offset
+            estimate = total / length
+            if index + 1 < len(lengths):
+                # The residual this round leaves, g(z + estimate) − z − estimate = (u + A x_T) / T by
+                # linearity: the neurons' own potentials and one more step of spike input.
+                previous = offset
+                offset = (u + linear(x)) / length
+                theta = self._next_thresholds(theta, previous, estimate, offset)
+                z = z + estimate
+                # The trace's entry for the estimate after this round, exact: its residual is the offset.
+                scaled.append(torch.linalg.vector_norm(offset, dim=1))
+                counts.append(1)
+                if pick:
+                    scales.append(torch.linalg.vector_norm(z + offset, dim=1))
+            else:
+                z = z + estimate
         start = residual_norms(c, c)  # at z = 0, where g(0) − 0 = c
         trace, peak = start[pick, None], start[0]
         if scaled:
             numerators = torch.stack(scaled)
-            counts = torch.arange(1, steps, dtype=u.dtype, device=u.device)[:, None]
-            absolute = numerators / counts  # t'·‖g(z_t') − z_t'‖ over t'
+            divisors = torch.tensor(counts, dtype=c.dtype, device=c.device)[:, None]
+            absolute = numerators / divisors  # t'·‖g(z_t') − z_t'‖ over t'
             peak = torch.maximum(peak, absolute.amax(dim=0))
-            if inputs is None:
+            if not pick:
                 trace = torch.cat([trace, absolute])
             else:
-                trace = torch.cat([trace, numerators / torch.stack(scales).clamp_min_(torch.finfo(u.dtype).tiny)])
+                trace = torch.cat([trace, numerators / torch.stack(scales).clamp_min_(tiny)])
         return z, g(z), trace, start[0], peak, events

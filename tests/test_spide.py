@@ -175,18 +175,16 @@ def test_loose_tolerance_met_is_success_and_flags_are_per_sample():
     assert mixed.status is SolverStatus.BUDGET
 
 
-def test_too_small_a_threshold_saturates_and_is_reported_not_returned_as_success():
-    """A neuron fires at most once a step, so |zᵢ| > θ is out of reach; the residual says so."""
+def test_a_fixed_threshold_too_small_saturates_and_is_reported_not_returned_as_success():
+    """A neuron fires at most once a step, so |zᵢ| > θ is out of reach for a fixed θ; the residual says so."""
     problem = affine_problem((4, 20), 0.9, seed=7, symmetric=True)  # ‖z*‖_∞ is 2.6-6.1 ‖c‖_∞
     solution = problem.solution
     peak = float(solution.abs().max())
-    for theta in (0.25 * peak, 0.5 * peak, None):  # None: "auto", whose headroom 2 is too small here
-        options = {} if theta is None else dict(threshold=theta)
-        low = SOLVE(problem, problem.c, max_iter=500, tol=0.05, **options)
+    for theta in (0.25 * peak, 0.5 * peak):
+        low = SOLVE(problem, problem.c, max_iter=500, tol=0.05, threshold=theta)
         assert low.status is SolverStatus.BUDGET
-        cap = 2 * problem.c.abs().amax(dim=1) if theta is None else torch.full((4,), theta, dtype=torch.float64)
-        assert bool((low.z.abs().amax(dim=1) <= cap).all())  # the rate is clipped at one spike a step
-        out_of_reach = solution.abs().amax(dim=1) > 1.5 * cap
+        assert bool((low.z.abs().amax(dim=1) <= theta).all())  # the rate is clipped at one spike a step
+        out_of_reach = solution.abs().amax(dim=1) > 1.5 * theta
         assert bool(out_of_reach.any())
         # Those samples report a large residual (not a silent wrong answer); their error is larger still.
         assert bool((low.rel_residual[out_of_reach] > 1.5 * low.tol).all()), low.rel_residual
@@ -197,19 +195,29 @@ def test_too_small_a_threshold_saturates_and_is_reported_not_returned_as_success
     assert float((errors(enough, problem) / solution.norm(dim=1)).max()) < 0.05  # measured 0.022
 
 
-def test_auto_threshold_takes_its_scale_from_a_warm_start_too():
-    """Where c alone sets θ too low (saturation above), a z0 near the solution sets it right."""
+def test_auto_threshold_grows_where_the_solution_outgrows_the_right_hand_side():
+    """"auto" starts at headroom · ‖c‖_∞, which is below ‖z*‖_∞ here (the fixed θ above saturates);
+    each sample's θ doubles while its neurons receive more than a spike a step can carry."""
     problem = affine_problem((4, 20), 0.9, seed=7, symmetric=True)
-    cold = SOLVE(problem, problem.c, max_iter=500, tol=0.05)
-    warm = SOLVE(problem, problem.solution, max_iter=500, tol=0.05)
-    assert cold.status is SolverStatus.BUDGET and warm.status is SolverStatus.SUCCESS
-    assert float((errors(warm, problem) / problem.solution.norm(dim=1)).max()) < 0.05
+    spy = spy_for(problem)
+    result = SOLVE(spy, problem.c, max_iter=500, tol=0.05)
+    assert result.status is SolverStatus.SUCCESS
+    assert float((errors(result, problem) / problem.solution.norm(dim=1)).max()) < 0.05  # measured 0.013
+    start = 2.0 * problem.c.abs().amax(dim=1)
+    final = torch.stack(spy.inputs[1:-1]).abs().amax(dim=(0, 2))  # the largest spike each sample sent: its θ
+    ratio = final / start
+    torch.testing.assert_close(ratio, 2.0 ** ratio.log2().round(), rtol=1e-12, atol=0)  # θ only doubles
+    assert bool((ratio >= 2).any()) and bool((final >= problem.solution.abs().amax(dim=1)).all())
+    warm = SOLVE(problem, problem.solution, max_iter=500, tol=0.05)  # a warm start sets θ right from the start
+    assert warm.status is SolverStatus.SUCCESS
 
 
-def test_coupled_batch_uses_one_threshold_and_solves_the_coupled_problem():
-    """g mixes the samples (here through the batch mean): one problem, one θ, solved by spikes."""
+def test_coupled_batch_gets_a_threshold_per_sample_and_solves_the_coupled_problem():
+    """g mixes the samples (here through the batch mean): one problem, solved by spikes. A sample whose
+    right-hand side is 10⁻⁴ of the others' gets its solution (of the others' size, through the mean)
+    from the coupling: its θ starts at its own tiny scale and grows to fit that solution."""
     problem = affine_problem((3, 8), 0.4, seed=8)
-
+    problem.c[1] *= 1e-4
     inputs = []
 
     def coupled_map(z):
@@ -219,15 +227,57 @@ def test_coupled_batch_uses_one_threshold_and_solves_the_coupled_problem():
     z0 = problem.c.clone()
     exact = solvers.get_solver("exact")(coupled_map, z0, max_iter=3, tol=1e-13, coupled=True)
     inputs.clear()
-    result = SOLVE(coupled_map, z0, max_iter=400, tol=1e-12, coupled=True)
-    theta = 2.0 * float(problem.c.abs().max())
-    spikes = torch.stack(inputs[:-1]) / theta
-    assert bool(((spikes == -1) | (spikes == 0) | (spikes == 1)).all())
-    rel = float((result.z - exact.z).norm() / exact.z.norm())
-    assert rel < 0.02, rel
+    result = SOLVE(coupled_map, z0, max_iter=400, tol=0.02, coupled=True)
+    spikes = torch.stack(inputs[1:-1])  # after g(0) = c, before the measurement
+    level = spikes.abs().amax(dim=2, keepdim=True)  # θ per step and sample (θ may grow during the run)
+    assert bool(((spikes.abs() == level) | (spikes == 0)).all())  # every input is θ·s, s ternary
+    theta = level[-1, :, 0]
+    peak = exact.z.abs().amax(dim=1)
+    assert bool((theta >= peak).all()) and bool((theta <= 8 * peak).all()), theta / peak
+    assert result.status is SolverStatus.SUCCESS, result.rel_residual
+    per_sample = (result.z - exact.z).norm(dim=1) / exact.z.norm(dim=1)
+    assert float(per_sample.max()) < 0.02, per_sample
     assert result.n_evals == 401
     with pytest.raises(TypeError, match="`coupled` must be True or False"):
         SOLVE(coupled_map, z0, max_iter=10, tol=1e-6, coupled="yes")
+
+
+def test_rounds_converge_geometrically_where_one_round_is_one_over_t():
+    """Each round solves for the residual the rounds before left, read from the neurons' potentials:
+    with R rounds the error falls like (C/T)^R, not C/T."""
+    problem = affine_problem((16, 20), 0.6, seed=1)
+    err = {(rounds, t): float((errors(SOLVE(problem, problem.c, max_iter=t, tol=1e-12, rounds=rounds), problem)
+                               / problem.solution.norm(dim=1)).max())
+           for rounds in (1, 3) for t in (150, 600)}
+    assert err[1, 600] / err[1, 150] > 0.12  # 1/T: about 1/4
+    assert err[3, 600] / err[3, 150] < 0.05  # (1/T)^3: about 1/64
+    assert err[3, 600] < 0.01 * err[1, 600], err
+
+
+def test_rounds_feed_only_spikes_and_trace_the_true_residual_of_every_running_estimate():
+    """Every input but g(0) and the measurement is θ·s with one θ per sample and round; the trace is
+    the true residual of the running estimate after each step, round boundaries included."""
+    problem = affine_problem((2, 6), 0.5, seed=12)
+    spy = spy_for(problem)
+    length, rounds = 20, 3
+    result = SOLVE(spy, problem.c, max_iter=length * rounds, tol=1e-12, stop_mode="abs", rounds=rounds)
+    assert result.n_evals == len(spy.inputs) == length * rounds + 1  # g(0), T − 1 spike inputs, the measurement
+    fed = spy.inputs[1:-1]
+    running, z = [torch.zeros_like(problem.c)], torch.zeros_like(problem.c)
+    for k in range(rounds):
+        chunk = fed[k * length:(k + 1) * length]  # the last round has one input fewer: x_T is never fed
+        theta = torch.stack(chunk).abs().amax(dim=(0, 2))
+        ternary = torch.stack(chunk) / theta[None, :, None]
+        assert bool(((ternary == -1) | (ternary == 0) | (ternary == 1)).all())
+        total = torch.zeros_like(z)
+        for t, x in enumerate(chunk[:length - 1], start=1):
+            total = total + x
+            running.append(z + total / t)
+        if k + 1 < rounds:
+            z = z + (total + chunk[-1]) / length
+            running.append(z)
+    true = torch.stack([(problem(r) - r).norm(dim=1).max() for r in running + [result.z]])
+    torch.testing.assert_close(result.trace, true, rtol=1e-9, atol=1e-15)
 
 
 def test_zero_right_hand_side_gives_zero_without_spikes():
@@ -241,6 +291,7 @@ def test_zero_right_hand_side_gives_zero_without_spikes():
     ("threshold", "automatic"), ("threshold", True),
     ("headroom", 0.0), ("headroom", math.inf), ("headroom", "2"),
     ("firing_level", 0.4), ("firing_level", 1.5),
+    ("rounds", 0), ("rounds", 1.5), ("rounds", True),
 ])
 def test_bad_option_values_fail_with_the_option_named(option, value):
     with pytest.raises(ValueError, match=f"spide: `{option}` must be"):
@@ -283,7 +334,7 @@ def test_map_turning_nonfinite_midway_is_nonfinite():
 def test_registered_with_a_description():
     assert "spide" in solvers.available_solvers()
     assert "SPIDE" in solvers.describe_solvers()["spide"]
-    assert isinstance(SOLVE, SPIDE) and SOLVE.option_names == ["threshold", "headroom", "firing_level"]
+    assert isinstance(SOLVE, SPIDE) and SOLVE.option_names == ["threshold", "headroom", "firing_level", "rounds"]
 
 
 def test_runs_on_every_device(device):

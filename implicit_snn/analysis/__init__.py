@@ -24,11 +24,11 @@ from ._energy import (
     training_step_cost,
 )
 from ._equilibrium import EquilibriumGap, equilibrium_gap
-from ._solvers import BackwardOutcome, compare_backward, feedback_norm
+from ._solvers import SPIDE_STEPS, BackwardOutcome, backward_budget, compare_backward, feedback_norm
 from ._step import FrozenStep
 
 __all__ = [
-    "BackwardOutcome", "EnergyReport", "EquilibriumGap", "FrozenStep", "LayerActivity", "LayerEnergy", "OperationEnergy",
-    "SpikeCensus", "TrainingStepCost", "compare_backward", "energy_report", "equilibrium_gap", "fan_in", "fan_out",
+    "SPIDE_STEPS", "BackwardOutcome", "EnergyReport", "EquilibriumGap", "FrozenStep", "LayerActivity", "LayerEnergy", "OperationEnergy",
+    "SpikeCensus", "TrainingStepCost", "backward_budget", "compare_backward", "energy_report", "equilibrium_gap", "fan_in", "fan_out",
     "feedback_norm", "layer_activity", "spike_census", "synapses", "training_step_cost",
 ]

@@ -191,17 +191,18 @@ def _measure(args, console, path, ckpt, config, names, sections, device, data, m
                 energy = energy_report(model, census, costs)
                 entry["energy"] = energy.to_dict()
                 entry["energy"]["training_step"] = _training_steps(model, config, x[:step_batch], y[:step_batch],
-                                                                   solver_names, costs)
+                                                                   solver_names, costs, args.spide_steps)
                 _print_energy(console, label, entry["energy"])
         report["producers"].append(entry)
     if "backward" in sections:
         model.set_producer(names[0], _producer_config(config, names[0]))
         outcomes, reference = compare_backward(
             model, x[:step_batch], y[:step_batch], solver_names, b_max_iter=config.b_max_iter, b_tol=config.b_tol,
-            seed=config.seed, repeats=args.repeats)
+            spide_steps=args.spide_steps, seed=config.seed, repeats=args.repeats)
         ref = reference.summary()
+        spide = f", spide {args.spide_steps}" if "spide" in solver_names else ""
         title = (f"backward solvers on one training step ({names[0]}, batch {step_batch}, at most {config.b_max_iter} "
-                 f"steps to rel. {config.b_tol:g}); gradient error against broyden to rel. residual "
+                 f"steps{spide} to rel. {config.b_tol:g}); gradient error against broyden to rel. residual "
                  f"{ref['rel_residual_max']:.1e}")
         console.print(backward_table(title, outcomes, "∇θ error", f"backward ms (median of {args.repeats})"))
         report["backward"] = [dataclasses.asdict(o) for o in outcomes]
@@ -209,9 +210,9 @@ def _measure(args, console, path, ckpt, config, names, sections, device, data, m
     return report
 
 
-def _training_steps(model, config: RunConfig, x, y, solver_names, costs) -> list[dict[str, Any]]:
+def _training_steps(model, config: RunConfig, x, y, solver_names, costs, spide_steps: int) -> list[dict[str, Any]]:
     """One training step's operations with the checkpoint's backward and each compared solver."""
-    from ..analysis import training_step_cost
+    from ..analysis import backward_budget, training_step_cost
 
     adjoint = model.adjoint
     rows = []
@@ -220,7 +221,8 @@ def _training_steps(model, config: RunConfig, x, y, solver_names, costs) -> list
             if name == config.b_solver:
                 model.adjoint = adjoint
             else:
-                model.set_backward(name, b_max_iter=config.b_max_iter, b_tol=config.b_tol)
+                model.set_backward(name, b_max_iter=backward_budget(name, config.b_max_iter, spide_steps),
+                                   b_tol=config.b_tol)
             rows.append(training_step_cost(model, x, y, costs=costs, seed=config.seed).to_dict())
     finally:
         model.adjoint = adjoint
