@@ -157,7 +157,7 @@ def test_analyze_writes_every_section_for_each_producer_and_its_figures_in_the_r
         names = [row["name"] for row in entry["energy"]["layers"]]
         assert names == ["input", "feedback 1→1", "readout"]
         steps = {row["solver"]: row for row in entry["energy"]["training_step"]}
-        assert set(steps) == {"broyden", "spide"} and steps["spide"]["backward"]["spikes"] > 0
+        assert set(steps) == {"phantom", "broyden", "spide"} and steps["spide"]["backward"]["spikes"] > 0
     # IF's gap falls further than LIF's by T = 20 (Theorem 2 against Proposition 2).
     assert if_["convergence"][1]["distance"] < lif["convergence"][1]["distance"]
     for figure in ("convergence", "activity", "energy"):

@@ -58,7 +58,7 @@ def test_library_argument_names_become_flags():
 
 def test_every_driver_option_reaches_the_backward_from_the_run_settings():
     options = {"check_every": 7, "throw": True, "return_best": False, "divergence_factor": 10.0, "memory": 5}
-    model = model_from_config(resolve({}, {"b_options": options}), num_classes=10)
+    model = model_from_config(resolve({}, {"b_solver": "broyden", "b_options": options}), num_classes=10)
     assert model.adjoint.call_options == {k: v for k, v in options.items() if k != "memory"}
     assert model.adjoint.solver.memory == 5
     with pytest.raises(solvers.ConvergenceError):  # throw=True from --b_options raises, as asked
@@ -68,7 +68,7 @@ def test_every_driver_option_reaches_the_backward_from_the_run_settings():
 
 
 def test_an_unknown_backward_option_is_one_line_listing_what_is_accepted(tmp_path, capsys):
-    message = cli_error(["train", *SMALL, "--b_options", "memroy=5", "--out", str(tmp_path / "x")], capsys)
+    message = cli_error(["train", *SMALL, "--b_solver", "broyden", "--b_options", "memroy=5", "--out", str(tmp_path / "x")], capsys)
     assert "memroy" in message and "memory" in message and "check_every" in message and "throw" in message
 
 

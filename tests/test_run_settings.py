@@ -52,7 +52,7 @@ def test_config_files_name_themselves_and_read_numbers_as_numbers(tmp_path):
 
 
 def test_throw_from_the_command_line_stops_training_with_one_line(tmp_path, capsys):
-    argv = ["train", *SMALL, "--epochs", "1", "--b_options", "throw=True", "--b_max_iter", "1", "--b_tol", "1e-12",
+    argv = ["train", *SMALL, "--epochs", "1", "--b_solver", "broyden", "--b_options", "throw=True", "--b_max_iter", "1", "--b_tol", "1e-12",
             "--out", str(tmp_path / "run")]
     message = cli_error(argv, capsys)
     assert message.startswith("error: a backward solve did not converge and throw=True was set, so training stopped "

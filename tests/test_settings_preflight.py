@@ -184,7 +184,8 @@ def test_solver_options_read_true_false_yes_no_in_any_case_as_bools(text, expect
 
 
 def test_a_lowercase_bool_option_reaches_the_backward():
-    args = build_parser().parse_args(["train", "--b_options", "return_best=true", "--b_options", "throw=no"])
+    args = build_parser().parse_args(["train", "--b_solver", "broyden", "--b_options", "return_best=true",
+                                      "--b_options", "throw=no"])
     model = model_from_config(resolve({}, cli_settings(args)), 10)
     assert model.adjoint.call_options["return_best"] is True and model.adjoint.call_options["throw"] is False
 

@@ -198,7 +198,9 @@ def test_yaml_config_file(tmp_path):
 
 def test_paper_defaults_per_model():
     assert resolve({}, {}).to_dict() | {} == RunConfig(dataset="fashion-mnist", producer="lif", time_steps=5,
-                                                         leak=0.95).to_dict()
+                                                         leak=0.95, b_solver="phantom",
+                                                         b_options={"steps": 5}).to_dict()
+    assert resolve({}, {"b_solver": "broyden"}).b_options == {}  # the paper's backward: one flag away
     nmnist = resolve({}, {"model": "f64c5_nmnist"})
     assert nmnist.b_solver == "fixed_point" and nmnist.b_options == {"damping": 0.5}
     assert resolve({}, {"model": "f64c5_nmnist", "b_solver": "broyden"}).b_options == {}
@@ -213,7 +215,8 @@ def test_run_settings_and_model_builders_read_one_preset_table(name):
     assert (config.dataset, config.time_steps, config.leak) == (preset.dataset, preset.time_steps, preset.leak)
     for built in (model, direct):
         assert (built.producer.time_steps, built.producer.leak) == (preset.time_steps, preset.leak)
-        assert type(built.adjoint.solver).__name__ == {"fixed_point": "FixedPoint", None: "Broyden"}[preset.b_solver]
+        assert type(built.adjoint.solver).__name__ == {"fixed_point": "FixedPoint", "phantom": "Phantom",
+                                                      None: "Broyden"}[preset.b_solver]
     assert config.milestones == preset.schedule.get("milestones", [30, 60, 90])
 
 
@@ -282,7 +285,7 @@ def test_eval_sweep_over_time_steps_rebins_spike_datasets(tmp_path):
 def test_a_bad_setting_writes_nothing_and_deletes_nothing(tmp_path):
     fresh = tmp_path / "fresh"
     with pytest.raises(SystemExit, match="`memory` must be"):
-        main(["train", *SMALL, "--b-options", "memory=0", "--out", str(fresh)])
+        main(["train", *SMALL, "--b_solver", "broyden", "--b-options", "memory=0", "--out", str(fresh)])
     assert not fresh.exists()
     with pytest.raises(SystemExit, match="leaves nothing to train on"):
         main(["train", "--dataset", "synthetic", "--val-size", "512", "--out", str(fresh)])
@@ -291,7 +294,7 @@ def test_a_bad_setting_writes_nothing_and_deletes_nothing(tmp_path):
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(run)]) == 0
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     with pytest.raises(SystemExit, match="`memory` must be"):
-        main(["train", *SMALL, "--b-options", "memory=0", "--out", str(run), "--overwrite"])
+        main(["train", *SMALL, "--b_solver", "broyden", "--b-options", "memory=0", "--out", str(run), "--overwrite"])
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 

@@ -106,10 +106,13 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
     _flag(parser, "f_stop_mode", choices=["rel", "abs"])
     _flag(parser, "f_options", type=_option, nargs="+", action="extend", metavar="KEY=VALUE",
           help="forward solver options, e.g. memory=10 (one or more; repeatable)")
-    _flag(parser, "b_solver", choices=names, help="backward (adjoint) solver")
+    _flag(parser, "b_solver", choices=names,
+          help=f"backward (adjoint) solver (default: the preset's: {_preset_backwards()}; --b_solver broyden is the "
+               "paper's backward; see docs/results.md)")
     _flag(parser, "b_max_iter", type=_setting("b_max_iter", int), help="the backward solver's step cap (>= 1)")
     _flag(parser, "b_tol", type=_setting("b_tol"),
-          help="adjoint tolerance (default 1e-6; see docs/results.md)")
+          help="adjoint tolerance of a solving backward (default 1e-6; a fixed-budget one, phantom or spide, runs its "
+               "budget whatever the tolerance and reports the residual it reached)")
     _flag(parser, "b_stop_mode", choices=["rel", "abs"])
     _flag(parser, "b_options", type=_option, nargs="+", action="extend", metavar="KEY=VALUE",
           help="backward solver options, e.g. memory=10, or steps=0 with --b_solver phantom for the Jacobian-free "
@@ -140,6 +143,13 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
                    "gradient of the computed loss)")
         _flag(parser, "alpha_init", choices=SpectralNorm.ALPHA_INITS,
               help="spectral-norm scale α starts at min(‖W‖, 1) (bound, default) or at ‖W‖ as the reference (norm)")
+
+
+def _preset_backwards() -> str:
+    """The presets' backward solvers where they differ from the library's (Broyden), for the help."""
+    named = [f"{name}: {p.b_solver}" + "".join(f" {k}={v}" for k, v in p.b_options.items())
+             for name, p in models.PRESETS.items() if p.b_solver is not None]
+    return "; ".join(named + ["otherwise broyden"])
 
 
 def build_parser() -> argparse.ArgumentParser:
