@@ -12,10 +12,12 @@ from torch import nn
 OpModule = nn.Linear | nn.Conv2d | nn.ConvTranspose2d
 
 
-def apply_op(op: OpModule, x: torch.Tensor, weight: Optional[torch.Tensor] = None, *, bias: bool = True) -> torch.Tensor:
-    """``op(x)`` with its weight optionally replaced; ``bias=False`` applies the linear part only."""
+def apply_op(op: OpModule, x: torch.Tensor, weight: Optional[torch.Tensor] = None, *,
+             bias: bool | torch.Tensor = True) -> torch.Tensor:
+    """``op(x)`` with its weight optionally replaced; ``bias=False`` applies the linear part only,
+    a tensor replaces the op's bias."""
     weight = op.weight if weight is None else weight
-    b = op.bias if bias else None
+    b = bias if isinstance(bias, torch.Tensor) else (op.bias if bias else None)
     if isinstance(op, nn.Linear):
         return F.linear(x, weight, b)
     if isinstance(op, nn.ConvTranspose2d):

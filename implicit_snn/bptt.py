@@ -306,7 +306,8 @@ class _ForwardBN:
 
 
 def unroll(network, x: torch.Tensor, *, time_steps: int, leak: float = 1.0, surrogate: str | Surrogate = "sigmoid",
-           slope: Optional[float] = None, detach_reset: bool = False) -> Unrolled:
+           slope: Optional[float] = None, detach_reset: bool = False,
+           autocast: Optional[torch.dtype] = None) -> Unrolled:
     """Simulate ``network`` (a ``FeedbackSNN``) for ``time_steps`` with autograd through the spikes.
 
     The same simulation as ``IFProducer`` (``leak`` 1) / ``LIFProducer`` (``leak`` λ): same
@@ -322,6 +323,7 @@ def unroll(network, x: torch.Tensor, *, time_steps: int, leak: float = 1.0, surr
         leak: λ in (0, 1]; 1 is IF.
         surrogate, slope: the surrogate derivative (see ``Surrogate``).
         detach_reset: no gradient through the reset.
+        autocast: run the time loop under ``torch.autocast`` with this dtype (e.g. bfloat16), or not.
     """
     if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1:
         raise ValueError(f"`time_steps` must be an int >= 1, got {time_steps!r}")
@@ -337,57 +339,60 @@ def unroll(network, x: torch.Tensor, *, time_steps: int, leak: float = 1.0, surr
     _, state = network.differentiable_args(x_bar, state)
     training = network.training
 
-    # The drive into layer 1 without feedback: once for constant input, all steps at once for spikes.
-    constant = drives = None
-    if not spikes_in:
-        # The hook f's differentiable evaluation uses: BNMode.BATCH in training (statistics with
-        # grad, running statistics moved once), running statistics in eval.
-        constant = network.input_drive(x_bar, state)
-    elif training and network.input_layer.bn is not None:
-        drives = _spike_train_drive(network, x, x_bar, state, steps).unbind(0)  # one backward node for all steps
-    # Forward layers: per-step batch statistics in training; the network's hook otherwise.
-    forward_bn = [(_ForwardBN(layer) if training and layer.bn is not None else None)
-                  for layer in network.forward_layers]
-    eval_state = dataclasses.replace(state, batch_statistics=False)  # hooks never update running stats per step
-    # drive + W¹s ⊙ m as one product-and-add where the network offers it, as the producer does.
-    fused = feedback_adder(network)
+    # With ``autocast``, the products (and the activations autograd saves for them) run in that
+    # dtype: the standard mixed precision; potentials, resets and rates stay float32.
+    with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        # The drive into layer 1 without feedback: once for constant input, all steps at once for spikes.
+        constant = drives = None
+        if not spikes_in:
+            # The hook f's differentiable evaluation uses: BNMode.BATCH in training (statistics with
+            # grad, running statistics moved once), running statistics in eval.
+            constant = network.input_drive(x_bar, state)
+        elif training and network.input_layer.bn is not None:
+            drives = _spike_train_drive(network, x, x_bar, state, steps).unbind(0)  # one backward node for all steps
+        # Forward layers: per-step batch statistics in training; the network's hook otherwise.
+        forward_bn = [(_ForwardBN(layer) if training and layer.bn is not None else None)
+                      for layer in network.forward_layers]
+        eval_state = dataclasses.replace(state, batch_statistics=False)  # hooks never update running stats per step
+        # drive + W¹s ⊙ m as one product-and-add where the network offers it, as the producer does.
+        fused = feedback_adder(network)
 
-    n_layers = len(network.layer_shapes)
-    readout = n_layers - 1
-    potentials: list[Optional[torch.Tensor]] = [None] * n_layers
-    spikes: list[Optional[torch.Tensor]] = [None] * n_layers
-    counts: list[Optional[torch.Tensor]] = [None] * n_layers
-    rate: Optional[torch.Tensor] = None
-    for t in range(steps):
-        interrupt.check()  # a stop request ends a long unroll within one step (in training only)
-        if constant is not None:
-            drive = constant
-        elif drives is not None:
-            drive = drives[t]
-        else:
-            drive = network.input_current(x[:, t], eval_state)
-        current = drive if t == 0 else fused(drive, spikes[readout], state)
-        for index in range(n_layers):
-            if index > 0:
-                norm = forward_bn[index - 1]
-                if norm is not None:
-                    current = norm(spikes[index - 1], state.forward_masks[index - 1])
-                else:
-                    current = network.forward_current(index - 1, spikes[index - 1], eval_state)
-            with_rate = index == readout
-            out = neuron_step(potentials[index], current, rate if with_rate else None, vth=vth, leak=leak,
-                              rate_leak=leak, with_rate=with_rate, surrogate=surrogate, detach_reset=detach_reset)
-            spikes[index], potentials[index] = out[0], out[1]
-            if with_rate:
-                rate = out[2]
-            # Spike counts for the statistics only; ``detach`` keeps them off the graph.
-            counts[index] = spikes[index].detach().clone() if t == 0 else counts[index].add_(spikes[index].detach())
+        n_layers = len(network.layer_shapes)
+        readout = n_layers - 1
+        potentials: list[Optional[torch.Tensor]] = [None] * n_layers
+        spikes: list[Optional[torch.Tensor]] = [None] * n_layers
+        counts: list[Optional[torch.Tensor]] = [None] * n_layers
+        rate: Optional[torch.Tensor] = None
+        for t in range(steps):
+            interrupt.check()  # a stop request ends a long unroll within one step (in training only)
+            if constant is not None:
+                drive = constant
+            elif drives is not None:
+                drive = drives[t]
+            else:
+                drive = network.input_current(x[:, t], eval_state)
+            current = drive if t == 0 else fused(drive, spikes[readout], state)
+            for index in range(n_layers):
+                if index > 0:
+                    norm = forward_bn[index - 1]
+                    if norm is not None:
+                        current = norm(spikes[index - 1], state.forward_masks[index - 1])
+                    else:
+                        current = network.forward_current(index - 1, spikes[index - 1], eval_state)
+                with_rate = index == readout
+                out = neuron_step(potentials[index], current, rate if with_rate else None, vth=vth, leak=leak,
+                                  rate_leak=leak, with_rate=with_rate, surrogate=surrogate, detach_reset=detach_reset)
+                spikes[index], potentials[index] = out[0], out[1]
+                if with_rate:
+                    rate = out[2]
+                # Spike counts for the statistics only; ``detach`` keeps them off the graph.
+                counts[index] = spikes[index].detach().clone() if t == 0 else counts[index].add_(spikes[index].detach())
     for norm in forward_bn:
         if norm is not None:
             norm.commit()
 
     normaliser = rate_weights(steps, leak, dtype=torch.float64)[-1].item()  # = 1 / Σ λᵏ, as the producer
-    a = rate * normaliser
+    a = rate.float() * normaliser if autocast is not None else rate * normaliser
     if leak != 1.0:
         firing = [c / steps for c in counts]
     else:  # the IF producer reports its rates, the counts times the same normaliser

@@ -119,8 +119,11 @@ class ImplicitClassifier(nn.Module):
         unrolled with autograd (``bptt.unroll``); sets ``last_forward`` as the producer does."""
         time_steps, leak = bptt.spiking_settings(self.producer)
         self.producer.network_vth(self.network)  # the producer's vth, if set, must be the network's
+        # The producer's sim_precision "bf16" is, for BPTT, the standard mixed precision: its products
+        # (and their saved activations and gradients) under bfloat16 autocast, the rest in float32.
+        low = torch.bfloat16 if self.producer.precision(x.device) == "bf16" else None
         out = bptt.unroll(self.network, x, time_steps=time_steps, leak=leak, surrogate=self.surrogate,
-                          detach_reset=self.detach_reset)
+                          detach_reset=self.detach_reset, autocast=low)
         self.last_forward = out.stats
         return out.a
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ._linearized import BatchNormBackward, Stage, TransposedJacobian
-from ._ops import apply_op_known
+from ._ops import apply_op, apply_op_known
 from .layers import BNMode, SynapticLayer, output_statistics
 from .neurons import rate_and_slope
 
@@ -81,6 +81,31 @@ class PassState:
     batch_statistics: bool = False
     input_current: Optional[torch.Tensor] = None
     input_linear: Optional[torch.Tensor] = None
+    products: Optional["LowPrecisionProducts"] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LowPrecisionProducts:
+    """The simulation's synaptic products in a lower precision (``implicit_snn.precision``): each
+    op's weight and bias cast once per pass. Set only on the simulation's own ``PassState``
+    (``FeedbackSNN.simulation_state``); f, its adjoint and the parameter gradient never see it."""
+
+    dtype: torch.dtype
+    base: torch.dtype  # the network's own dtype, which every current is returned in
+    input: tuple[torch.Tensor, Optional[torch.Tensor]]
+    forward: tuple[tuple[torch.Tensor, Optional[torch.Tensor]], ...]
+    feedback: tuple[torch.Tensor, Optional[torch.Tensor]]
+
+    def product(self, layer: SynapticLayer, x: torch.Tensor, weights: tuple[torch.Tensor, Optional[torch.Tensor]]
+                ) -> torch.Tensor:
+        """``layer``'s op on ``x`` in this dtype (its output rounded to it, as a native product's is)."""
+        weight, bias = weights
+        return apply_op(layer.op, x.to(self.dtype), weight, bias=False if bias is None else bias)
+
+    def current(self, layer: SynapticLayer, x: torch.Tensor, weights: tuple[torch.Tensor, Optional[torch.Tensor]]
+                ) -> torch.Tensor:
+        """``product`` returned in the network's dtype, for batch norm, dropout and the potentials."""
+        return self.product(layer, x, weights).to(self.base)
 
 
 class FeedbackSNN(nn.Module):
@@ -297,23 +322,53 @@ class FeedbackSNN(nn.Module):
         mode = self._bn_mode(state, given=state.input_stats is not None)
         return self.input_layer.finish(z, mask=state.input_mask, bn_mode=mode, stats=state.input_stats)
 
+    def simulation_state(self, state: PassState, dtype: Optional[torch.dtype]) -> PassState:
+        """The pass's state for a simulation whose synaptic products run in ``dtype`` (weights and
+        biases cast once, here), or ``state`` itself for None; f keeps using ``state``."""
+        if dtype is None:
+            return state
+
+        def cast(layer: SynapticLayer, weight: Optional[torch.Tensor] = None):
+            bias = layer.op.bias
+            weight = layer.op.weight if weight is None else weight
+            return weight.detach().to(dtype), None if bias is None else bias.detach().to(dtype)
+
+        products = LowPrecisionProducts(
+            dtype=dtype, base=state.feedback_weight.dtype, input=cast(self.input_layer), forward=tuple(cast(layer) for layer in self.forward_layers),
+            feedback=cast(self.feedback, state.feedback_weight))
+        return dataclasses.replace(state, products=products)
+
     def input_current(self, x_t: torch.Tensor, state: PassState) -> torch.Tensor:
         """F¹x_t + b¹ (batch norm, dropout) for one step's input ``[B, *in_shape]``."""
         mode = self._bn_mode(state, given=state.input_stats is not None)
-        return self.input_layer(self._prepare_input(x_t), mask=state.input_mask, bn_mode=mode, stats=state.input_stats)
+        x_t = self._prepare_input(x_t)
+        if state.products is not None:
+            z = state.products.current(self.input_layer, x_t, state.products.input)
+            return self.input_layer.finish(z, mask=state.input_mask, bn_mode=mode, stats=state.input_stats)
+        return self.input_layer(x_t, mask=state.input_mask, bn_mode=mode, stats=state.input_stats)
 
     def forward_current(self, index: int, spikes: torch.Tensor, state: PassState) -> torch.Tensor:
         """F^{index+2} s + b into layer ``index + 2`` from layer ``index + 1``'s activity."""
-        return self.forward_layers[index](spikes, mask=state.forward_masks[index], bn_mode=self._forward_bn_mode(state))
+        layer, mask, mode = self.forward_layers[index], state.forward_masks[index], self._forward_bn_mode(state)
+        if state.products is not None:
+            z = state.products.current(layer, spikes, state.products.forward[index])
+            return layer.finish(z, mask=mask, bn_mode=mode)
+        return layer(spikes, mask=mask, bn_mode=mode)
 
     def feedback_current(self, spikes: torch.Tensor, state: PassState) -> torch.Tensor:
         """W¹ s_N into layer 1 (no bias, no batch norm, its dropout mask)."""
+        if state.products is not None:
+            z = state.products.current(self.feedback, spikes, state.products.feedback)
+            return self.feedback.finish(z, mask=state.feedback_mask)
         return self.feedback(spikes, weight=state.feedback_weight, mask=state.feedback_mask)
 
     def add_feedback_current(self, drive: torch.Tensor, spikes: torch.Tensor, state: PassState) -> torch.Tensor:
         """``drive + feedback_current(spikes, state)`` as one product-and-add where the feedback allows."""
         feedback = self.feedback
-        if feedback.bn is not None:
+        if state.products is not None and feedback.bn is None and state.feedback_mask is None:
+            # The low-precision product is added to the float32 drive in one pass: the sum is float32.
+            return drive + state.products.product(feedback, spikes, state.products.feedback)
+        if feedback.bn is not None or state.products is not None:
             return drive + self.feedback_current(spikes, state)
         if isinstance(feedback.op, nn.Linear) and spikes.dim() == 2 and feedback.op.bias is None and state.feedback_mask is None:
             return torch.addmm(drive, spikes, state.feedback_weight.t())

@@ -15,6 +15,7 @@ from .. import distributed, producers
 from ..data import (ArrayDataset, available_datasets, cifar_augment, dataset_info, dataset_options, load_dataset,
                     split_validation)
 from ..distributed import Context
+from ..precision import resolve_precision
 from ..training import Trainer
 from .config import PRODUCER_SETTINGS, RunConfig
 from .errors import UsageError
@@ -206,6 +207,8 @@ def make_trainer(config: RunConfig, context: Context = Context.single()) -> Trai
     if config.threads:
         torch.set_num_threads(config.threads)
     device = distributed.process_device(resolve_device(config.device), context)
+    if config.sim_precision == "auto":  # the saved settings say what ran
+        config.sim_precision = resolve_precision("auto", device)
     torch.manual_seed(config.seed)
     if config.model in models.PRESETS:  # before the data are read; model_from_config checks any model again
         shape = dataset_info(config.dataset).in_shape  # as _load reads it: the shape needs no options

@@ -23,6 +23,7 @@ from ..nonfinite import NONFINITE
 from . import figures, interchange, plotting
 from ._allocator import retain_freed_memory
 from ..analysis import SPIDE_STEPS, OperationEnergy
+from ..precision import PRECISIONS
 from .analyze import REPORT_NAME, SECTIONS, run_analyze
 from .commands import backward_table, run_eval
 from .config import ALLOWED, NONNEG_INT, NONNEG_NUMBER, POS_INT, POS_NUMBER
@@ -98,6 +99,10 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, for_eval: bool = False)
               help="simulation steps T; several values evaluate the checkpoint at each (the paper's Table 2)")
     else:
         _flag(parser, "time_steps", type=_setting("time_steps", int), help="simulation steps T")
+    _flag(parser, "sim_precision", choices=PRECISIONS,
+          help="the spiking simulation's synaptic products: fp32 (default), bf16 (potentials and rates stay "
+               "fp32; IDE's backward is fp32 either way; BPTT runs under bf16 autocast), or auto (bf16 where the "
+               "device multiplies it natively: CUDA, or a CPU with AVX512-BF16 or AMX)")
     _flag(parser, "leak", type=_setting("leak"), help="LIF leak λ")
     _flag(parser, "f_solver", choices=solvers.nonlinear_solvers(),
           help="forward solver of the analytic producer (solvers for nonlinear maps only)")

@@ -22,6 +22,7 @@ from ..classifier import ImplicitClassifier
 from ..network import BN_BACKWARDS
 from ..spectral import SpectralNorm
 from ..nonfinite import NONFINITE
+from ..precision import PRECISIONS
 
 def paper_defaults(model: str) -> dict[str, Any]:
     """The paper's run settings for a preset (from ``models``' preset table); {} for a spec string."""
@@ -40,6 +41,7 @@ class RunConfig:
     producer: Optional[str] = None
     time_steps: Optional[int] = None
     leak: Optional[float] = None
+    sim_precision: str = "fp32"  # the simulation's products: fp32, bf16, or auto (resolved when a run starts)
     vth: float = 2.0
     method: str = "ide"  # "ide" (implicit differentiation) or "bptt"; runs made before it read as "ide"
     surrogate: str = "sigmoid"  # BPTT's surrogate spike derivative
@@ -121,6 +123,7 @@ ALLOWED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "time_steps": (_optional(lambda v: POS_INT[0](v) and v <= MAX_TIME_STEPS),
                    f"an integer from 1 to {MAX_TIME_STEPS:,}"),
     "leak": (_optional(lambda v: _is_number(v) and 0 < v < 1), "a number in (0, 1) (no leak: producer 'if')"),
+    "sim_precision": (lambda v: v in PRECISIONS, " or ".join(map(repr, PRECISIONS))),
     "vth": POS_NUMBER,
     "method": (lambda v: v in ImplicitClassifier.METHODS, " or ".join(map(repr, ImplicitClassifier.METHODS))),
     "surrogate": (lambda v: v in available_surrogates(), " or ".join(map(repr, available_surrogates()))),
@@ -165,7 +168,7 @@ def check_values(config: RunConfig) -> None:
 
 
 # Run settings that are options of the producer; each applies only to producers that take it.
-PRODUCER_SETTINGS = ("time_steps", "leak", "f_solver", "f_max_iter", "f_tol", "f_stop_mode", "f_options")
+PRODUCER_SETTINGS = ("time_steps", "leak", "sim_precision", "f_solver", "f_max_iter", "f_tol", "f_stop_mode", "f_options")
 
 
 def check_producer_settings(producer: Optional[str], given: set[str]) -> None:

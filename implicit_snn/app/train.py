@@ -133,8 +133,9 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
         method = f"BPTT, {surrogate.name} surrogate slope {surrogate.slope:g}"
     else:
         method = f"backward {config.b_solver}/{config.b_max_iter}"
+    precision = "" if config.sim_precision == "fp32" else f", simulation in {config.sim_precision}"
     report.line(f"training {config.model} on {config.dataset} ({config.producer or 'lif'}, "
-                f"T={config.time_steps}, {method}{processes}) → {run_dir}")
+                f"T={config.time_steps}{precision}, {method}{processes}) → {run_dir}")
     run = TrainingRun(trainer, run_dir, config.to_dict(), report)
     if resumed is not None:  # before anything is written: a checkpoint that cannot be used changes nothing
         with checked_settings():

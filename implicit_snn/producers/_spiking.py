@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from .. import interrupt
 from ..neurons import fire_unleaked_, rate_weights
+from ..precision import check_precision, product_dtype, resolve_precision
 from ..simulation import SpikingNetwork, averaged_input, feedback_adder
 from ._base import Equilibrium, Producer
 
@@ -22,6 +23,7 @@ class _Simulation(Producer):
     time_steps: int = 30
     vth: float | None = None
     record: str = "none"
+    sim_precision: str = "fp32"
 
     # ``leak`` (λ) comes from the subclass: a constant 1.0 for IF, an option for LIF.
 
@@ -32,6 +34,11 @@ class _Simulation(Producer):
             raise ValueError(f"`vth` must be > 0 (or None for the network's), got {self.vth!r}")
         if self.record not in RECORD:
             raise ValueError(f"`record` must be one of {RECORD}, got {self.record!r}")
+        check_precision(self.sim_precision)
+
+    def precision(self, device: torch.device | str) -> str:
+        """The precision the simulation runs in on ``device``: ``"fp32"`` or ``"bf16"`` (``"auto"`` resolved)."""
+        return resolve_precision(self.sim_precision, device)
 
     def __call__(self, network: SpikingNetwork, x: torch.Tensor) -> Equilibrium:
         """Simulate ``network`` on ``x`` ([B, *in] constant current, or [B, T', *in] spikes, T' ≥ T)."""
@@ -42,7 +49,13 @@ class _Simulation(Producer):
             f_args = network.map_inputs(x_bar)
             state = f_args[-1]
             constant = None if spikes_in else network.input_drive(x_bar, state)
-            rates, counts, trains, last = self._simulate(network, x, constant, state, steps, vth, leak)
+            low = product_dtype(self.precision(x.device))
+            if low is not None:
+                if not hasattr(network, "simulation_state"):
+                    raise ValueError(f"sim_precision={self.sim_precision!r}: {type(network).__name__} has no "
+                                     "simulation_state, so its products cannot run in bf16; use 'fp32'")
+                state = network.simulation_state(state, low)  # f_args keep the float32 state
+            rates, counts, trains, last = self._simulate(network, x, constant, state, steps, vth, leak, low)
         normaliser = rate_weights(steps, leak, dtype=torch.float64)[-1].item()  # = 1 / Σ λᵏ
         rates = [r.mul_(normaliser) for r in rates]
         firing = [c / steps for c in counts] if counts is not None else rates
@@ -72,10 +85,12 @@ class _Simulation(Producer):
         return vth
 
     def _simulate(self, network: SpikingNetwork, x: torch.Tensor, constant: Any, state: Any, steps: int,
-                  vth: float, leak: float):
+                  vth: float, leak: float, low: Optional[torch.dtype] = None):
         first = constant if constant is not None else network.input_current(x[:, 0], state)
         shapes = [(first.shape[0], *shape) for shape in network.layer_shapes]
-        potentials, spikes, rates = ([first.new_zeros(shape) for shape in shapes] for _ in range(3))
+        potentials, rates = ([first.new_zeros(shape) for shape in shapes] for _ in range(2))
+        # Spikes (0 or 1, exact in any dtype) are written straight in the products' dtype: no cast per step.
+        spikes = [first.new_zeros(shape, dtype=low or first.dtype) for shape in shapes]
         counts = [first.new_zeros(shape) for shape in shapes] if leak != 1.0 else None
         trains = [first.new_zeros((s[0], steps, *s[1:])) for s in shapes] if self.record == "spikes" else None
         with_feedback = feedback_adder(network)
@@ -98,7 +113,7 @@ class _Simulation(Producer):
                     rates[index].add_(s)
                 if trains is not None:
                     trains[index][:, t] = s
-        return rates, counts, trains, spikes
+        return rates, counts, trains, [s.to(first.dtype) for s in spikes]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +126,9 @@ class IFProducer(_Simulation):
         record: ``"rates"`` adds to ``extras`` every layer's rates (``rates``: the equilibrium's
             weighting), spike counts over T (``firing_rates``) and last step's spikes
             (``last_spikes``); ``"spikes"`` also the spike trains ``[B, T, ...]`` per layer.
+        sim_precision: ``"fp32"``, ``"bf16"`` (the synaptic products in bfloat16, potentials and
+            rates in float32: ``implicit_snn.precision``) or ``"auto"`` (bf16 where the device
+            multiplies it natively, else fp32).
     """
 
     leak = 1.0  # a class constant, not an option: IF has no leak
@@ -124,7 +142,7 @@ class LIFProducer(_Simulation):
         time_steps: T.
         leak: λ in (0, 1) (0.95 for MNIST-like data, 0.99 for CIFAR in the paper).
         vth: must equal the network's threshold if given (the network owns Vth).
-        record: as for ``if``.
+        record, sim_precision: as for ``if``.
     """
 
     leak: float = 0.95  # type: ignore[assignment]
