@@ -12,6 +12,7 @@ from typing import Any, Iterable, Optional
 TIMES = ("step_ms", "forward_ms", "backward_ms", "optimiser_ms")
 FLOOR = ("ops_ms", "vjp_ms", "jt_ms", "bare_transposed_ms")
 KIND_ORDER = {"ide": 0, "bptt": 1, "baseline": 2, "peer": 3}
+FIXED_BUDGET = ("phantom", "spide")  # backward solvers that run their budget whatever the tolerance
 
 
 def median_of(records: Iterable[dict[str, Any]], key: str) -> float:
@@ -75,7 +76,7 @@ def configuration_record(entry: dict[str, Any]) -> dict[str, Any]:
     config = entry["config"]
     record = {key: config.get(key) for key in ("label", "kind", "model", "T", "leak", "method", "solver", "tol",
                                                "solver_options", "solver_label", "revision", "peer", "batch_size",
-                                               "input_shape", "spike_input")}
+                                               "input_shape", "spike_input", "precision")}
     record["status"] = entry["status"]
     if entry.get("error"):
         record["error"] = entry["error"]
@@ -98,12 +99,17 @@ def ratio_tables(configs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     for c in ok:
         if c["kind"] != "ide":
             continue
-        bptt = done.get((c["model"], c["T"], "BPTT"))
-        if bptt is not None:
-            tables["bptt_over_ide"].append({"model": c["model"], "T": c["T"], "ide": c["label"],
-                                            "bptt_step_ms": bptt["step_ms"], "ide_step_ms": c["step_ms"],
-                                            "step_ratio": _ratio(bptt["step_ms"], c["step_ms"]),
-                                            "memory_ratio": _ratio(bptt["memory"]["growth_mib"], c["memory"]["growth_mib"])})
+        precision = c.get("precision") or "fp32"
+        # Precision against precision, and a low-precision IDE against float32 BPTT too.
+        labels = dict.fromkeys(["BPTT" if precision == "fp32" else f"BPTT {precision}-autocast", "BPTT"])
+        for label in labels:
+            bptt = done.get((c["model"], c["T"], label))
+            if bptt is not None:
+                tables["bptt_over_ide"].append({
+                    "model": c["model"], "T": c["T"], "ide": c["label"], "bptt": label,
+                    "bptt_step_ms": bptt["step_ms"], "ide_step_ms": c["step_ms"],
+                    "step_ratio": _ratio(bptt["step_ms"], c["step_ms"]),
+                    "memory_ratio": _ratio(bptt["memory"]["growth_mib"], c["memory"]["growth_mib"])})
     for c in ok:
         if c["kind"] != "baseline":
             continue
@@ -167,7 +173,9 @@ def _config_row(c: dict[str, Any], rounds: int) -> list[str]:
         return [c["label"], f"{c['status']}: {why[:160]}"] + ["—"] * 6
     memory = c["memory"]
     vjps = fmt(c.get("vjps")) if "vjps" in c else "—"
-    if c.get("all_converged") is False:
+    if c.get("solver") in FIXED_BUDGET and c.get("kind") != "bptt":
+        vjps += " (budget)"  # a fixed budget, run as asked: its tolerance never stops it
+    elif c.get("all_converged") is False:
         vjps += f" ({100 * c['converged_fraction']:.0f}% conv.)"
     label = c["label"]
     if c["status"] != "ok" or c["rounds_done"] < rounds:
@@ -215,10 +223,11 @@ def markdown(report: dict[str, Any]) -> str:
 def ratio_markdown(ratios: dict[str, list[dict[str, Any]]]) -> str:
     parts = ["## Ratios\n"]
     if ratios["bptt_over_ide"]:
-        rows = [[r["model"], str(r["T"]), r["ide"], fmt(r["bptt_step_ms"]), fmt(r["ide_step_ms"]), _x(r["step_ratio"]),
-                 _x(r["memory_ratio"])] for r in ratios["bptt_over_ide"]]
+        rows = [[r["model"], str(r["T"]), r["ide"], r.get("bptt", "BPTT"), fmt(r["bptt_step_ms"]), fmt(r["ide_step_ms"]),
+                 _x(r["step_ratio"]), _x(r["memory_ratio"])] for r in ratios["bptt_over_ide"]]
         parts.append("### BPTT against IDE\n\n" + _table(
-            ["model", "T", "IDE", "BPTT step ms", "IDE step ms", "BPTT / IDE step", "BPTT / IDE memory growth"], rows))
+            ["model", "T", "IDE", "BPTT", "BPTT step ms", "IDE step ms", "BPTT / IDE step", "BPTT / IDE memory growth"],
+            rows))
     if ratios["baseline_speedup"]:
         rows = [[r["model"], str(r["T"]), r["solver"], fmt(r["baseline_step_ms"]), fmt(r["current_step_ms"]),
                  _x(r["step_speedup"]), _x(r["forward_speedup"]), _x(r["backward_speedup"]),

@@ -69,6 +69,8 @@ def configured_model(config: dict[str, Any]) -> torch.nn.Module:
 
     torch.manual_seed(0)
     producer_options = dict(time_steps=config["T"], leak=config["leak"])
+    if config.get("precision", "fp32") != "fp32":  # only where asked: an older revision has no such option
+        producer_options["sim_precision"] = config["precision"]
     method = config["method"]
     if method == "bptt":
         try:
@@ -345,12 +347,12 @@ def _die_with_parent() -> None:
 
 
 def _retain_freed_memory() -> None:
-    """The allocator setting the CLI uses (implicit_snn/_allocator.py of THIS tree, loaded by path so
-    that baseline workers get it too): every configuration runs under the same malloc."""
+    """The allocator setting the CLI uses (implicit_snn/app/_allocator.py of THIS tree, loaded by path
+    so that baseline workers get it too): every configuration runs under the same malloc."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "implicit_snn" / "_allocator.py"
+    path = Path(__file__).resolve().parent.parent / "implicit_snn" / "app" / "_allocator.py"
     spec = importlib.util.spec_from_file_location("_bench_allocator", path)
     if spec is None or spec.loader is None:
         return

@@ -67,6 +67,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     add("--solvers", nargs="+", default=["broyden:1e-6", "broyden:1e-3"], metavar="NAME:TOL[:K=V,...]",
         help="IDE backward solvers and relative tolerances (max 30 iterations), e.g. anderson:1e-6 or "
              "anderson:1e-6:memory=10 (default: broyden:1e-6 broyden:1e-3)")
+    add("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+        help="the simulation's precision (sim_precision) per configuration: IDE's products in bf16, BPTT's time "
+             "loop under bf16 autocast (default fp32)")
     add("--batch-size", type=int, default=None, help="batch size (default 128; --quick: 32)")
     add("--rounds", type=int, default=None, help="alternating rounds; the result is the median of round medians "
                                                  "(default 5; --quick: 1)")
@@ -140,6 +143,16 @@ def parse_solver(text: str) -> dict[str, Any]:
 
 # -- the configurations ----------------------------------------------------------------------
 
+def ide_label(solver_label: str, precision: str) -> str:
+    """IDE's row label: its solver, and the simulation's precision where not fp32."""
+    return f"IDE {solver_label}" + ("" if precision == "fp32" else f" {precision}")
+
+
+def bptt_label(precision: str) -> str:
+    """BPTT's row label: the standard mixed precision is bf16 autocast."""
+    return "BPTT" if precision == "fp32" else f"BPTT {precision}-autocast"
+
+
 def preset_facts(name: str) -> dict[str, Any]:
     """Input shape, leak of the preset's own producer, and whether it is a conv net."""
     import models
@@ -178,16 +191,18 @@ def make_configs(args: argparse.Namespace, baseline: Optional[dict[str, Any]], p
             base = dict(common, model=name, T=steps, leak=facts["leak"], input_shape=facts["input_shape"],
                         spike_input=facts["spike_input"])
 
-            def add(kind: str, method: str, label: str, solver: dict[str, Any], floor: bool, **extra: Any) -> None:
+            def add(kind: str, method: str, label: str, solver: dict[str, Any], floor: bool, precision: str = "fp32",
+                    **extra: Any) -> None:
                 configs.append(dict(base, kind=kind, method=method, label=label, solver=solver["name"],
                                     tol=solver["tol"], solver_options=solver["options"], solver_label=solver["label"],
-                                    floor=floor, **extra))
+                                    floor=floor, precision=precision, **extra))
 
-            if "ide" in args.methods:
-                for solver in args.solver_specs:
-                    add("ide", "ide", f"IDE {solver['label']}", solver, True)
-            if "bptt" in args.methods:
-                add("bptt", "bptt", "BPTT", default_solver, False)
+            for precision in args.precisions:
+                if "ide" in args.methods:
+                    for solver in args.solver_specs:
+                        add("ide", "ide", ide_label(solver["label"], precision), solver, True, precision)
+                if "bptt" in args.methods:
+                    add("bptt", "bptt", bptt_label(precision), default_solver, False, precision)
             if baseline is not None:
                 for solver in args.solver_specs:
                     add("baseline", "ide", f"IDE@{baseline['short']} {solver['label']}", solver, True,

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from implicit_snn import precision
 from implicit_snn.files import atomic_write_text
 
 
@@ -30,10 +31,20 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def simd_flags() -> Optional[list[str]]:
+    """The CPU's vector-arithmetic flags (AVX, AVX-512 with its BF16 and VNNI parts, AMX, FMA), or None
+    where /proc/cpuinfo cannot be read: what decides whether bf16 products are native."""
+    flags = precision._cpu_flags()
+    return None if flags is None else sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")))
+
+
 def run_header(device: str) -> dict[str, Any]:
-    """What every result file starts with: the device and its name, torch's version, the date."""
+    """What every result file starts with: the device and its name, torch's version, the date, the
+    CPU's vector flags and whether the device multiplies bf16 natively."""
+    native, why = precision.native_bf16(device)
     return {"device": device, "device_name": device_name(device), "torch": torch.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu_flags": simd_flags(), "native_bf16": native, "native_bf16_why": why}
 
 
 def write_results(out: str | Path, stem: str, report: dict[str, Any], markdown: str) -> None:
