@@ -434,42 +434,55 @@ def _():
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 BTOL_PAIRED = "docs/runs/f400-btol1e-3-paired.json"
 PHANTOM_PAIRED = "docs/runs/f400-phantom5-paired.json"
+CONV2_PAIRED = "docs/runs/conv2-btol1e-3-paired.json"
 
 
-def paired_seeds(path: str, group: str) -> str:
-    """A cheaper backward's seeds against the default's: each group's mean ± std, and the paired
-    differences with a t interval, from ``scripts/summarize_runs.py --paired``'s JSON."""
+def paired_seeds(path: str, reference: str, group: str, *, times: bool = False, seeds: str = "0–4") -> str:
+    """A cheaper backward's seeds against ``reference``'s: each group's mean ± std, and the paired
+    differences with a t interval, from ``scripts/summarize_runs.py --paired``'s JSON; ``times``
+    adds each group's backward milliseconds per step and seconds per training epoch, as logged."""
     data = load(path)
     rows = []
     for name, runs in data["groups"].items():
         st = runs["stats"]
-        vjps = statistics.fmean(r["backward_evals_mean"] for run in runs["runs"] for r in metrics(run))
-        rows.append([f"{name} ({st['final']['n']} seeds)", *(f"{pct(st[k]['mean'])} ± {pct(st[k]['std'])}"
-                                                           for k in ("final", "best_epoch", "last10_mean")),
-                     f"{vjps:.1f}"])
+        logged = [r for run in runs["runs"] for r in metrics(run)]
+        row = [f"{name} ({st['final']['n']} seeds)", *(f"{pct(st[k]['mean'])} ± {pct(st[k]['std'])}"
+                                                      for k in ("final", "best_epoch", "last10_mean")),
+               f"{statistics.fmean(r['backward_evals_mean'] for r in logged):.1f}"]
+        if times:
+            row += [f"{statistics.fmean(r['backward_ms_mean'] for r in logged):.0f}",
+                    f"{statistics.fmean(r['train_seconds'] for r in logged):.0f}"]
+        rows.append(row)
     for name, paired in data["paired"].items():
         cells = []
         for key in ("final", "best_epoch", "last10_mean"):
             d = paired[key]
             half = T_975[d["n"] - 1] * d["sem"]
             cells.append(f"{100 * d['mean']:+.2f} [{100 * (d['mean'] - half):+.2f}, {100 * (d['mean'] + half):+.2f}]")
-        rows.append([f"paired {name.replace(' - ', ' − ')}, mean [95% interval]", *cells, ""])
+        rows.append([f"paired {name.replace(' - ', ' − ')}, mean [95% interval]", *cells, ""] + (["", ""] if times else []))
     runs = ", ".join(f"`{run}`" for g in data["groups"].values() for run in g["runs"][:1])
-    text = caption(f"Files: `{path}` (`python scripts/summarize_runs.py \"default=RUN,…\" \"{group}=RUN,…\" "
-                   f"--paired default:{group} --json {path}`), the runs' summary.json and metrics.jsonl ({runs}, …; "
-                   "seeds 0–4). Test accuracy %, mean ± sample standard deviation over seeds; paired differences in "
-                   "points with a t interval.")
-    return text + md_table(["backward", "final", "best epoch", "last-10 mean", "VJPs per step"], rows)
+    text = caption(f"Files: `{path}` (`python scripts/summarize_runs.py \"{reference}=RUN,…\" \"{group}=RUN,…\" "
+                   f"--paired {reference}:{group} --json {path}`), the runs' summary.json and metrics.jsonl ({runs}, …; "
+                   f"seeds {seeds}). Test accuracy %, mean ± sample standard deviation over seeds; paired differences in "
+                   "points with a t interval." + (" Backward ms per step and seconds per training epoch: the runs' "
+                                                  "own logs, averaged over epochs and seeds." if times else ""))
+    head = ["backward", "final", "best epoch", "last-10 mean", "VJPs per step"]
+    return text + md_table(head + (["backward ms per step", "epoch s"] if times else []), rows)
 
 
 @table("f400-btol-seeds")
 def _():
-    return paired_seeds(BTOL_PAIRED, "btol1e-3")
+    return paired_seeds(BTOL_PAIRED, "broyden1e-6", "btol1e-3")
 
 
 @table("f400-phantom-seeds")
 def _():
-    return paired_seeds(PHANTOM_PAIRED, "phantom5")
+    return paired_seeds(PHANTOM_PAIRED, "broyden1e-6", "phantom5")
+
+
+@table("conv2-btol-seeds")
+def _():
+    return paired_seeds(CONV2_PAIRED, "btol1e-6", "btol1e-3", times=True, seeds="0–2")
 
 
 @table("f400-eval-time-steps")
