@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from . import interrupt
 from .neurons import fire, rate_weights
-from .simulation import averaged_input, feedback_adder
+from .simulation import averaged_input, count_statistics, feedback_adder
 
 # -- surrogate derivatives -------------------------------------------------------------------
 
@@ -221,7 +221,8 @@ class Unrolled:
     Attributes:
         a: the last layer's λ-weighted average rate ``[B, *layer_shapes[-1]]``, with graph.
         stats: the IF/LIF producers' statistics (``time_steps``, ``firing_rate``,
-            ``firing_rate_per_layer``), as 0-dim tensors without graph.
+            ``firing_rate_per_layer``, ``silent_per_layer``, ``saturated_per_layer``), as 0-dim
+            tensors without graph.
     """
 
     a: torch.Tensor
@@ -386,13 +387,17 @@ def unroll(network, x: torch.Tensor, *, time_steps: int, leak: float = 1.0, surr
                 if with_rate:
                     rate = out[2]
                 # Spike counts for the statistics only; ``detach`` keeps them off the graph.
-                counts[index] = spikes[index].detach().clone() if t == 0 else counts[index].add_(spikes[index].detach())
+                # At least float32: under autocast the first step's spikes may be bfloat16, exact only to 256.
+                counts[index] = (spikes[index].detach().to(torch.promote_types(spikes[index].dtype, torch.float32),
+                                                           copy=True) if t == 0
+                                 else counts[index].add_(spikes[index].detach()))
     for norm in forward_bn:
         if norm is not None:
             norm.commit()
 
     normaliser = rate_weights(steps, leak, dtype=torch.float64)[-1].item()  # = 1 / Σ λᵏ, as the producer
     a = rate.float() * normaliser if autocast is not None else rate * normaliser
+    activity = count_statistics(counts, steps)  # before IF's counts are normalised in place below
     if leak != 1.0:
         firing = [c / steps for c in counts]
     else:  # the IF producer reports its rates, the counts times the same normaliser
@@ -401,6 +406,7 @@ def unroll(network, x: torch.Tensor, *, time_steps: int, leak: float = 1.0, surr
         "time_steps": steps,
         "firing_rate": torch.stack([f.mean() for f in firing]).mean(),
         "firing_rate_per_layer": [f.mean() for f in firing],
+        **activity,
     }
     return Unrolled(a=a, stats=stats)
 

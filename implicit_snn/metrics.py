@@ -43,6 +43,13 @@ class BackwardTimer:
         return self._start.elapsed_time(self._end) / 1e3 if self._cuda else self._elapsed
 
 
+def _as_floats(values: list[Any]) -> list[float]:
+    """``values`` (0-dim tensors or numbers) as floats; tensors on one device are read in one sync."""
+    if values and all(torch.is_tensor(v) for v in values) and len({v.device for v in values}) == 1:
+        return torch.stack([v.detach().reshape(()).float() for v in values]).tolist()
+    return [float(v) for v in values]
+
+
 @dataclasses.dataclass
 class EpochTotals:
     """Sums over the batches of one epoch (kept in checkpoints so a resumed epoch adds up the same)."""
@@ -58,6 +65,12 @@ class EpochTotals:
     forward_status: dict = dataclasses.field(default_factory=dict)
     firing_rate: float = 0.0
     firing_batches: int = 0
+    # Per layer, sums over batches of the producer's ``firing_rate_per_layer``, ``silent_per_layer``
+    # and ``saturated_per_layer`` (``layer_batches`` of them; [] until a producer reports them).
+    firing_rate_per_layer: list = dataclasses.field(default_factory=list)
+    silent_per_layer: list = dataclasses.field(default_factory=list)
+    saturated_per_layer: list = dataclasses.field(default_factory=list)
+    layer_batches: int = 0
     seconds: float = 0.0
     backward_seconds: float = 0.0  # in loss.backward() (the implicit backward's solve, or BPTT's)
     lr: float = math.nan  # the learning rate of the epoch's latest step
@@ -78,16 +91,31 @@ class EpochTotals:
         self.add_forward(model)
 
     def add_forward(self, model: torch.nn.Module) -> None:
-        """Add the producer's statistics of the model's latest forward (firing rate, solver status)."""
+        """Add the producer's statistics of the model's latest forward (firing rate, per-layer
+        activity, solver status)."""
         forward = getattr(model, "last_forward", {})
         if forward.get("firing_rate") is not None:
             self.firing_rate += float(forward["firing_rate"])
             self.firing_batches += 1
+        if all(forward.get(name) for name in self._PER_LAYER):
+            layers = [forward[name] for name in self._PER_LAYER]
+            values = _as_floats([v for per_layer in layers for v in per_layer])  # one host sync for all
+            if not self.layer_batches:
+                for name, per_layer in zip(self._PER_LAYER, layers):
+                    setattr(self, name, [0.0] * len(per_layer))
+            start = 0
+            for name in self._PER_LAYER:
+                sums = getattr(self, name)
+                for index in range(len(sums)):
+                    sums[index] += values[start + index]
+                start += len(sums)
+            self.layer_batches += 1
         if "forward_status" in forward:  # a forward solver (the analytic producer) reports its status too
             self.forward_status[forward["forward_status"]] = self.forward_status.get(forward["forward_status"], 0) + 1
 
     _SUMMED = ("samples", "loss", "correct", "batches", "backward_evals", "backward_rel_residual",
-               "backward_converged", "firing_rate", "firing_batches")
+               "backward_converged", "firing_rate", "firing_batches", "layer_batches")
+    _PER_LAYER = ("firing_rate_per_layer", "silent_per_layer", "saturated_per_layer")
 
     def across_processes(self, context: Context, device: torch.device) -> "EpochTotals":
         """The totals of all processes together (wall time and lr stay this process's own)."""
@@ -102,15 +130,25 @@ class EpochTotals:
                 for key, value in counts.items():
                     combined[key] = combined.get(key, 0) + value
             setattr(merged, field, combined)
+        # Per layer, one gather for the three lists; a process that has counted no batch holds [].
+        gathered = distributed.gather_objects([getattr(self, field) for field in self._PER_LAYER], context)
+        for index, field in enumerate(self._PER_LAYER):
+            lists = [values[index] for values in gathered if values[index]]
+            setattr(merged, field, [sum(column) for column in zip(*lists)] if lists else [])
         return merged
 
-    def forward_metrics(self) -> dict[str, Any]:
-        """Batches per forward-solver status and the mean firing rate, each only where reported."""
+    def forward_metrics(self, *, per_layer: bool = True) -> dict[str, Any]:
+        """Batches per forward-solver status, the mean firing rate and (``per_layer``), per layer,
+        the mean firing rate and the fractions of silent and saturated neurons (means over
+        batches), each only where reported."""
         out: dict[str, Any] = {}
         if self.forward_status:
             out["forward_status"] = dict(self.forward_status)
         if self.firing_batches:
             out["firing_rate"] = self.firing_rate / self.firing_batches
+        if per_layer and self.layer_batches:
+            for name in self._PER_LAYER:
+                out[name] = [value / self.layer_batches for value in getattr(self, name)]
         return out
 
     def metrics(self) -> dict[str, Any]:

@@ -50,3 +50,14 @@ def feedback_adder(network: SpikingNetwork) -> Callable[[torch.Tensor, torch.Ten
     if fused is not None:
         return fused
     return lambda drive, spikes, state: drive + network.feedback_current(spikes, state)
+
+
+def count_statistics(counts: list[torch.Tensor], steps: int) -> dict[str, list[torch.Tensor]]:
+    """Per layer, from its spike counts over the ``steps`` time steps (``[B, *shape]``, integers in
+    any float dtype), the fraction of (sample, neuron) pairs that never fired (``silent_per_layer``)
+    and that fired at every step (``saturated_per_layer``), as 0-dim float32 tensors: the
+    definitions of ``implicit_snn.analysis.layer_activity``, for one batch. Two reductions per
+    layer after the time loop, no host sync."""
+    silent = [(c == 0).float().mean() for c in counts]
+    saturated = [(c == steps).float().mean() for c in counts]
+    return {"silent_per_layer": silent, "saturated_per_layer": saturated}

@@ -3,8 +3,9 @@
 The trainer takes any classifier ``model(x) -> logits``; when the model exposes
 ``last_backward`` (a ``SolverResult``) and ``last_forward`` (producer statistics), their
 numbers are kept per epoch: backward evaluations, residuals, the fraction of converged
-samples, the status counts, and the mean firing rate. Every step is checked for non-finite
-numbers (the loss, the gradients, then the parameters and buffers after the update): by default
+samples, the status counts, and the mean firing rate (also per layer, with the fractions of
+silent and saturated neurons). Every step is checked for non-finite numbers (the loss, the
+gradients, then the parameters and buffers after the update): by default
 ``NonFiniteError`` stops training, with ``nonfinite="skip"`` the step is skipped (up to
 ``max_skipped_steps`` per epoch). It writes no files and prints nothing:
 ``state_dict``/``load_state_dict`` give what a checkpoint must hold to resume exactly, and the
@@ -80,7 +81,8 @@ def evaluate(model: torch.nn.Module, dataset: ArrayDataset, *, batch_size: int, 
     finally:
         model.train(was_training)
     totals = totals.across_processes(context, device)
-    return {"loss": totals.loss / len(dataset), "acc": totals.correct / len(dataset), **totals.forward_metrics()}
+    return {"loss": totals.loss / len(dataset), "acc": totals.correct / len(dataset),
+            **totals.forward_metrics(per_layer=False)}
 
 
 class Trainer:

@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 # Reinstall only when the dependency list changed.
-extras="test,plot,nir,docs"
+extras="test,plot,nir,docs,events,tensorboard"
 stamp=".venv/.installed-$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     echo "installing implicit-snn and its dependencies into .venv/ (first run: a few minutes)" >&2

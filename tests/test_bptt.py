@@ -332,8 +332,9 @@ def test_eval_forward_equals_the_producer_exactly(spec_name, producer, spike_tra
     torch.testing.assert_close(unrolled.a, eq.a, rtol=0, atol=1e-14)
     assert unrolled.a.requires_grad and 0.01 < float(eq.a.mean()) < 0.99
     torch.testing.assert_close(unrolled.stats["firing_rate"], eq.stats["firing_rate"], rtol=0, atol=1e-15)
-    for a, b in zip(unrolled.stats["firing_rate_per_layer"], eq.stats["firing_rate_per_layer"], strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+    for name in ("firing_rate_per_layer", "silent_per_layer", "saturated_per_layer"):
+        for a, b in zip(unrolled.stats[name], eq.stats[name], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
     assert unrolled.stats["time_steps"] == eq.stats["time_steps"]
     # The classifier: BPTT with grad (unrolled), BPTT without grad (the producer) and IDE agree.
     logits_bptt = model(x)
@@ -389,7 +390,8 @@ def test_classifier_method_api():
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     F.cross_entropy(model(x), y).backward()
     assert model.last_backward is None
-    assert set(model.last_forward) == {"time_steps", "firing_rate", "firing_rate_per_layer"}
+    assert set(model.last_forward) == {"time_steps", "firing_rate", "firing_rate_per_layer", "silent_per_layer",
+                                       "saturated_per_layer"}
     assert model.last_forward["time_steps"] == 2
     assert model.network.input_layer.op.weight.grad.abs().sum() > 0
     model.set_method("bptt", surrogate="rectangular", surrogate_slope=2.0, detach_reset=True)

@@ -136,7 +136,7 @@ def test_eval_with_another_producer_and_a_sweep_over_time_steps(tmp_path, capsys
     assert row["time_steps"] is None and row["forward_status"] == {"MAX_ITER": 4}  # 64 samples, 16 per batch
     with pytest.raises(SystemExit, match="--time-steps does not apply to the analytic producer"):
         main(["eval", str(out), "--producer", "analytic", "--time-steps", "4"])
-    with pytest.raises(SystemExit, match="^error: --leak does not apply to the if producer, which takes --time-steps$"):
+    with pytest.raises(SystemExit, match="^error: --leak does not apply to the if producer, which takes --time-steps, --sim-precision$"):
         main(["eval", str(out), "--producer", "if", "--leak", "0.9"])
 
 

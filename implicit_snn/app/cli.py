@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="settings file (TOML, YAML or JSON); flags override it")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="start afresh in an existing run directory")
+    train.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
+                       help="write every epoch's metrics as TensorBoard scalars to DIR (default RUN_DIR/tensorboard; "
+                            "needs pip install 'implicit-snn[tensorboard]'); give it again with --resume")
 
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint (optionally with another producer, T or solver) "
                                            "or a NIR graph")

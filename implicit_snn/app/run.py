@@ -90,12 +90,18 @@ class Interrupted(Exception):
 class TrainingRun:
     """Runs ``trainer`` to its last epoch, keeping ``run_dir`` up to date: metrics after every
     epoch, the last checkpoint after every epoch and on a stop, the best one (highest validation
-    accuracy), the summary at the end. With several processes, rank 0 alone writes."""
+    accuracy), the summary at the end. With several processes, rank 0 alone writes.
 
-    def __init__(self, trainer: Trainer, run_dir: RunDir, config: dict[str, Any], report: Report):
+    ``tensorboard``: a folder for TensorBoard event files (``tensorboard_log``), written after
+    each epoch's checkpoint, or None."""
+
+    def __init__(self, trainer: Trainer, run_dir: RunDir, config: dict[str, Any], report: Report, *,
+                 tensorboard: Optional[Path] = None):
         self.trainer, self.run_dir, self.config, self.report = trainer, run_dir, config, report
         self._main = trainer.context.is_main
         self._resumed_rows: Optional[list[dict[str, Any]]] = None  # the metrics a resumed run continues
+        self.tensorboard = tensorboard
+        self._board: Any = None  # the open ``tensorboard_log.EpochBoard`` while ``fit`` runs
 
     def save(self) -> None:
         """Write the last checkpoint; every process must call it (it gathers their RNG states)."""
@@ -153,7 +159,28 @@ class TrainingRun:
             if stop is None:
                 stop = stack.enter_context(StopRequest(self.run_dir))
             stop.started = True  # from here a first signal stops at a step boundary with a checkpoint
+            stack.callback(self._close_board)
             return self._fit(stop)
+
+    def _open_board(self, rows: list[dict[str, Any]]) -> None:
+        """Open the TensorBoard folder (rank 0), writing the kept rows it lacks."""
+        if self.tensorboard is None or not self._main:
+            return
+        from .tensorboard_log import EpochBoard
+
+        self._board = EpochBoard(self.tensorboard, rows, self.trainer.epoch)
+        filled = [row["epoch"] for row in self._board.filled]
+        if filled:  # epochs trained by a session without --tensorboard, or before a crash
+            epochs = f"epoch {filled[0]}" if len(filled) == 1 else f"epochs {filled[0]}–{filled[-1]}"
+            hidden = (f" (earlier events from step {self._board.purged_from} on are hidden)"
+                      if self._board.purged_from is not None else "")
+            self.report.line(f"tensorboard: {epochs} written from {self.run_dir.METRICS}{hidden}")
+        self.report.line(f"tensorboard: {self.tensorboard} (tensorboard --logdir {self.tensorboard})")
+
+    def _close_board(self) -> None:
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
     def _fit(self, stop: StopRequest) -> dict[str, Any]:
         trainer = self.trainer
@@ -167,6 +194,7 @@ class TrainingRun:
                     [row for row in self.run_dir.read_metrics() if row["epoch"] <= trainer.epoch])
             if self._main:
                 self.run_dir.write_metrics(rows)
+            self._open_board(rows)
         while not trainer.done:
             with self.report.epoch(trainer):
                 finished = trainer.train_epoch(should_stop=requested, on_batch=self.report.batch)
@@ -187,6 +215,8 @@ class TrainingRun:
                 self.save()
                 if row.get("is_best") and self._main:
                     self.run_dir.keep_last_as_best()
+                if self._board is not None:  # after the checkpoint: never an epoch a resume trains again
+                    self._board.write(row)
             # A request that came while the epoch's files were written: they are the checkpoint.
             if not trainer.done and distributed.any_across(stop.requested, trainer.context, trainer.device):
                 raise Interrupted(f"stopped at the end of epoch {trainer.epoch}; checkpoint saved to "

@@ -15,7 +15,9 @@ import solvers
 
 from .. import bptt, distributed
 from ..distributed import Context
+from ..files import check_writable
 from ..nonfinite import NonFiniteError
+from . import tensorboard_log
 from .commands import cli_settings
 from .config import RunConfig, read_config_file, resolve
 from .errors import UsageError, checked_settings, flag_message
@@ -31,6 +33,11 @@ def _default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / default_run_name(config.model, config.dataset, config.producer, config.method, config.seed)
 
 
+def _tensorboard_dir(args: argparse.Namespace, config: RunConfig) -> Optional[Path]:
+    """The folder ``--tensorboard`` writes to (``RUN_DIR/tensorboard`` without DIR), or None."""
+    return tensorboard_log.log_dir(getattr(args, "tensorboard", None), config.out)
+
+
 def run_train(args: argparse.Namespace, console: Console) -> int:
     """``implicit-snn train``: lock the run directory, check every setting, then train into it."""
     from .build import resolve_device
@@ -43,8 +50,13 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
         config.out = str(Path(config.out) if config.out else _default_run_dir(config))
         if args.resume and args.overwrite:
             raise UsageError("--resume and --overwrite exclude each other")
+        board = _tensorboard_dir(args, config)
+        if board is not None:
+            tensorboard_log.check_available()  # a missing package is one line before anything is made
     run_dir = RunDir(config.out)
     run_dir.check_writable()  # creates nothing: an --out that cannot take a run is refused before the lock
+    if board is not None:
+        check_writable(board, folder=True)
     # One train per run directory, locked before it is checked, so nothing changes between check and write.
     # Under torchrun rank 0 alone holds it; the process group does not exist yet, so its rank is read here.
     rank = int(os.environ.get("RANK", "0")) if distributed.launched_by_torchrun() else 0
@@ -120,8 +132,11 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
     from .build import data_files, make_trainer
 
     run_dir = RunDir(config.out)
+    board = _tensorboard_dir(args, config)
     if not args.resume and not args.overwrite:
         run_dir.check_new_run()
+        if board is not None:
+            tensorboard_log.check_new(board)
     # Model, data and solvers are built (and every setting checked) before anything is written,
     # so a bad setting leaves no half-made run directory and --overwrite deletes nothing.
     with checked_settings():
@@ -136,7 +151,7 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
     precision = "" if config.sim_precision == "fp32" else f", simulation in {config.sim_precision}"
     report.line(f"training {config.model} on {config.dataset} ({config.producer or 'lif'}, "
                 f"T={config.time_steps}{precision}, {method}{processes}) → {run_dir}")
-    run = TrainingRun(trainer, run_dir, config.to_dict(), report)
+    run = TrainingRun(trainer, run_dir, config.to_dict(), report, tensorboard=board)
     if resumed is not None:  # before anything is written: a checkpoint that cannot be used changes nothing
         with checked_settings():
             run.resume(resumed)
@@ -146,6 +161,8 @@ def _train_process(args: argparse.Namespace, config: RunConfig, console: Console
             lock.keep_folders()  # from here on the folder is the run's, even if its first write fails
         if not args.resume:
             run_dir.clear()
+            if board is not None:
+                tensorboard_log.clear(board)  # the curves start afresh with the run
         run_dir.path.mkdir(parents=True, exist_ok=True)
         run_dir.write_config(config.to_dict())  # exactly the settings: reusable as --config
         run_dir.write_data_files(data_files(trainer.train_data, trainer.test_data))

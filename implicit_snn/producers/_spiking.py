@@ -10,7 +10,7 @@ import torch
 from .. import interrupt
 from ..neurons import fire_unleaked_, rate_weights
 from ..precision import check_precision, product_dtype, resolve_precision
-from ..simulation import SpikingNetwork, averaged_input, feedback_adder
+from ..simulation import SpikingNetwork, averaged_input, count_statistics, feedback_adder
 from ._base import Equilibrium, Producer
 
 RECORD = ("none", "rates", "spikes")
@@ -56,6 +56,9 @@ class _Simulation(Producer):
                                      "simulation_state, so its products cannot run in bf16; use 'fp32'")
                 state = network.simulation_state(state, low)  # f_args keep the float32 state
             rates, counts, trains, last = self._simulate(network, x, constant, state, steps, vth, leak, low)
+            # Silent and saturated neurons from the integer spike counts (IF's rates are its counts
+            # until they are normalised in place below).
+            activity = count_statistics(counts if counts is not None else rates, steps)
         normaliser = rate_weights(steps, leak, dtype=torch.float64)[-1].item()  # = 1 / Σ λᵏ
         rates = [r.mul_(normaliser) for r in rates]
         firing = [c / steps for c in counts] if counts is not None else rates
@@ -63,6 +66,7 @@ class _Simulation(Producer):
             "time_steps": steps,
             "firing_rate": torch.stack([f.mean() for f in firing]).mean(),
             "firing_rate_per_layer": [f.mean() for f in firing],
+            **activity,
         }
         extras: dict[str, Any] = {}
         if self.record != "none":
