@@ -43,7 +43,6 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 SCRIPT = Path(__file__).resolve()
 CPU_CONV_MAX_T = 30
-SPIKE_INPUT = {"f64c5_nmnist"}  # presets whose data are spike frames [B, T, *in]
 
 QUICK = dict(models=["f400"], time_steps=[5], rounds=1, steps=2, warmup=1, batch_size=32, floor_repeats=2)
 FULL = dict(models=["f400", "f64c5"], time_steps=[5, 10, 30, 100], rounds=5, steps=10, warmup=3, batch_size=128,
@@ -156,9 +155,10 @@ def bptt_label(precision: str) -> str:
 def preset_facts(name: str) -> dict[str, Any]:
     """Input shape, leak of the preset's own producer, and whether it is a conv net."""
     import models
+    from implicit_snn.data import dataset_info
     preset = models.get_preset(name)
     return {"input_shape": list(preset.in_shape), "leak": preset.leak, "conv": "C" in preset.spec.split("(")[0],
-            "spike_input": name in SPIKE_INPUT}
+            "spike_input": dataset_info(preset.dataset).input_kind == "spikes"}
 
 
 def find_peers() -> list[str]:

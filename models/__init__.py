@@ -1,7 +1,9 @@
 """The model zoo: the paper's feedback SNNs by preset name, or any network from its spec string.
 
 Presets: ``f400`` (Fashion-MNIST), ``f64c5`` (MNIST), ``f64c5_nmnist`` (N-MNIST spikes),
-``alexnet_f`` and ``cifarnet_f`` (CIFAR). Every model is an ``implicit_snn.ImplicitClassifier``.
+``alexnet_f`` and ``cifarnet_f`` (CIFAR), and for event data ``f512c5_cifar10dvs`` (CIFAR10-DVS),
+``f64c5_dvsgesture`` (DVS128 Gesture) and ``f400_shd`` (SHD). Every model is an
+``implicit_snn.ImplicitClassifier``.
 """
 
 from ._registry import available_models, build_model, describe_models, register_model

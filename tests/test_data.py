@@ -17,7 +17,8 @@ from implicit_snn.data._registry import DATASETS
 from tests.helpers import event, write_nmnist
 
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
-BUILT_INS = ["fashion-mnist", "mnist", "cifar10", "cifar100", "nmnist", "synthetic"]
+BUILT_INS = ["fashion-mnist", "mnist", "cifar10", "cifar100", "nmnist", "dvs-gesture", "cifar10-dvs", "shd",
+             "synthetic"]
 
 
 # ----------------------------------------------------------------------------- file writers

@@ -219,7 +219,12 @@ def identify(path: Path, content: bytes, dataset: str, file: str, published: dic
         ValueError: ``verify`` and the content is another published file (another dataset's, or
             the same dataset's under another name), or no published file at all.
     """
-    md5 = hashlib.md5(content).hexdigest()
+    return identify_md5(path, hashlib.md5(content).hexdigest(), dataset, file, published, verify)
+
+
+def identify_md5(path: Path, md5: str, dataset: str, file: str, published: dict[str, tuple[str, str]],
+                 verify: bool) -> DataFile:
+    """``identify`` for a file whose content MD5 (hex) is already known (e.g. hashed in chunks)."""
     record = DataFile(str(Path(path).absolute()), md5, False)
     if not verify:
         return record
