@@ -23,12 +23,14 @@ noval="$runs/repro-f400-lif-noval-seed0"
 "$cli" plot "$f400/analysis.json" --figure energy --out "$figures/f400-energy.png"
 "$cli" plot "$noval/eval-time-steps.json" "$noval/eval-if-time-steps.json" --out "$figures/f400-time-steps.png"
 
-# A two-layer conv model (strided convs, a transposed-conv feedback), 6 epochs.
-conv="$runs/conv2-fashion-mnist-lif-seed0"
+# A two-layer conv model (strided convs, a transposed-conv feedback), 6 epochs: seed 0 of the
+# conv runs that scripts/reproduce_results.sh makes (Broyden to 1e-6).
+conv="$runs/btol1e-6-conv2-lif-seed0"
 if [ ! -f "$conv/summary.json" ]; then
   resume=""
   [ -f "$conv/checkpoint-last.pt" ] && resume="--resume"
-  "$cli" train --model "32C3s-64C3s (F32C3u)" --dataset fashion-mnist --epochs 6 --threads 1 --out "$conv" $resume
+  "$cli" train --model "32C3s-64C3s (F32C3u)" --dataset fashion-mnist --epochs 6 --b_tol 1e-6 --threads 1 \
+    --out "$conv" $resume
 fi
 "$cli" analyze "$conv" --producer lif if --samples 1000 --time-steps 1 3 10 30 100 300 --b_solver broyden spide \
   --repeats 1 --threads 1 --no-plots > "$conv/analysis.txt"
