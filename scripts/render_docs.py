@@ -135,56 +135,114 @@ def caption(text: str) -> str:
 PEERS = {"eager": "eager PyTorch loop (BPTT)", "spikingjelly": "SpikingJelly (BPTT)", "snntorch": "snnTorch (BPTT)"}
 
 
-def is_default(config: dict) -> bool:
+def preset_backward(model: str) -> tuple[str, dict]:
+    """The backward solver and options a preset trains with today (models.PRESETS; Broyden when unset)."""
+    import models
+
+    preset = models.PRESETS[model]
+    return (preset.b_solver or "broyden"), dict(preset.b_options)
+
+
+def is_paper_backward(config: dict) -> bool:
+    """IDE with the paper's backward: Broyden to a relative residual of 1e-6."""
     return (config["kind"] == "ide" and config["solver"] == "broyden" and config["tol"] == 1e-6
             and not config["solver_options"])
 
 
+def is_default(config: dict) -> bool:
+    """IDE with the preset's default backward, in float32."""
+    if config["kind"] != "ide" or (config.get("precision") or "fp32") != "fp32":
+        return False
+    solver, options = preset_backward(config["model"])
+    if (config["solver"], config["solver_options"]) != (solver, options):
+        return False
+    return solver in ("phantom", "spide") or config["tol"] == 1e-6
+
+
 def step_label(config: dict) -> str:
+    precision = config.get("precision") or "fp32"
     if config["kind"] == "bptt":
-        return "BPTT (built in)"
+        return "BPTT (built in)" + ("" if precision == "fp32" else f", {precision} autocast")
     if config["kind"] == "peer":
         return PEERS[config["peer"].split("_")[0]]
     solver, options = config["solver"], config["solver_options"]
     if solver == "phantom" and options.get("steps") == 0:
-        return "IDE, the Jacobian-free gradient (phantom, steps=0)"
-    if solver == "phantom":
-        return f"IDE, phantom, steps={options['steps']}"
-    label = f"IDE, {solver}, b_tol {tol(config['tol'])}"
+        label = "IDE, the Jacobian-free gradient (phantom, steps=0)"
+    elif solver == "phantom":
+        label = f"IDE, phantom, steps={options['steps']}"
+    else:
+        label = f"IDE, {solver}, b_tol {tol(config['tol'])}"
+    if precision != "fp32":
+        label += f", {precision} simulation"
     return label + " (default)" if is_default(config) else label
 
 
 def step_command(data: dict, path: str) -> str:
-    return caption(f"{machine(data)}. Command: `{command(data['command'])}` → `{path}` "
+    native = data.get("native_bf16")
+    flags = "" if native is None else (f"; bf16 {'native' if native else 'emulated'}: {data['native_bf16_why']}")
+    return caption(f"{machine(data)}{flags}. Command: `{command(data['command'])}` → `{path}` "
                    "(the medians of per-round medians; the file holds every round).")
 
 
-def step_table(path: str, backward_ratio: bool = False) -> str:
-    """One row per configuration of a bench_step result file, this tree's code only (a
-    ``--baseline`` revision's rows are left out: they belong to the CHANGELOG)."""
+def step_table(path: str, backward_ratio: bool = False, *, keep: Callable[[dict], bool] = lambda c: True) -> str:
+    """One row per configuration of a bench_step result file that ``keep`` accepts, this tree's
+    code only (a ``--baseline`` revision's rows are left out: they belong to the CHANGELOG). The
+    BPTT ratio is against BPTT in the same precision; ``backward_ratio`` adds the backward against
+    the paper's (Broyden to 1e-6) in the same precision."""
     data = load(path)
-    configs = [c for c in data["configurations"] if c["kind"] != "baseline" and c["status"] == "ok"]
+    configs = [c for c in data["configurations"] if c["kind"] != "baseline" and c["status"] == "ok" and keep(c)]
     several_t = len({c["T"] for c in configs}) > 1
     several_models = len({c["model"] for c in configs}) > 1
     header = (["model"] if several_models else []) + (["T"] if several_t else []) + [
         "configuration", "step ms", "forward ms", "backward ms", "VJPs", "memory growth MiB",
         "BPTT's step / this step"]
     if backward_ratio:
-        header.append("backward / the default's")
+        header.append("backward / Broyden 1e-6's")
     rows = []
     for c in configs:
-        same = [o for o in configs if o["model"] == c["model"] and o["T"] == c["T"]]
+        precision = c.get("precision") or "fp32"
+        same = [o for o in configs if o["model"] == c["model"] and o["T"] == c["T"]
+                and (o.get("precision") or "fp32") == precision]
         bptt = next((o for o in same if o["kind"] == "bptt"), None)
-        default = next((o for o in same if is_default(o)), None)
+        paper = next((o for o in same if is_paper_backward(o)), None)
         row = ([c["model"].upper()] if several_models else []) + ([str(c["T"])] if several_t else [])
         row += [step_label(c), g3(c["step_ms"]), g3(c["forward_ms"]), g3(c["backward_ms"]),
-                str(c["vjps"]) if c.get("vjps") is not None else "—", g3(c["memory"]["growth_mib"]),
+                (f"{c['vjps']:g}" if c.get("vjps") is not None else "—"), g3(c["memory"]["growth_mib"]),
                 f"{bptt['step_ms'] / c['step_ms']:.2f}×" if bptt else "—"]
         if backward_ratio:
-            ratio = default and c["kind"] == "ide"
-            row.append(f"{c['backward_ms'] / default['backward_ms']:.2f}×" if ratio else "—")
+            ratio = paper and c["kind"] == "ide"
+            row.append(f"{c['backward_ms'] / paper['backward_ms']:.2f}×" if ratio else "—")
         rows.append(row)
     return step_command(data, path) + md_table(header, rows)
+
+
+STEP = "bench/results/step-cpu-defaults-bf16.json"
+
+
+@table("step-defaults")
+def _():
+    """The defaults' side-by-side: F400 at T = 5 and 30, F64C5 at 30, float32."""
+    return step_table(STEP, backward_ratio=True, keep=lambda c: (c.get("precision") or "fp32") == "fp32" and (
+        (c["model"] == "f400" and c["T"] in (5, 30)) or (c["model"] == "f64c5" and c["T"] == 30)))
+
+
+@table("step-f400-all-t")
+def _():
+    return step_table(STEP, keep=lambda c: c["model"] == "f400" and (c.get("precision") or "fp32") == "fp32")
+
+
+@table("step-f64c5-all-t")
+def _():
+    return step_table(STEP, keep=lambda c: c["model"] == "f64c5" and (c.get("precision") or "fp32") == "fp32")
+
+
+@table("step-bf16")
+def _():
+    """IDE and BPTT in both precisions, the defaults' backward only (and BPTT)."""
+    def keep(c):
+        return c["kind"] == "bptt" or (c["kind"] == "ide" and (c["solver"], c["solver_options"]) ==
+                                       preset_backward(c["model"]) and (c["solver"] == "phantom" or c["tol"] == 1e-6))
+    return step_table(STEP, keep=keep)
 
 
 @table("step-f400-t5-t30")
