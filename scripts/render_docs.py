@@ -1,4 +1,4 @@
-"""Render the data tables of docs/benchmarks.md and docs/results.md from the committed result files.
+"""Render the data tables of README.md, docs/benchmarks.md and docs/results.md from the committed result files.
 
 Each table sits between ``<!-- render: NAME -->`` and ``<!-- /render -->`` and is made only from
 files in the repository (bench/results/, docs/runs/), by the function registered under NAME below;
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ("docs/benchmarks.md", "docs/results.md")
+PAGES = ("README.md", "docs/benchmarks.md", "docs/results.md")
 OPEN = re.compile(r"<!-- render: ([^\s>]*) -->")
 BLOCK = re.compile(r"(<!-- render: ([^\s>]*) -->\n)(.*?)(<!-- /render -->)", re.S)
 
@@ -216,48 +216,26 @@ def step_table(path: str, backward_ratio: bool = False, *, keep: Callable[[dict]
     return step_command(data, path) + md_table(header, rows)
 
 
-STEP = "bench/results/step-cpu-defaults-bf16.json"
-
-
 @table("step-defaults")
 def _():
-    """The defaults' side-by-side: F400 at T = 5 and 30, F64C5 at 30, float32."""
-    return step_table(STEP, backward_ratio=True, keep=lambda c: (c.get("precision") or "fp32") == "fp32" and (
-        (c["model"] == "f400" and c["T"] in (5, 30)) or (c["model"] == "f64c5" and c["T"] == 30)))
+    """The defaults' side-by-side run: F400 at T = 5 and 30, F64C5 at T = 30."""
+    return step_table("bench/results/step-cpu-defaults.json", backward_ratio=True,
+                      keep=lambda c: c["model"] == "f400" or c["T"] == 30)
 
 
-@table("step-f400-all-t")
+@table("step-f400-bf16")
 def _():
-    return step_table(STEP, keep=lambda c: c["model"] == "f400" and (c.get("precision") or "fp32") == "fp32")
+    return step_table("bench/results/step-cpu-f400-bf16.json")
 
 
-@table("step-f64c5-all-t")
+@table("step-f64c5-bf16")
 def _():
-    return step_table(STEP, keep=lambda c: c["model"] == "f64c5" and (c.get("precision") or "fp32") == "fp32")
+    return step_table("bench/results/step-cpu-f64c5-bf16.json")
 
 
-@table("step-bf16")
+@table("step-f400-peers")
 def _():
-    """IDE and BPTT in both precisions, the defaults' backward only (and BPTT)."""
-    def keep(c):
-        return c["kind"] == "bptt" or (c["kind"] == "ide" and (c["solver"], c["solver_options"]) ==
-                                       preset_backward(c["model"]) and (c["solver"] == "phantom" or c["tol"] == 1e-6))
-    return step_table(STEP, keep=keep)
-
-
-@table("step-f400-t5-t30")
-def _():
-    return step_table("bench/results/step-cpu-f400-t5-t30.json")
-
-
-@table("step-f400-t10-t100")
-def _():
-    return step_table("bench/results/step-cpu-f400-t10-t100.json")
-
-
-@table("step-f64c5")
-def _():
-    return step_table("bench/results/step-cpu-f64c5.json")
+    return step_table("bench/results/step-cpu-f400-peers.json")
 
 
 @table("step-f400-t5-backward-methods")
@@ -268,12 +246,12 @@ def _():
 @table("floors")
 def _():
     """Arithmetic floors of bench_step: ranges over this tree's IDE configurations."""
-    paths = ["bench/results/step-cpu-f400-t5-t30.json", "bench/results/step-cpu-f64c5.json"]
+    paths = ["bench/results/step-cpu-defaults.json"]
     columns = []
     for path in paths:
         data = load(path)
         ide = [c for c in data["configurations"] if c["kind"] == "ide" and c.get("floor")]
-        for key in sorted({(c["model"], c["T"]) for c in ide}, key=lambda k: (paths.index(path), k[1])):
+        for key in sorted({(c["model"], c["T"]) for c in ide}):
             columns.append((f"{key[0].upper()} T={key[1]}", [c["floor"] for c in ide if (c["model"], c["T"]) == key]))
     measures = [("forward / its linear and conv ops", "forward_over_ops"),
                 ("explicit VJP (`jt`) / bare transposed ops", "jt_over_bare"),
@@ -281,7 +259,7 @@ def _():
     rows = [[name] + [span([f[key] for f in floors], lambda x: f"{x:.2f}", "×") for _, floors in columns]
             for name, key in measures]
     text = caption("Files: " + ", ".join(f"`{p}`" for p in paths) + " (their `Arithmetic floors` tables; "
-                   "each range spans the b_tol 1e-6 and 1e-3 configurations).")
+                   "each range spans the backward configurations: phantom, Broyden to 1e-6 and to 1e-3).")
     return text + md_table(["measure"] + [name for name, _ in columns], rows)
 
 
@@ -303,7 +281,8 @@ def method_label(method: str) -> str:
     match = re.fullmatch(r"broyden tol (\S+)", method)
     if match:
         value = float(match.group(1))
-        return f"broyden, b_tol {tol(value)}{' (default)' if value == 1e-6 else ''}, b_max_iter 30"
+        paper = " (the paper's)" if value == 1e-6 else ""
+        return f"broyden, b_tol {tol(value)}{paper}, b_max_iter 30"
     return method
 
 
@@ -320,12 +299,12 @@ def solvers_table(threshold: str) -> str:
     data = load(SOLVERS_REAL)
     problems = data["problems"]
     keys = [p["spec"]["key"] for p in problems]
-    methods = [row["method"] for row in data["summary"][keys[0]]]
+    methods = [row["solver"] for row in data["summary"][keys[0]]]
     rows = []
     for method in methods:
         row = [method_label(method)]
         for key in keys:
-            entry = next(r for r in data["summary"][key] if r["method"] == method)
+            entry = next(r for r in data["summary"][key] if r["solver"] == method)
             hit = entry[threshold]
             if hit is not None:
                 row.append(f"{hit['vjps']} / {hit['ms']:.0f}")
@@ -538,6 +517,63 @@ def _():
     return paired_seeds(PHANTOM_PAIRED, "broyden1e-6", "phantom5")
 
 
+@table("f400-bf16-seeds")
+def _():
+    return paired_seeds("docs/runs/f400-bf16-paired.json", "phantom5", "bf16")
+
+
+@table("precision-eval")
+def _():
+    """Trained checkpoints evaluated with the simulation in fp32 and bf16, and one step's gradient."""
+    path = "bench/results/precision-eval.json"
+    data = load(path)
+    rows = []
+    for r in data["rows"]:
+        rates = ", ".join(f"{d:+.1e}" for d in r["firing_rate_difference_per_layer"])
+        rows.append([f"`{r['run']}`", str(r["time_steps"]), f"{r['samples']:,}", f"{100 * r['accuracy_fp32']:.2f}%",
+                     f"{100 * r['accuracy_bf16']:.2f}%", str(r["differing_predictions"]), rates,
+                     sci(r["gradient_error_bf16"]), f"{r['batch_gradient_noise']:.2f}"])
+    text = caption(f"{machine(data)}. Command: `{command(data['command'])}` → `{path}`. ∇θ error: ‖∇_bf16 − ∇_fp32‖ / "
+                   f"‖∇_fp32‖ of one training step's parameter gradient (batch {data['rows'][0]['gradient_batch']}, the "
+                   "same dropout masks, the adjoint solved by GMRES to 1e-7); batch-gradient noise: the same measure "
+                   "between the fp32 gradients of two different batches.")
+    return text + md_table(["run", "T", "test images", "accuracy fp32", "accuracy bf16", "predictions that differ",
+                            "firing rate per layer, bf16 − fp32", "∇θ error of bf16", "batch-gradient noise"], rows)
+
+
+@table("readme-defaults")
+def _():
+    """F400's default backward against the paper's: the paired 100-epoch seeds and the step at T = 5."""
+    data = load(PHANTOM_PAIRED)
+    step = load("bench/results/step-cpu-defaults.json")
+
+    def step_ms(solver: str, options: dict) -> str:
+        row = next(c for c in step["configurations"] if c["model"] == "f400" and c["T"] == 5 and c["kind"] == "ide"
+                   and c["solver"] == solver and c["solver_options"] == options and (solver != "broyden" or c["tol"] == 1e-6))
+        return f"{row['step_ms']:.1f} ms"
+
+    names = {"broyden1e-6": ("Broyden to 1e-6 (the paper's, `--b_solver broyden`)", ("broyden", {})),
+             "phantom5": ("phantom, 5 steps (the default)", ("phantom", {"steps": 5}))}
+    rows = []
+    for group, runs in data["groups"].items():
+        st = runs["stats"]
+        vjps = statistics.fmean(r["backward_evals_mean"] for run in runs["runs"] for r in metrics(run))
+        label, backward = names[group]
+        rows.append([label, *(f"{pct(st[k]['mean'])} ± {pct(st[k]['std'])}" for k in ("final", "best_epoch", "last10_mean")),
+                     f"{vjps:.1f}", step_ms(*backward)])
+    paired = data["paired"]["phantom5 - broyden1e-6"]
+    cells = []
+    for key in ("final", "best_epoch", "last10_mean"):
+        d = paired[key]
+        half = T_975[d["n"] - 1] * d["sem"]
+        cells.append(f"{100 * d['mean']:+.2f} [{100 * (d['mean'] - half):+.2f}, {100 * (d['mean'] + half):+.2f}]")
+    rows.append(["paired difference, mean [95% interval]", *cells, "", ""])
+    text = caption(f"Files: `{PHANTOM_PAIRED}` (5 seeds of each, test accuracy %, mean ± std) and "
+                   f"`bench/results/step-cpu-defaults.json` ({machine(step)}, batch 128, the two in one run).")
+    return text + md_table(["F400, 100 epochs, all 60,000 images", "final", "best epoch", "last-10 mean",
+                            "VJPs per step", "step at T = 5"], rows)
+
+
 @table("conv2-btol-seeds")
 def _():
     return paired_seeds(CONV2_PAIRED, "btol1e-6", "btol1e-3", times=True, seeds="0–2")
@@ -722,8 +758,7 @@ def backward_flags(config: dict) -> tuple[str, str]:
     if solver == "spiking":
         solver = "spide"
         options.pop("time_steps", None)
-    if solver != "broyden":
-        flags.append(f"--b_solver {solver}")
+    flags.append(f"--b_solver {solver}")  # explicit: F400's default is no longer Broyden
     if solver == "spide":
         flags.append(f"--b_max_iter {config['b_max_iter']}")
         description = f"SPIDE, {config['b_max_iter']} steps"
@@ -732,8 +767,8 @@ def backward_flags(config: dict) -> tuple[str, str]:
     elif solver == "phantom":
         description = f"phantom, steps={options['steps']}"
     else:
-        default = solver == "broyden" and tolerance == 1e-6
-        description = f"{solver}, b_tol {tol(tolerance)}{' (default)' if default else ''}"
+        paper = solver == "broyden" and tolerance == 1e-6
+        description = f"{solver}, b_tol {tol(tolerance)}" + (" (the paper's)" if paper else "")
         if tolerance != 1e-6:
             flags.append(f"--b_tol {tol(tolerance)}")
     if options:
@@ -755,10 +790,10 @@ def _():
                      paired_cell(paired) if paired else "—", epoch_vjps(runs)])
     epochs = load(run_group(METHODS_STATS, default)[0] + "/summary.json")["epochs"]
     text = caption(f"Files: `{METHODS_STATS}`, the runs' `config.json`, `summary.json` and `metrics.jsonl` under "
-                   "`bench/results/backward-methods/<method>-seed<k>/` (paired: the mean difference to the default "
-                   "over the same seeds in points, ± its standard error).")
+                   "`bench/results/backward-methods/<method>-seed<k>/` (paired: the mean difference to Broyden at "
+                   "1e-6 over the same seeds in points, ± its standard error).")
     return text + md_table(["backward", "flags", f"test accuracy after {epochs} epochs (mean ± std, n = 3)",
-                            "paired vs default", "backward VJPs per step: mean (range) of the epochs' means"], rows)
+                            "paired vs Broyden 1e-6", "backward VJPs per step: mean (range) of the epochs' means"], rows)
 
 
 # ---------------------------------------------------------------------------------------------
