@@ -174,7 +174,7 @@ def load_event_split(folders: Sequence[Path], find: Callable[[Path], Optional[Ev
         frames, labels, records = _bin_all(source, info, split, verify, to_frames)
         if cache:
             packed = settings.get("accumulate") == "binary"
-            _write_cache(path, {"key": key, "fingerprint": source.fingerprint, "verified": bool(verify),
+            write_cache(path, {"key": key, "fingerprint": source.fingerprint, "verified": bool(verify),
                                 "files": [r.to_dict() for r in records], "labels": torch.from_numpy(labels),
                                 "packed": packed, "frames": torch.from_numpy(_pack(frames, packed))})
         return ArrayDataset(torch.from_numpy(frames), torch.from_numpy(labels), info, records)
@@ -240,10 +240,10 @@ def _read_cache(path: Path, key: dict, source_fingerprint: Optional[str], verify
         return None
 
 
-def _write_cache(path: Path, blob: dict) -> None:
-    """``torch.save`` to ``path`` atomically; a failure to write only warns."""
+def write_cache(path: Path, blob: dict, what: str = "frame") -> None:
+    """``torch.save`` to ``path`` atomically; a failure to write only warns (``what`` names the cache)."""
     try:
         with atomic_file(path) as handle:
             torch.save(blob, handle)
     except OSError as err:  # a read-only folder or a full disk: loading still succeeds
-        warnings.warn(f"cannot write the frame cache {path} ({err}); the next load bins the events again")
+        warnings.warn(f"cannot write the {what} cache {path} ({err}); the next load builds it again")

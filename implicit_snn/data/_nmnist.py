@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
 import torch
 
-from ..files import atomic_file
 from ._base import ArrayDataset, DataFile, DatasetInfo, DatasetNotFoundError, PathLike, candidate_dirs, root_problem
+from ._frames import write_cache
 
 SENSOR = 34                       # the ATIS crop used by N-MNIST: 34 x 34 pixels
 FRAME = 2 * SENSOR * SENSOR       # values per time step: 2 polarities x 34 x 34
@@ -116,8 +115,8 @@ def load_nmnist_dataset(split: str, root: Optional[PathLike], download: bool, ti
                     "it was built from are gone; restore them or delete the cache.")
         frames, labels = _decode_all(files, time_steps, bin_us, accumulate)
         if cache:
-            _write_cache(cache_path, {**key, "fingerprint": fingerprint, **_pack(frames, accumulate),
-                                      "labels": torch.from_numpy(labels)})
+            write_cache(cache_path, {**key, "fingerprint": fingerprint, **_pack(frames, accumulate),
+                                      "labels": torch.from_numpy(labels)}, "N-MNIST")
         return _to_dataset(frames, labels, time_steps, base / _SPLIT_DIR[split])
     hint = ("Download the original N-MNIST (Train.zip and Test.zip, Orchard et al. 2015; "
             "https://www.garrickorchard.com/datasets/n-mnist) and unzip both into DIR so that "
@@ -173,15 +172,6 @@ def _read_cache(path: Path, key: dict, fingerprint: Optional[str]):
         return frames.reshape(len(labels), key["time_steps"], 2, SENSOR, SENSOR), labels
     except Exception:  # noqa: BLE001 - any unreadable cache is simply rebuilt
         return None
-
-
-def _write_cache(path: Path, blob: dict) -> None:
-    """``torch.save`` to ``path`` atomically; a failure to write only warns."""
-    try:
-        with atomic_file(path) as handle:
-            torch.save(blob, handle)
-    except OSError as err:  # a read-only folder or a full disk: loading still succeeds
-        warnings.warn(f"cannot write the N-MNIST cache {path} ({err}); the next load decodes the files again")
 
 
 def _to_dataset(frames: np.ndarray, labels: np.ndarray, time_steps: int, source: Path) -> ArrayDataset:
