@@ -39,14 +39,15 @@ def test_a_hand_edited_cell_is_named_by_the_check():
     render_docs = _render_docs()
     page = "docs/benchmarks.md"
     text = (ROOT / page).read_text(encoding="utf-8")
-    start = text.index("<!-- render: step-f400-t5-t30 -->")
-    row = text.index("| 5 | IDE, broyden, b_tol 1e-6 (default) |", start)
-    cell = text.index(" | ", row + len("| 5 | IDE, broyden, b_tol 1e-6 (default)")) + 3
+    start = text.index("<!-- render: step-defaults -->")
+    label = "| F400 | 5 | IDE, phantom, steps=5 (default)"
+    row = text.index(label + " |", start)
+    cell = text.index(" | ", row + len(label)) + 3
     end = text.index(" |", cell)
     edited = text[:cell] + "1.0" + text[end:]
     assert edited != text
     _, changed = render_docs.render_page(edited, page)
-    assert changed == ["step-f400-t5-t30"]
+    assert changed == ["step-defaults"]
     _, unchanged = render_docs.render_page(text, page)
     assert unchanged == []
 
