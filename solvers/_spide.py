@@ -174,13 +174,12 @@ class SPIDE:
         rounds = min(self.rounds, steps)
         return [steps // rounds + (1 if i < steps % rounds else 0) for i in range(rounds)]
 
-    def _next_thresholds(self, theta: torch.Tensor, offset: torch.Tensor, estimate: torch.Tensor,
-                         residual: torch.Tensor) -> torch.Tensor:
+    def _next_thresholds(self, offset: torch.Tensor, estimate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """θ for the next round, per sample: its right-hand side (the residual left) times the gain
         from right-hand side to solution this round measured, times the headroom. The gain is
         the coupled solution's scale (batch norm can make it tens of times the right-hand side's),
         which a θ taken from the right-hand side alone cannot see."""
-        tiny = torch.finfo(theta.dtype).tiny
+        tiny = torch.finfo(offset.dtype).tiny
         gain = estimate.abs().amax(dim=1, keepdim=True) / offset.abs().amax(dim=1, keepdim=True).clamp_min(tiny)
         scale = residual.abs().amax(dim=1, keepdim=True) * gain.clamp_min(1.0)
         return (self.headroom * scale).clamp_min_(tiny)
@@ -259,6 +258,12 @@ class SPIDE:
         def linear(x: torch.Tensor) -> torch.Tensor:  # A x: spike events through the synapses
             return g.linear(x) if g.has_linear else g(x) - c
 
+        def step_input(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:  # A x + offset
+            if g.has_linear:
+                return g.linear(x) + offset
+            # A plain map gives A x + c itself: the first round's input is one evaluation, unchanged.
+            return g(x) if offset is c else g(x) - c + offset
+
         tiny = torch.finfo(c.dtype).tiny
         theta = self.thresholds(z0, c)
         z = torch.zeros_like(c)  # the estimate of the rounds before this one
@@ -299,14 +304,14 @@ class SPIDE:
                 if t < length or index + 1 < len(lengths):
                     events += spikes.abs()
                 if t < length:
-                    y = linear(x) + offset
+                    y = step_input(x, offset)
             estimate = total / length
             if index + 1 < len(lengths):
                 # The residual this round leaves, g(z + estimate) − z − estimate = (u + A x_T) / T by
                 # linearity: the neurons' own potentials and one more step of spike input.
                 previous = offset
                 offset = (u + linear(x)) / length
-                theta = self._next_thresholds(theta, previous, estimate, offset)
+                theta = self._next_thresholds(previous, estimate, offset)
                 z = z + estimate
                 # The trace's entry for the estimate after this round, exact: its residual is the offset.
                 scaled.append(torch.linalg.vector_norm(offset, dim=1))
