@@ -474,6 +474,29 @@ PHANTOM_PAIRED = "docs/runs/f400-phantom5-paired.json"
 CONV2_PAIRED = "docs/runs/conv2-btol1e-3-paired.json"
 
 
+SEED_MEASURES = ("final", "best_epoch", "last10_mean")
+
+
+def seed_cells(stats: dict) -> list[str]:
+    """A group's mean ± std test accuracy on each of ``SEED_MEASURES`` (a summarize_runs group's stats)."""
+    return [f"{pct(stats[k]['mean'])} ± {pct(stats[k]['std'])}" for k in SEED_MEASURES]
+
+
+def interval_cells(paired: dict) -> list[str]:
+    """A paired difference's mean and 95% t interval, in points, on each of ``SEED_MEASURES``."""
+    cells = []
+    for key in SEED_MEASURES:
+        d = paired[key]
+        half = T_975[d["n"] - 1] * d["sem"]
+        cells.append(f"{100 * d['mean']:+.2f} [{100 * (d['mean'] - half):+.2f}, {100 * (d['mean'] + half):+.2f}]")
+    return cells
+
+
+def logged_mean(runs: list[str], key: str) -> float:
+    """The mean over runs and epochs of a metrics.jsonl field."""
+    return statistics.fmean(r[key] for run in runs for r in metrics(run))
+
+
 def paired_seeds(path: str, reference: str, group: str, *, times: bool = False, seeds: str = "0–4") -> str:
     """A cheaper backward's seeds against ``reference``'s: each group's mean ± std, and the paired
     differences with a t interval, from ``scripts/summarize_runs.py --paired``'s JSON; ``times``
@@ -481,22 +504,15 @@ def paired_seeds(path: str, reference: str, group: str, *, times: bool = False, 
     data = load(path)
     rows = []
     for name, runs in data["groups"].items():
-        st = runs["stats"]
-        logged = [r for run in runs["runs"] for r in metrics(run)]
-        row = [f"{name} ({st['final']['n']} seeds)", *(f"{pct(st[k]['mean'])} ± {pct(st[k]['std'])}"
-                                                      for k in ("final", "best_epoch", "last10_mean")),
-               f"{statistics.fmean(r['backward_evals_mean'] for r in logged):.1f}"]
+        row = [f"{name} ({runs['stats']['final']['n']} seeds)", *seed_cells(runs["stats"]),
+               f"{logged_mean(runs['runs'], 'backward_evals_mean'):.1f}"]
         if times:
-            row += [f"{statistics.fmean(r['backward_ms_mean'] for r in logged):.0f}",
-                    f"{statistics.fmean(r['train_seconds'] for r in logged):.0f}"]
+            row += [f"{logged_mean(runs['runs'], 'backward_ms_mean'):.0f}",
+                    f"{logged_mean(runs['runs'], 'train_seconds'):.0f}"]
         rows.append(row)
     for name, paired in data["paired"].items():
-        cells = []
-        for key in ("final", "best_epoch", "last10_mean"):
-            d = paired[key]
-            half = T_975[d["n"] - 1] * d["sem"]
-            cells.append(f"{100 * d['mean']:+.2f} [{100 * (d['mean'] - half):+.2f}, {100 * (d['mean'] + half):+.2f}]")
-        rows.append([f"paired {name.replace(' - ', ' − ')}, mean [95% interval]", *cells, ""] + (["", ""] if times else []))
+        rows.append([f"paired {name.replace(' - ', ' − ')}, mean [95% interval]", *interval_cells(paired), ""]
+                    + (["", ""] if times else []))
     runs = ", ".join(f"`{run}`" for g in data["groups"].values() for run in g["runs"][:1])
     text = caption(f"Files: `{path}` (`python scripts/summarize_runs.py \"{reference}=RUN,…\" \"{group}=RUN,…\" "
                    f"--paired {reference}:{group} --json {path}`), the runs' summary.json and metrics.jsonl ({runs}, …; "
@@ -549,25 +565,19 @@ def _():
 
     def step_ms(solver: str, options: dict) -> str:
         row = next(c for c in step["configurations"] if c["model"] == "f400" and c["T"] == 5 and c["kind"] == "ide"
-                   and c["solver"] == solver and c["solver_options"] == options and (solver != "broyden" or c["tol"] == 1e-6))
+                   and c["solver"] == solver and c["solver_options"] == options
+                   and (solver != "broyden" or c["tol"] == 1e-6))
         return f"{row['step_ms']:.1f} ms"
 
     names = {"broyden1e-6": ("Broyden to 1e-6 (the paper's, `--b_solver broyden`)", ("broyden", {})),
              "phantom5": ("phantom, 5 steps (the default)", ("phantom", {"steps": 5}))}
     rows = []
     for group, runs in data["groups"].items():
-        st = runs["stats"]
-        vjps = statistics.fmean(r["backward_evals_mean"] for run in runs["runs"] for r in metrics(run))
         label, backward = names[group]
-        rows.append([label, *(f"{pct(st[k]['mean'])} ± {pct(st[k]['std'])}" for k in ("final", "best_epoch", "last10_mean")),
-                     f"{vjps:.1f}", step_ms(*backward)])
-    paired = data["paired"]["phantom5 - broyden1e-6"]
-    cells = []
-    for key in ("final", "best_epoch", "last10_mean"):
-        d = paired[key]
-        half = T_975[d["n"] - 1] * d["sem"]
-        cells.append(f"{100 * d['mean']:+.2f} [{100 * (d['mean'] - half):+.2f}, {100 * (d['mean'] + half):+.2f}]")
-    rows.append(["paired difference, mean [95% interval]", *cells, "", ""])
+        rows.append([label, *seed_cells(runs["stats"]), f"{logged_mean(runs['runs'], 'backward_evals_mean'):.1f}",
+                     step_ms(*backward)])
+    rows.append(["paired difference, mean [95% interval]", *interval_cells(data["paired"]["phantom5 - broyden1e-6"]),
+                 "", ""])
     text = caption(f"Files: `{PHANTOM_PAIRED}` (5 seeds of each, test accuracy %, mean ± std) and "
                    f"`bench/results/step-cpu-defaults.json` ({machine(step)}, batch 128, the two in one run).")
     return text + md_table(["F400, 100 epochs, all 60,000 images", "final", "best epoch", "last-10 mean",
