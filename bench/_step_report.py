@@ -15,6 +15,11 @@ KIND_ORDER = {"ide": 0, "bptt": 1, "baseline": 2, "peer": 3}
 FIXED_BUDGET = ("phantom", "spide")  # backward solvers that run their budget whatever the tolerance
 
 
+def bptt_label(precision: str) -> str:
+    """BPTT's row label: the standard mixed precision is bf16 autocast."""
+    return "BPTT" if precision == "fp32" else f"BPTT {precision}-autocast"
+
+
 def median_of(records: Iterable[dict[str, Any]], key: str) -> float:
     values = [r[key] for r in records if r.get(key) is not None]
     return statistics.median(values) if values else math.nan
@@ -101,7 +106,7 @@ def ratio_tables(configs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
             continue
         precision = c.get("precision") or "fp32"
         # Precision against precision, and a low-precision IDE against float32 BPTT too.
-        labels = dict.fromkeys(["BPTT" if precision == "fp32" else f"BPTT {precision}-autocast", "BPTT"])
+        labels = dict.fromkeys([bptt_label(precision), bptt_label("fp32")])
         for label in labels:
             bptt = done.get((c["model"], c["T"], label))
             if bptt is not None:

@@ -147,11 +147,6 @@ def ide_label(solver_label: str, precision: str) -> str:
     return f"IDE {solver_label}" + ("" if precision == "fp32" else f" {precision}")
 
 
-def bptt_label(precision: str) -> str:
-    """BPTT's row label: the standard mixed precision is bf16 autocast."""
-    return "BPTT" if precision == "fp32" else f"BPTT {precision}-autocast"
-
-
 def preset_facts(name: str) -> dict[str, Any]:
     """Input shape, leak of the preset's own producer, and whether it is a conv net."""
     import models
@@ -179,6 +174,8 @@ def find_peers() -> list[str]:
 
 def make_configs(args: argparse.Namespace, baseline: Optional[dict[str, Any]], peers: list[str]) -> list[dict[str, Any]]:
     """Every (preset, T, method) to run, in the order of the tables."""
+    from _step_report import bptt_label
+
     common = dict(batch_size=args.batch_size, device=args.device, threads=args.threads, floor_repeats=args.floor_repeats)
     configs = []
     default_solver = parse_solver("broyden:1e-6")
