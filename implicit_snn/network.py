@@ -334,7 +334,8 @@ class FeedbackSNN(nn.Module):
             return weight.detach().to(dtype), None if bias is None else bias.detach().to(dtype)
 
         products = LowPrecisionProducts(
-            dtype=dtype, base=state.feedback_weight.dtype, input=cast(self.input_layer), forward=tuple(cast(layer) for layer in self.forward_layers),
+            dtype=dtype, base=state.feedback_weight.dtype, input=cast(self.input_layer),
+            forward=tuple(cast(layer) for layer in self.forward_layers),
             feedback=cast(self.feedback, state.feedback_weight))
         return dataclasses.replace(state, products=products)
 

@@ -28,7 +28,7 @@ from ._solvers import SPIDE_STEPS, BackwardOutcome, backward_budget, compare_bac
 from ._step import FrozenStep
 
 __all__ = [
-    "SPIDE_STEPS", "BackwardOutcome", "EnergyReport", "EquilibriumGap", "FrozenStep", "LayerActivity", "LayerEnergy", "OperationEnergy",
-    "SpikeCensus", "TrainingStepCost", "backward_budget", "compare_backward", "energy_report", "equilibrium_gap", "fan_in", "fan_out",
-    "feedback_norm", "layer_activity", "spike_census", "synapses", "training_step_cost",
+    "SPIDE_STEPS", "BackwardOutcome", "EnergyReport", "EquilibriumGap", "FrozenStep", "LayerActivity", "LayerEnergy",
+    "OperationEnergy", "SpikeCensus", "TrainingStepCost", "backward_budget", "compare_backward", "energy_report",
+    "equilibrium_gap", "fan_in", "fan_out", "feedback_norm", "layer_activity", "spike_census", "synapses", "training_step_cost",
 ]

@@ -237,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(analyze, "b_tol", type=_setting("b_tol"))
     analyze.add_argument("--spide-steps", "--spide_steps", dest="spide_steps", type=_positive_int,
                          default=SPIDE_STEPS, metavar="T",
-                         help=f"the spike-based backward's T when compared (default {SPIDE_STEPS}, SPIDE's CIFAR budget; "
-                              "its error falls like 1/T, so the other solvers' step cap is far too short for it)")
+                         help=f"the spike-based backward's T when compared (default {SPIDE_STEPS}, SPIDE's CIFAR "
+                              "budget; its error falls like 1/T, so the other solvers' step cap is far too short for it)")
     analyze.add_argument("--repeats", type=_positive_int, default=3, help="timed backward steps per solver (median)")
     analyze.add_argument("--energy-per-sop", "--energy_per_sop", dest="energy_per_sop", type=_nonnegative_float,
                          default=OperationEnergy.per_sop_pj, metavar="PJ",

@@ -21,9 +21,9 @@ from .errors import UsageError, checked_settings
 from .rundir import RunDir, load_checkpoint as read_checkpoint
 
 # Settings a checkpoint command may override; the rest describe the trained model and stay.
-_OVERRIDABLE = ("producer", "leak", "sim_precision", "f_solver", "f_max_iter", "f_tol", "f_stop_mode", "f_options", "b_solver",
-                "b_max_iter", "b_tol", "b_stop_mode", "b_options", "data_root", "download", "verify_data", "device",
-                "threads")
+_OVERRIDABLE = ("producer", "leak", "sim_precision", "f_solver", "f_max_iter", "f_tol", "f_stop_mode", "f_options",
+                "b_solver", "b_max_iter", "b_tol", "b_stop_mode", "b_options", "data_root", "download", "verify_data",
+                "device", "threads")
 
 
 def cli_settings(args: argparse.Namespace) -> dict[str, Any]:

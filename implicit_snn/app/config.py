@@ -168,7 +168,8 @@ def check_values(config: RunConfig) -> None:
 
 
 # Run settings that are options of the producer; each applies only to producers that take it.
-PRODUCER_SETTINGS = ("time_steps", "leak", "sim_precision", "f_solver", "f_max_iter", "f_tol", "f_stop_mode", "f_options")
+PRODUCER_SETTINGS = ("time_steps", "leak", "sim_precision", "f_solver", "f_max_iter", "f_tol", "f_stop_mode",
+                     "f_options")
 
 
 def check_producer_settings(producer: Optional[str], given: set[str]) -> None:
