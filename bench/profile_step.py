@@ -45,7 +45,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="f400")
     parser.add_argument("--time-steps", type=int, default=5)
-    parser.add_argument("--b-tol", type=float, default=1e-6)
+    parser.add_argument("--b-tol", type=float, default=None, help="the backward's tolerance (default: the preset's)")
+    parser.add_argument("--b-solver", default=None, help="the backward solver (default: the preset's)")
+    parser.add_argument("--sim-precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--method", default="ide", choices=("ide", "bptt"))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
@@ -55,11 +57,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(1)
     retain_freed_memory()
     torch.manual_seed(0)
-    options: dict[str, Any] = dict(producer_options=dict(time_steps=args.time_steps))
+    options: dict[str, Any] = dict(producer_options=dict(time_steps=args.time_steps, sim_precision=args.sim_precision))
     if args.method == "bptt":
         options.update(method="bptt")
     else:
-        options.update(b_tol=args.b_tol)
+        if args.b_solver is not None:  # its own options replace the preset's solver's
+            options.update(b_solver=args.b_solver, b_options={})
+        if args.b_tol is not None:
+            options.update(b_tol=args.b_tol)
     model = models.build_model(args.model, **options).train()
     shape = models.get_preset(args.model).in_shape
     x, y = torch.rand(args.batch, *shape), torch.randint(0, 10, (args.batch,))
@@ -111,11 +116,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     groups["outside operators"] = {p: phase_total[p] - sum(g[p] for g in groups.values()) for p in PHASES}
     rows = sorted(table.values(), key=lambda r: -r["self_ms"])
     report = {"header": run_header("cpu"), "model": args.model, "time_steps": args.time_steps,
-              "method": args.method, "b_tol": args.b_tol, "batch": args.batch, "steps": args.steps,
+              "method": args.method, "b_solver": args.b_solver, "b_tol": args.b_tol,
+              "sim_precision": args.sim_precision, "batch": args.batch, "steps": args.steps,
               "wall_ms_per_step_profiled": wall, "phase_ms": phase_total, "groups": groups, "operators": rows,
               "command": "python bench/profile_step.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    lines = [f"# Profile of one training step: {args.model}, T = {args.time_steps}, {args.method}"
-             f"{'' if args.method == 'bptt' else f', b_tol {args.b_tol:g}'} ({report['header']['device_name']}, "
+    backward = "" if args.method == "bptt" else ", backward " + ", ".join(
+        [args.b_solver or "the preset's"] + ([f"b_tol {args.b_tol:g}"] if args.b_tol is not None else []))
+    lines = [f"# Profile of one training step: {args.model}, T = {args.time_steps}, {args.method}{backward}, "
+             f"simulation {args.sim_precision} ({report['header']['device_name']}, "
              f"torch {report['header']['torch']}, {report['header']['date']})", "",
              f"Batch {args.batch}, {args.steps} profiled steps after 3 warm-up steps; ms per step (the profiler "
              f"adds its own cost per operator: {wall:.1f} ms per step while profiling).", "",

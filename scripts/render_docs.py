@@ -193,22 +193,27 @@ def step_table(path: str, backward_ratio: bool = False, *, keep: Callable[[dict]
     configs = [c for c in data["configurations"] if c["kind"] != "baseline" and c["status"] == "ok" and keep(c)]
     several_t = len({c["T"] for c in configs}) > 1
     several_models = len({c["model"] for c in configs}) > 1
-    header = (["model"] if several_models else []) + (["T"] if several_t else []) + [
-        "configuration", "step ms", "forward ms", "backward ms", "VJPs", "memory growth MiB",
+    precisions = sorted({c.get("precision") or "fp32" for c in configs}, key=lambda p: p != "fp32")
+    # With several precisions every row is set against BPTT in each (precision against precision
+    # as well as against float32 BPTT); with one, against BPTT in the same precision.
+    ratio_columns = [f"BPTT {p}'s step / this step" for p in precisions] if len(precisions) > 1 else [
         "BPTT's step / this step"]
+    header = (["model"] if several_models else []) + (["T"] if several_t else []) + [
+        "configuration", "step ms", "forward ms", "backward ms", "VJPs", "memory growth MiB", *ratio_columns]
     if backward_ratio:
         header.append("backward / Broyden 1e-6's")
     rows = []
     for c in configs:
         precision = c.get("precision") or "fp32"
-        same = [o for o in configs if o["model"] == c["model"] and o["T"] == c["T"]
-                and (o.get("precision") or "fp32") == precision]
-        bptt = next((o for o in same if o["kind"] == "bptt"), None)
+        group = [o for o in configs if o["model"] == c["model"] and o["T"] == c["T"]]
+        same = [o for o in group if (o.get("precision") or "fp32") == precision]
         paper = next((o for o in same if is_paper_backward(o)), None)
         row = ([c["model"].upper()] if several_models else []) + ([str(c["T"])] if several_t else [])
         row += [step_label(c), g3(c["step_ms"]), g3(c["forward_ms"]), g3(c["backward_ms"]),
-                (f"{c['vjps']:g}" if c.get("vjps") is not None else "—"), g3(c["memory"]["growth_mib"]),
-                f"{bptt['step_ms'] / c['step_ms']:.2f}×" if bptt else "—"]
+                (f"{c['vjps']:g}" if c.get("vjps") is not None else "—"), g3(c["memory"]["growth_mib"])]
+        for against in (precisions if len(precisions) > 1 else [precision]):
+            bptt = next((o for o in group if o["kind"] == "bptt" and (o.get("precision") or "fp32") == against), None)
+            row.append(f"{bptt['step_ms'] / c['step_ms']:.2f}×" if bptt else "—")
         if backward_ratio:
             ratio = paper and c["kind"] == "ide"
             row.append(f"{c['backward_ms'] / paper['backward_ms']:.2f}×" if ratio else "—")

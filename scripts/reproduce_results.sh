@@ -36,6 +36,11 @@ declare -A runs=(
   [phantom5-f400-lif-noval-seed2]="--model f400 --seed 2 --val-size 0 --b_solver phantom --b_options steps=5"
   [phantom5-f400-lif-noval-seed3]="--model f400 --seed 3 --val-size 0 --b_solver phantom --b_options steps=5"
   [phantom5-f400-lif-noval-seed4]="--model f400 --seed 4 --val-size 0 --b_solver phantom --b_options steps=5"
+  [phantom5-f400-lif-noval-seed5]="--model f400 --seed 5 --val-size 0 --b_solver phantom --b_options steps=5"
+  [phantom5-f400-lif-noval-seed6]="--model f400 --seed 6 --val-size 0 --b_solver phantom --b_options steps=5"
+  [phantom5-f400-lif-noval-seed7]="--model f400 --seed 7 --val-size 0 --b_solver phantom --b_options steps=5"
+  [phantom5-f400-lif-noval-seed8]="--model f400 --seed 8 --val-size 0 --b_solver phantom --b_options steps=5"
+  [phantom5-f400-lif-noval-seed9]="--model f400 --seed 9 --val-size 0 --b_solver phantom --b_options steps=5"
   # The two-layer conv model of docs/analysis.md, 6 epochs (a shortened schedule), Broyden to 1e-6 and 1e-3
   [btol1e-6-conv2-lif-seed0]="--model '32C3s-64C3s (F32C3u)' --dataset fashion-mnist --epochs 6 --seed 0 --b_tol 1e-6"
   [btol1e-6-conv2-lif-seed1]="--model '32C3s-64C3s (F32C3u)' --dataset fashion-mnist --epochs 6 --seed 1 --b_tol 1e-6"
@@ -49,10 +54,16 @@ declare -A runs=(
   [bf16-f400-lif-noval-seed2]="--model f400 --seed 2 --val-size 0 --sim-precision bf16"
   [bf16-f400-lif-noval-seed3]="--model f400 --seed 3 --val-size 0 --sim-precision bf16"
   [bf16-f400-lif-noval-seed4]="--model f400 --seed 4 --val-size 0 --sim-precision bf16"
+  [bf16-f400-lif-noval-seed5]="--model f400 --seed 5 --val-size 0 --sim-precision bf16"
+  [bf16-f400-lif-noval-seed6]="--model f400 --seed 6 --val-size 0 --sim-precision bf16"
+  [bf16-f400-lif-noval-seed7]="--model f400 --seed 7 --val-size 0 --sim-precision bf16"
+  [bf16-f400-lif-noval-seed8]="--model f400 --seed 8 --val-size 0 --sim-precision bf16"
+  [bf16-f400-lif-noval-seed9]="--model f400 --seed 9 --val-size 0 --sim-precision bf16"
 )
 order=(repro-f400-lif-noval-seed{0..4} repro-f400-lif-seed{0..4} repro-f400-if-noval-seed0
        btol1e-3-f400-lif-noval-seed{0..4} phantom5-f400-lif-noval-seed{0..4}
-       btol1e-6-conv2-lif-seed{0..2} btol1e-3-conv2-lif-seed{0..2} bf16-f400-lif-noval-seed{0..4})
+       btol1e-6-conv2-lif-seed{0..2} btol1e-3-conv2-lif-seed{0..2} bf16-f400-lif-noval-seed{0..4}
+       phantom5-f400-lif-noval-seed{5..9} bf16-f400-lif-noval-seed{5..9})
 [ "$#" -gt 0 ] && order=("$@")
 
 for name in "${order[@]}"; do

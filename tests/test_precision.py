@@ -78,6 +78,30 @@ def test_a_trained_shape_network_in_bf16_stays_close_to_float32():
     assert float((exact.a - low.a).abs().mean()) < 0.01
 
 
+@pytest.mark.parametrize("spec, in_shape", [("12 (F12)", (6,)), ("3C3 (F3C3)", (1, 6, 6))])
+@pytest.mark.parametrize("dropout", [0.0, 0.2, 0.3])
+def test_the_fused_bf16_feedback_current_is_cast_mask_and_add(spec, in_shape, dropout):
+    """The simulation adds the bf16 feedback product times the dropout mask to the drive in one
+    pass (one rounding where the mask scale makes the product inexact). Exactly the cast-mask-add
+    where the masked product is exact in float32 (no dropout, or 1/(1 − p) = 1.25 as in F400), else
+    within one float32 rounding of it."""
+    torch.manual_seed(3)
+    network = models.from_spec(spec, in_shape, 3, dropout=dropout, producer="lif").network.train()
+    _, state = network.map_inputs(torch.rand(9, *in_shape))
+    state = network.simulation_state(state, torch.bfloat16)
+    assert (state.feedback_mask is not None) == (dropout > 0)
+    spikes = (torch.rand(9, *network.layer_shapes[-1]) < 0.4).bfloat16()
+    drive = torch.randn(9, *network.layer_shapes[0]) * 3
+    fused = network.add_feedback_current(drive, spikes, state)
+    unfused = drive + network.feedback_current(spikes, state)
+    assert fused.dtype == torch.float32
+    if dropout in (0.0, 0.2):
+        assert torch.equal(fused, unfused)
+    else:
+        ulp = torch.finfo(torch.float32).eps * unfused.abs().clamp_min(1.0)
+        assert bool(((fused - unfused).abs() <= ulp).all())
+
+
 @pytest.mark.parametrize("method", ["ide", "bptt"])
 def test_training_step_gradients_in_bf16_are_close_to_float32(method):
     def gradient(sim_precision):
