@@ -118,10 +118,11 @@ def ratio_tables(configs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     for c in ok:
         if c["kind"] != "baseline":
             continue
-        current = done.get((c["model"], c["T"], f"IDE {c['solver_label']}"))
+        current = done.get((c["model"], c["T"], c["label"].replace(f"IDE@{c['revision']}", "IDE", 1)))
         if current is not None:
             tables["baseline_speedup"].append({
-                "model": c["model"], "T": c["T"], "solver": c["solver_label"], "baseline": c["revision"],
+                "model": c["model"], "T": c["T"], "solver": c["solver_label"] + ("" if (c.get("precision") or "fp32") == "fp32" else f" {c['precision']}"),
+                "baseline": c["revision"],
                 "baseline_step_ms": c["step_ms"], "current_step_ms": current["step_ms"],
                 **{f"{key[:-3]}_speedup": _ratio(c[key], current[key]) for key in TIMES},
                 "baseline_vjps": c.get("vjps"), "current_vjps": current.get("vjps")})

@@ -201,9 +201,10 @@ def make_configs(args: argparse.Namespace, baseline: Optional[dict[str, Any]], p
                 if "bptt" in args.methods:
                     add("bptt", "bptt", bptt_label(precision), default_solver, False, precision)
             if baseline is not None:
-                for solver in args.solver_specs:
-                    add("baseline", "ide", f"IDE@{baseline['short']} {solver['label']}", solver, True,
-                        revision=baseline["short"])
+                for precision in args.precisions:
+                    for solver in args.solver_specs:
+                        add("baseline", "ide", ide_label(solver["label"], precision).replace(
+                            "IDE", f"IDE@{baseline['short']}", 1), solver, True, precision, revision=baseline["short"])
             if name == "f400":
                 for peer in peers:
                     add("peer", "peer", f"peer {peer.removesuffix('_f400')}", default_solver, False, peer=peer)

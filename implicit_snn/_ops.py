@@ -35,23 +35,8 @@ def apply_op_transposed(op: OpModule, g: torch.Tensor, weight: torch.Tensor, in_
         return g @ weight if g.dim() == 2 else F.linear(g, weight.t())
     if isinstance(op, nn.ConvTranspose2d):
         return F.conv2d(g, weight, None, op.stride, op.padding, op.dilation, op.groups)
-    padding = _flipped_conv_padding(op)
-    if padding is not None:
-        # The same adjoint as a forward convolution: on a CPU oneDNN's transposed convolution
-        # (its backward-data kernel) takes about 1.4x as long for F64C5's feedback.
-        flipped = weight.transpose(0, 1).flip(2, 3).contiguous()
-        return F.conv2d(g, flipped, None, 1, padding, op.dilation)
     output_padding = _conv_output_padding(op, g.shape[-2:], in_shape[-2:])
     return F.conv_transpose2d(g, weight, None, op.stride, op.padding, output_padding, op.groups, op.dilation)
-
-
-def _flipped_conv_padding(op: nn.Conv2d) -> Optional[tuple[int, int]]:
-    """For a stride-1, ungrouped, zero-padded conv, the padding under which ``conv2d`` with its weight
-    transposed and flipped is its adjoint (d(k − 1) − p per side); None where that does not apply."""
-    if tuple(op.stride) != (1, 1) or op.groups != 1 or op.padding_mode != "zeros" or isinstance(op.padding, str):
-        return None
-    padding = tuple(d * (k - 1) - p for p, d, k in zip(op.padding, op.dilation, op.kernel_size))
-    return (padding[0], padding[1]) if min(padding) >= 0 else None
 
 
 def _conv_output_padding(op: nn.Conv2d, out_hw: Sequence[int], in_hw: Sequence[int]) -> tuple[int, int]:

@@ -339,6 +339,18 @@ class FeedbackSNN(nn.Module):
             feedback=cast(self.feedback, state.feedback_weight))
         return dataclasses.replace(state, products=products)
 
+    def simulation_rows(self, state: PassState, rows: slice) -> PassState:
+        """The pass's state for the samples ``rows`` alone: its per-sample tensors (dropout masks, the
+        input current) sliced. The simulation never mixes samples (batch norm there uses given or
+        running statistics), so chunks of the batch may be simulated one after another."""
+        def part(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if tensor is None else tensor[rows]
+
+        return dataclasses.replace(
+            state, input_mask=part(state.input_mask), forward_masks=tuple(map(part, state.forward_masks)),
+            feedback_mask=part(state.feedback_mask), input_current=part(state.input_current),
+            input_linear=part(state.input_linear))
+
     def input_current(self, x_t: torch.Tensor, state: PassState) -> torch.Tensor:
         """F¹x_t + b¹ (batch norm, dropout) for one step's input ``[B, *in_shape]``."""
         mode = self._bn_mode(state, given=state.input_stats is not None)

@@ -5,7 +5,8 @@ fixed-point map sees), and how the feedback current is added. The neuron step it
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+import math
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 
@@ -31,7 +32,9 @@ class SpikingNetwork(Protocol):
     def feedback_current(self, spikes: torch.Tensor, state: Any) -> torch.Tensor: ...
 
     # Optional: ``add_feedback_current(drive, spikes, state)`` = drive + feedback_current(spikes, state),
-    # fused where the network can (one product-and-add instead of three passes).
+    # fused where the network can (one product-and-add instead of three passes); and
+    # ``simulation_rows(state, rows)``, the state for the samples ``rows`` alone, which a network
+    # whose simulation never mixes samples offers so that a CPU may simulate its batch in chunks.
 
 
 def averaged_input(network: SpikingNetwork, x: torch.Tensor, steps: int, leak: float) -> tuple[bool, torch.Tensor]:
@@ -61,3 +64,29 @@ def count_statistics(counts: list[torch.Tensor], steps: int) -> dict[str, list[t
     silent = [(c == 0).float().mean() for c in counts]
     saturated = [(c == steps).float().mean() for c in counts]
     return {"silent_per_layer": silent, "saturated_per_layer": saturated}
+
+
+#: On a CPU the simulation of a network with large layers runs the batch in chunks whose state
+#: (about BYTES_PER_NEURON per neuron: potential, rate, count, spikes, drive, mask, current) fits in
+#: CHUNK_BYTES, a cache most CPUs have, and of at least MIN_CHUNK samples, so that the products
+#: stay large. F64C5's bf16 simulation runs 8% faster in chunks of 16–32 samples than whole on
+#: this project's CPU; the results are the same, sample for sample.
+CHUNK_BYTES = 8 << 20
+BYTES_PER_NEURON = 32
+MIN_CHUNK = 16
+
+
+def sample_chunks(network: SpikingNetwork, batch: int, device: torch.device | str) -> list[Optional[slice]]:
+    """The chunks of the batch to simulate one after another: ``[None]`` (the whole batch at once)
+    unless ``device`` is a CPU, the network offers ``simulation_rows`` and a chunk of the size
+    above holds fewer samples than the batch; then near-equal slices."""
+    if torch.device(device).type != "cpu" or not hasattr(network, "simulation_rows"):
+        return [None]
+    neurons = sum(math.prod(shape) for shape in network.layer_shapes)
+    size = max(MIN_CHUNK, CHUNK_BYTES // (BYTES_PER_NEURON * max(neurons, 1)))
+    if size >= batch:
+        return [None]
+    count = math.ceil(batch / size)
+    size = math.ceil(batch / count)
+    return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
+

@@ -145,7 +145,7 @@ OPS = {
     "conv-strided-padded": (lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), (3, 2, 7, 7)),
     "conv-even": (lambda: nn.Conv2d(2, 3, 5, stride=2, padding=2), (3, 2, 8, 8)),
     "conv-transposed": (lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1), (3, 3, 4, 4)),
-    # stride 1: the adjoint is a forward convolution with the flipped weight
+    # stride 1, dilated, grouped
     "conv-same": (lambda: nn.Conv2d(3, 4, 5, padding=2), (3, 3, 6, 6)),
     "conv-valid-dilated": (lambda: nn.Conv2d(2, 3, 3, padding=(0, 1), dilation=(2, 1)), (3, 2, 9, 7)),
     "conv-grouped": (lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2), (3, 4, 5, 5)),

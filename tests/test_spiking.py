@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from implicit_snn import FeedbackSNN, ImplicitClassifier, SpectralNorm, SynapticLayer, producers
+from implicit_snn import FeedbackSNN, ImplicitClassifier, SpectralNorm, SynapticLayer, producers, simulation
 from implicit_snn.neurons import time_average
 
 
@@ -225,3 +225,65 @@ def test_calling_the_network_itself_is_refused():
     net = tiny_network((4,))
     with pytest.raises(TypeError, match="not called directly"):
         net(torch.zeros(2, 3))
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 3 samples wherever a network allows them (the CPU default chunks large layers only)."""
+    monkeypatch.setattr(simulation, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(simulation, "MIN_CHUNK", 3)
+
+
+def simulate_both_ways(monkeypatch, network, x, producer):
+    """The producer's equilibrium with the batch whole, then in chunks (same dropout masks: the RNG reseeded)."""
+    results = []
+    for chunk_bytes, min_chunk in ((1 << 62, 1 << 30), (1, 3)):
+        monkeypatch.setattr(simulation, "CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(simulation, "MIN_CHUNK", min_chunk)
+        torch.manual_seed(5)
+        with torch.no_grad():
+            results.append(producer(network, x))
+    assert len(simulation.sample_chunks(network, x.shape[0], "cpu")) > 1  # the second run was chunked
+    return results
+
+
+@pytest.mark.parametrize("layers", [(4,), (5, 4, 3)])
+@pytest.mark.parametrize("producer, leak", [("if", 1.0), ("lif", 0.9)])
+@pytest.mark.parametrize("spikes", [False, True])
+def test_a_batch_simulated_in_chunks_equals_the_whole_batch(monkeypatch, layers, producer, leak, spikes):
+    """The samples never mix in the simulation: chunks of the batch, one after another, give the
+    same spikes, rates and statistics, bit for bit (training mode: dropout masks and batch norm)."""
+    net = tiny_network(layers, vth=1.0, dropout=0.3, batch_norm=True).train()
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.rand(10, 12, 3, generator=gen) < 0.5).float() * 2.0 if spikes else 1.5 * torch.rand(10, 3, generator=gen)
+    options = dict(time_steps=12, record="spikes") | ({} if producer == "if" else dict(leak=leak))
+    whole, chunked = simulate_both_ways(monkeypatch, net, x, producers.get_producer(producer, **options))
+    assert torch.equal(whole.a, chunked.a) and whole.extras["spikes"][0].sum() > 0
+    for key in ("rates", "firing_rates", "spikes", "last_spikes"):
+        assert all(torch.equal(a, b) for a, b in zip(whole.extras[key], chunked.extras[key])), key
+    for key in ("firing_rate", "silent_per_layer", "saturated_per_layer"):
+        assert torch.equal(torch.as_tensor(whole.stats[key]), torch.as_tensor(chunked.stats[key])), key
+
+
+@pytest.mark.parametrize("sim_precision", ["fp32", "bf16"])
+def test_a_conv_network_simulated_in_chunks_equals_the_whole_batch(monkeypatch, sim_precision):
+    import models
+
+    torch.manual_seed(0)
+    model = models.from_spec("3C3-4C3s (F3C3u)", (1, 6, 6), 3, dropout=0.2, producer="lif").train()
+    producer = producers.get_producer("lif", time_steps=15, leak=0.95, sim_precision=sim_precision, record="spikes")
+    whole, chunked = simulate_both_ways(monkeypatch, model.network, torch.rand(8, 1, 6, 6) * 3, producer)
+    assert torch.equal(whole.a, chunked.a) and whole.a.sum() > 0
+    assert all(torch.equal(a, b) for a, b in zip(whole.extras["spikes"], chunked.extras["spikes"]))
+
+
+def test_only_a_cpu_simulation_of_a_network_that_allows_it_is_chunked(small_chunks):
+    net = tiny_network((4, 3))
+    assert [(s.start, s.stop) for s in simulation.sample_chunks(net, 10, "cpu")] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert simulation.sample_chunks(net, 10, "cuda") == [None]  # a GPU runs the batch whole
+    assert simulation.sample_chunks(net, 3, "cpu") == [None]
+
+    class NoRows:  # a network without simulation_rows may mix its samples: never chunked
+        layer_shapes = net.layer_shapes
+
+    assert simulation.sample_chunks(NoRows(), 10, "cpu") == [None]

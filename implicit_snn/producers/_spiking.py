@@ -10,7 +10,7 @@ import torch
 from .. import interrupt
 from ..neurons import fire_unleaked_, rate_weights
 from ..precision import check_precision, product_dtype, resolve_precision
-from ..simulation import SpikingNetwork, averaged_input, count_statistics, feedback_adder
+from ..simulation import SpikingNetwork, averaged_input, count_statistics, feedback_adder, sample_chunks
 from ._base import Equilibrium, Producer
 
 RECORD = ("none", "rates", "spikes")
@@ -90,25 +90,43 @@ class _Simulation(Producer):
 
     def _simulate(self, network: SpikingNetwork, x: torch.Tensor, constant: Any, state: Any, steps: int,
                   vth: float, leak: float, low: Optional[torch.dtype] = None):
-        first = constant if constant is not None else network.input_current(x[:, 0], state)
-        shapes = [(first.shape[0], *shape) for shape in network.layer_shapes]
-        potentials, rates = ([first.new_zeros(shape) for shape in shapes] for _ in range(2))
-        # Spikes (0 or 1, exact in any dtype) are written straight in the products' dtype: no cast per step.
-        spikes = [first.new_zeros(shape, dtype=low or first.dtype) for shape in shapes]
-        counts = [first.new_zeros(shape) for shape in shapes] if leak != 1.0 else None
-        trains = [first.new_zeros((s[0], steps, *s[1:])) for s in shapes] if self.record == "spikes" else None
+        buffers: Optional[_Buffers] = None
         with_feedback = feedback_adder(network)
+        # The samples never mix in the simulation, so on a CPU a large layer runs a chunk of the
+        # batch at a time, all T steps: its potentials, rates and spikes then stay in the cache.
+        for rows in sample_chunks(network, x.shape[0], x.device):
+            part = state if rows is None else network.simulation_rows(state, rows)
+            inputs = x if rows is None else x[rows]
+            drive = constant if constant is None or rows is None else constant[rows]
+            first = drive if drive is not None else network.input_current(inputs[:, 0], part)
+            if buffers is None:
+                buffers = _Buffers.zeros(network.layer_shapes, x.shape[0], first, steps=steps, counts=leak != 1.0,
+                                         trains=self.record == "spikes", low=low)
+            self._run(network, inputs, drive, first, part, buffers if rows is None else buffers.rows(rows),
+                      steps, vth, leak, with_feedback)
+        assert buffers is not None
+        return buffers.rates, buffers.counts, buffers.trains, buffers.spikes
+
+    @staticmethod
+    def _run(network: SpikingNetwork, x: torch.Tensor, drive: Optional[torch.Tensor], first: torch.Tensor, state: Any,
+             buffers: "_Buffers", steps: int, vth: float, leak: float, with_feedback) -> None:
+        """All ``steps`` steps of the samples ``buffers`` holds (views of the batch's buffers)."""
+        potentials, rates, spikes, products_in = buffers.potentials, buffers.rates, buffers.spikes, buffers.products_in
+        counts, trains = buffers.counts, buffers.trains
+        cast = products_in is not spikes
         for t in range(steps):
             interrupt.check()  # a stop request ends a long simulation within one step (in training only)
             if t == 0:
                 current = first
             else:  # the feedback carries the last layer's spikes of the previous step
-                drive = constant if constant is not None else network.input_current(x[:, t], state)
-                current = with_feedback(drive, spikes[-1], state)
-            fire_unleaked_(potentials[0], current, spikes[0], vth=vth, leak=leak)
-            for index in range(1, len(shapes)):
-                current = network.forward_current(index - 1, spikes[index - 1], state)
+                now = drive if drive is not None else network.input_current(x[:, t], state)
+                current = with_feedback(now, products_in[-1], state)
+            for index in range(len(spikes)):
+                if index > 0:
+                    current = network.forward_current(index - 1, products_in[index - 1], state)
                 fire_unleaked_(potentials[index], current, spikes[index], vth=vth, leak=leak)
+                if cast:
+                    products_in[index].copy_(spikes[index])
             for index, s in enumerate(spikes):
                 if counts is not None:
                     counts[index].add_(s)
@@ -117,7 +135,46 @@ class _Simulation(Producer):
                     rates[index].add_(s)
                 if trains is not None:
                     trains[index][:, t] = s
-        return rates, counts, trains, [s.to(first.dtype) for s in spikes]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Buffers:
+    """A simulation's per-layer state: potentials, rates, spikes, spike counts (LIF) and spike trains
+    (when recorded), ``[B, ...]`` each in the currents' dtype; ``products_in`` is what the synaptic
+    products read: the spikes themselves, or a copy in the products' lower precision (spikes are 0
+    or 1, exact in any dtype; the neuron updates stay in one dtype, where mixed-dtype ones cost a
+    conversion pass each)."""
+
+    potentials: list[torch.Tensor]
+    rates: list[torch.Tensor]
+    spikes: list[torch.Tensor]
+    products_in: list[torch.Tensor]
+    counts: Optional[list[torch.Tensor]]
+    trains: Optional[list[torch.Tensor]]
+
+    @classmethod
+    def zeros(cls, layer_shapes, batch: int, like: torch.Tensor, *, steps: int, counts: bool, trains: bool,
+              low: Optional[torch.dtype]) -> "_Buffers":
+        shapes = [(batch, *shape) for shape in layer_shapes]
+
+        def new(shapes_, dtype=None):
+            return [like.new_zeros(shape, dtype=dtype) for shape in shapes_]
+
+        spikes = new(shapes)
+        return cls(potentials=new(shapes), rates=new(shapes), spikes=spikes,
+                   products_in=spikes if low is None else new(shapes, low),
+                   counts=new(shapes) if counts else None,
+                   trains=new([(s[0], steps, *s[1:]) for s in shapes]) if trains else None)
+
+    def rows(self, rows: slice) -> "_Buffers":
+        """Views of the samples ``rows``."""
+        def part(tensors):
+            return None if tensors is None else [t[rows] for t in tensors]
+
+        spikes = part(self.spikes)
+        return _Buffers(potentials=part(self.potentials), rates=part(self.rates), spikes=spikes,
+                        products_in=spikes if self.products_in is self.spikes else part(self.products_in),
+                        counts=part(self.counts), trains=part(self.trains))
 
 
 @dataclasses.dataclass(frozen=True)
