@@ -237,6 +237,8 @@ class Worker:
         self.config = config
         self.device = config["device"]
         torch.set_num_threads(config["threads"])
+        if self.device == "cuda":  # float32 products exactly in float32, unless TF32 is asked for
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(config.get("tf32"))
         self.model = configured_model(config).to(self.device).train()
         self.x, self.y = make_batch(config)
         self.state = copy.deepcopy(self.model.state_dict())

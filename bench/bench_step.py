@@ -69,6 +69,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     add("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
         help="the simulation's precision (sim_precision) per configuration: IDE's products in bf16, BPTT's time "
              "loop under bf16 autocast (default fp32)")
+    add("--tf32", action="store_true",
+        help="CUDA only: float32 matrix products and convolutions in TF32 in every worker (without it, in float32)")
     add("--batch-size", type=int, default=None, help="batch size (default 128; --quick: 32)")
     add("--rounds", type=int, default=None, help="alternating rounds; the result is the median of round medians "
                                                  "(default 5; --quick: 1)")
@@ -114,6 +116,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         import torch
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is available")
+    elif args.tf32:
+        parser.error("--tf32 applies to --device cuda only (a CPU has no TF32)")
     return args
 
 
@@ -176,7 +180,8 @@ def make_configs(args: argparse.Namespace, baseline: Optional[dict[str, Any]], p
     """Every (preset, T, method) to run, in the order of the tables."""
     from _step_report import bptt_label
 
-    common = dict(batch_size=args.batch_size, device=args.device, threads=args.threads, floor_repeats=args.floor_repeats)
+    common = dict(batch_size=args.batch_size, device=args.device, threads=args.threads, floor_repeats=args.floor_repeats,
+                  tf32=args.tf32)
     configs = []
     default_solver = parse_solver("broyden:1e-6")
     for name in args.models:
