@@ -69,9 +69,9 @@ def count_statistics(counts: list[torch.Tensor], steps: int) -> dict[str, list[t
 #: On a CPU the simulation of a network with large layers runs the batch in chunks whose state
 #: (about BYTES_PER_NEURON per neuron: potential, rate, count, spikes, drive, mask, current) fits in
 #: CHUNK_BYTES, a cache most CPUs have, and of at least MIN_CHUNK samples, so that the products
-#: stay large. With the single-dtype neuron updates this made F64C5's bf16 forward at T = 30
-#: 1.07–1.10× faster on this project's CPU (bench/results/step-cpu-f64c5-vs-f485efd.json); the
-#: results are the same, bit for bit.
+#: stay large. A small gain, within the run-to-run spread of a whole step: F64C5's forward at
+#: T = 30, with the single-dtype neuron updates, 0.99–1.13× as fast as before on this project's
+#: CPU (bench/results/step-cpu-f64c5-vs-f485efd.json); the results are the same, bit for bit.
 CHUNK_BYTES = 8 << 20
 BYTES_PER_NEURON = 32
 MIN_CHUNK = 16
