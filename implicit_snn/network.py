@@ -378,22 +378,22 @@ class FeedbackSNN(nn.Module):
     def add_feedback_current(self, drive: torch.Tensor, spikes: torch.Tensor, state: PassState) -> torch.Tensor:
         """``drive + feedback_current(spikes, state)`` as one product-and-add where the feedback allows."""
         feedback = self.feedback
-        if state.products is not None and feedback.bn is None:
+        if feedback.bn is not None:
+            return drive + self.feedback_current(spikes, state)
+        if state.products is not None:
             # The low-precision product (times the mask) is added to the float32 drive in one float32
             # pass, not cast, masked and added in three: the same sum wherever the masked product is
             # exact (no dropout, or F400's 1/(1 − 0.2)), else one rounding fewer.
             product = state.products.product(feedback, spikes, state.products.feedback)
-            if state.feedback_mask is None:
-                return drive + product
-            return torch.addcmul(drive, product, state.feedback_mask)
-        if feedback.bn is not None or state.products is not None:
-            return drive + self.feedback_current(spikes, state)
-        if isinstance(feedback.op, nn.Linear) and spikes.dim() == 2 and feedback.op.bias is None and state.feedback_mask is None:
+        elif (isinstance(feedback.op, nn.Linear) and spikes.dim() == 2 and feedback.op.bias is None
+              and state.feedback_mask is None):
             return torch.addmm(drive, spikes, state.feedback_weight.t())
-        product = feedback.linear(spikes, state.feedback_weight)
-        if state.feedback_mask is None:
-            return product.add_(drive)
-        return torch.addcmul(drive, product, state.feedback_mask)
+        else:
+            product = feedback.linear(spikes, state.feedback_weight)
+        if state.feedback_mask is not None:
+            return torch.addcmul(drive, product, state.feedback_mask)
+        # In place where the product has the drive's dtype; a low-precision one is summed in float32.
+        return product.add_(drive) if product.dtype == drive.dtype else drive + product
 
     def extra_repr(self) -> str:
         return (f"in_shape={self.in_shape}, layer_shapes={self.layer_shapes}, vth={float(self.vth)}, "
