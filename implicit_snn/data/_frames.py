@@ -176,7 +176,7 @@ def load_event_split(folders: Sequence[Path], find: Callable[[Path], Optional[Ev
             packed = settings.get("accumulate") == "binary"
             write_cache(path, {"key": key, "fingerprint": source.fingerprint, "verified": bool(verify),
                                 "files": [r.to_dict() for r in records], "labels": torch.from_numpy(labels),
-                                "packed": packed, "frames": torch.from_numpy(_pack(frames, packed))})
+                                "packed": packed, "frames": torch.from_numpy(pack_frames(frames, packed))})
         return ArrayDataset(torch.from_numpy(frames), torch.from_numpy(labels), info, records)
     raise not_found(None)
 
@@ -214,7 +214,8 @@ def cache_path(folder: Path, key: dict, in_shape: Sequence[int]) -> Path:
                            f"{key.get('accumulate', 'count')}-{digest}.pt")
 
 
-def _pack(frames: np.ndarray, packed: bool) -> np.ndarray:
+def pack_frames(frames: np.ndarray, packed: bool) -> np.ndarray:
+    """``[N, ...]`` uint8 frames flattened per sample, bit-packed if ``packed`` (binary frames: 8x smaller)."""
     flat = frames.reshape(len(frames), -1)
     return np.packbits(flat, axis=1) if packed else flat
 

@@ -7,7 +7,6 @@ Layout: ``Train/<digit>/*.bin`` and ``Test/<digit>/*.bin`` under the data folder
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Literal, Optional
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from ._base import ArrayDataset, DataFile, DatasetInfo, DatasetNotFoundError, PathLike, candidate_dirs, root_problem
-from ._frames import write_cache
+from ._frames import fingerprint as hash_parts, pack_frames, write_cache
 
 SENSOR = 34                       # the ATIS crop used by N-MNIST: 34 x 34 pixels
 FRAME = 2 * SENSOR * SENSOR       # values per time step: 2 polarities x 34 x 34
@@ -139,8 +138,7 @@ def _list_files(split_dir: Path) -> list[tuple[int, Path, int]]:
 
 
 def _fingerprint(files: list[tuple[int, Path, int]]) -> str:
-    text = "\n".join(f"{label}/{path.name}:{size}" for label, path, size in files)
-    return hashlib.sha1(text.encode()).hexdigest()
+    return hash_parts([f"{label}/{path.name}:{size}" for label, path, size in files])
 
 
 def _decode_all(files, time_steps: int, bin_us: int, accumulate: Accumulate) -> tuple[np.ndarray, np.ndarray]:
@@ -153,9 +151,8 @@ def _decode_all(files, time_steps: int, bin_us: int, accumulate: Accumulate) -> 
 
 def _pack(frames: np.ndarray, accumulate: Accumulate) -> dict:
     """Binary frames are stored bit-packed (8x smaller: 0.5 GB for the training split)."""
-    flat = frames.reshape(len(frames), -1)
-    packed = np.packbits(flat, axis=1) if accumulate == "binary" else flat
-    return {"frames": torch.from_numpy(packed), "packed": accumulate == "binary"}
+    packed = accumulate == "binary"
+    return {"frames": torch.from_numpy(pack_frames(frames, packed)), "packed": packed}
 
 
 def _read_cache(path: Path, key: dict, fingerprint: Optional[str]):
